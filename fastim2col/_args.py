@@ -1,0 +1,239 @@
+"""Argument normalization shared by every public function.
+
+Everything a kernel relies on is checked here, once: dtypes, ranks, shapes,
+window parameters, output sizes, index ranges and ``out=`` arrays. Kernels in
+src/ then run without checks.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+LAYOUTS = ("NCHW", "NHWC")
+# Window parameters and sizes stay far below this: index arithmetic in the
+# kernels is then free of overflow (products of a few of them fit in int64).
+_MAX_PARAM = 2**31 - 1
+# SciPy's cython_blas takes 32-bit ints for sizes and leading dimensions.
+BLAS_INT_MAX = 2**31 - 1
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= minimum, as a pair."""
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        result = (int(value), int(value))
+    elif (isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2
+          and all(isinstance(v, (numbers.Integral, np.integer))
+                  and not isinstance(v, (bool, np.bool_)) for v in value)):
+        result = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    for v in result:
+        if v < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        if v > _MAX_PARAM:
+            raise ValueError(f"{name} must be < 2**31, got {value!r}")
+    return result
+
+
+def check_layout(layout) -> bool:
+    """True for NHWC, False for NCHW."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout == "NHWC"
+
+
+def as_array(value, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array (float32 or float64), got dtype {arr.dtype}")
+    return arr
+
+
+def compute_dtype(*arrays: np.ndarray | None) -> np.dtype:
+    """The dtype a computation runs in: NumPy's promotion of the inputs, with
+    integers and booleans computed in float64 and float16 in float32."""
+    dt = np.result_type(*[a for a in arrays if a is not None])
+    if dt.kind in "biu":
+        return _FLOAT_DTYPES[1]
+    if dt == np.float16:
+        return _FLOAT_DTYPES[0]
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"unsupported dtype {dt}: float32 and float64 are computed natively, "
+                        "integers and float16 are converted")
+    return dt
+
+
+def strided_operand(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """arr in dtype, any strides kept when the kernels can walk them."""
+    if arr.dtype != dtype:
+        return arr.astype(dtype)
+    if not arr.flags.aligned or any(s % arr.itemsize for s in arr.strides):
+        return np.ascontiguousarray(arr)
+    return arr
+
+
+def contiguous_operand(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """arr in dtype and C order (copied only when it is not already)."""
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def batched(arr: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    """(arr with a batch axis, whether it had none) for 3-d or 4-d arrays."""
+    if arr.ndim == 4:
+        return arr, False
+    if arr.ndim == 3:
+        return arr[None], True
+    raise ValueError(f"{name} must be 4-d (batched) or 3-d (unbatched), got {arr.ndim}-d "
+                     f"with shape {arr.shape}")
+
+
+def image_dims(shape, nhwc: bool) -> tuple[int, int, int, int]:
+    """(N, C, H, W) of a batched image shape in either layout."""
+    if nhwc:
+        n, h, w, c = shape
+    else:
+        n, c, h, w = shape
+    return n, c, h, w
+
+
+def image_shape(n, c, h, w, nhwc: bool) -> tuple[int, int, int, int]:
+    return (n, h, w, c) if nhwc else (n, c, h, w)
+
+
+def weight_dims(shape, nhwc: bool) -> tuple[int, int, int, int]:
+    """(rows, channels per group, kh, kw) of a weight in either layout."""
+    if nhwc:
+        rows, kh, kw, cg = shape
+    else:
+        rows, cg, kh, kw = shape
+    return rows, cg, kh, kw
+
+
+def positive_int(value, name: str) -> int:
+    if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def out_size(size: int, pad_total: int, kernel: int, stride: int, dilation: int) -> int:
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class Window(NamedTuple):
+    """One convolution's spatial geometry, in the kernels' order."""
+    in_h: int
+    in_w: int
+    out_h: int
+    out_w: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int      # top
+    pad_w: int      # left
+    dilation_h: int
+    dilation_w: int
+
+
+def window(in_hw, kernel_size, stride, padding, dilation, *, allow_strings: bool,
+           out_hw=None) -> Window:
+    """Normalize window parameters and compute the output size.
+
+    padding: int, pair, or (allow_strings) 'valid' / 'same' as in torch: 'same'
+    pads d*(k-1) in total, the extra odd one at the bottom / right, and is
+    refused with stride > 1. out_hw, when given, is used as the output size
+    (transposed convolutions know it); otherwise it must come out >= 1.
+    """
+    kh, kw = pair(kernel_size, "kernel_size", 1)
+    sh, sw = pair(stride, "stride", 1)
+    dh, dw = pair(dilation, "dilation", 1)
+    h, w = in_hw
+    if isinstance(padding, str):
+        if not allow_strings:
+            raise TypeError(f"padding must be an int or a pair of ints, got {padding!r}")
+        if padding == "valid":
+            totals, (ph, pw) = (0, 0), (0, 0)
+        elif padding == "same":
+            if (sh, sw) != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions "
+                                 f"(stride={stride!r}); use an explicit padding")
+            totals = (dh * (kh - 1), dw * (kw - 1))
+            ph, pw = totals[0] // 2, totals[1] // 2
+        else:
+            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    else:
+        ph, pw = pair(padding, "padding", 0)
+        totals = (2 * ph, 2 * pw)
+    if out_hw is None:
+        out_h = out_size(h, totals[0], kh, sh, dh)
+        out_w = out_size(w, totals[1], kw, sw, dw)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(
+                f"kernel_size {(kh, kw)} with dilation {(dh, dw)} is larger than the padded "
+                f"input {(h + totals[0], w + totals[1])}: the output would be empty")
+    else:
+        out_h, out_w = out_hw
+    return Window(h, w, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+def check_size(shape, itemsize: int, name: str) -> None:
+    """Refuse shapes whose byte size overflows what NumPy can address."""
+    total = itemsize
+    for s in shape:
+        total *= int(s)
+    if total > np.iinfo(np.intp).max:
+        raise ValueError(f"{name} of shape {tuple(shape)} is too large: {total} bytes "
+                         "overflows the address space")
+
+
+def check_blas(name: str, **dims: int) -> None:
+    """Refuse GEMM sizes beyond the 32-bit ints of SciPy's BLAS."""
+    for key, value in dims.items():
+        if value > BLAS_INT_MAX:
+            raise ValueError(f"{name}: {key}={value} exceeds the 32-bit BLAS integer range; "
+                             "split the problem (e.g. the batch or the channels)")
+
+
+def output(out, shape, dtype: np.dtype, inputs, name: str, zero_fill: bool = False) -> np.ndarray:
+    """A fresh result, or ``out`` checked: exact shape and dtype, C-contiguous,
+    writeable, sharing no memory with the inputs."""
+    check_size(shape, dtype.itemsize, f"{name} result")
+    if out is None:
+        return np.zeros(shape, dtype) if zero_fill else np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name}: out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name}: out must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"{name}: out must have dtype {dtype} (the computation's), got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name}: out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name}: out must be writeable")
+    for arr in inputs:
+        if arr is not None and np.may_share_memory(out, arr):
+            raise ValueError(f"{name}: out must not overlap an input")
+    if zero_fill:
+        out.fill(0)
+    return out
+
+
+def shape_tuple(value, name: str, lengths: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape given as a tuple/list of non-negative ints of one of ``lengths``."""
+    if not isinstance(value, (tuple, list)) or len(value) not in lengths:
+        raise TypeError(f"{name} must be a tuple of {' or '.join(map(str, lengths))} ints, "
+                        f"got {value!r}")
+    for s in value:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (numbers.Integral, np.integer)):
+            raise TypeError(f"{name} must contain ints, got {value!r}")
+        if s < 0:
+            raise ValueError(f"{name} must contain non-negative ints, got {value!r}")
+    return tuple(int(s) for s in value)

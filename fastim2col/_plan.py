@@ -1,0 +1,99 @@
+"""How each kernel call splits its work: tile sizes and unit counts.
+
+Kernels take these numbers as given. The rules:
+- a tile of unrolled input (K_g x tile elements) stays within TILE_BYTES,
+  a size that stays in a core's L2 next to BLAS's own packed panels;
+- there are at least two work units per thread where the shape allows it
+  (load balance), by cutting tiles finer and then, when tiles would get too
+  thin for an efficient GEMM, by splitting output channels instead;
+- scratch memory stays bounded (SCRATCH_BYTES for per-thread sums).
+"""
+from __future__ import annotations
+
+TILE_BYTES = 512 * 1024
+SCRATCH_BYTES = 24 * 1024 * 1024
+MIN_GEMM_TILE = 64          # narrower tiles make GEMM inefficient
+TILE_ALIGN = 16
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def gemm_tile(kg: int, n_pos: int, itemsize: int) -> int:
+    """Output positions per unrolled tile: K_g * tile * itemsize <= TILE_BYTES."""
+    tile = max(1, TILE_BYTES // max(1, kg * itemsize))
+    if tile >= n_pos:
+        return n_pos
+    if tile > TILE_ALIGN:
+        tile -= tile % TILE_ALIGN
+    # Even tiles: ceil(n_pos / n_tiles) avoids a last sliver.
+    return _ceil_div(n_pos, _ceil_div(n_pos, tile))
+
+
+def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads) -> tuple[int, int]:
+    """(tile, block of output channels) for conv2d's forward kernel."""
+    tile = gemm_tile(kg, n_pos, itemsize)
+    block = og
+    units = n_images * groups * _ceil_div(n_pos, tile)
+    want = 2 * n_threads
+    if n_threads > 1 and units < want:
+        per_image = _ceil_div(want, n_images * groups)
+        finer = _ceil_div(n_pos, per_image)
+        if finer >= MIN_GEMM_TILE:
+            tile = finer
+        else:
+            n_blocks = min(og, _ceil_div(want, units))
+            block = _ceil_div(og, n_blocks)
+    return tile, block
+
+
+def band_rows(kernel_h, stride_h, dilation_h) -> int:
+    """Fewest output rows per band so that bands two apart never reach the
+    same input row: rows * stride >= (kh - 1) * dilation - stride + 1."""
+    reach = (kernel_h - 1) * dilation_h - stride_h + 1
+    return max(1, _ceil_div(reach, stride_h))
+
+
+def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct) -> tuple[int, int]:
+    """(tile of whole output rows, block of input channels) for the input gradient."""
+    n_pos = win.out_h * win.out_w
+    if direct:
+        tile = gemm_tile(kg, n_pos, itemsize)
+        n_tiles = _ceil_div(n_pos, tile)
+        units = n_images * groups * n_tiles
+    else:
+        rows = max(band_rows(win.kernel_h, win.stride_h, win.dilation_h),
+                   TILE_BYTES // max(1, kg * win.out_w * itemsize))
+        rows = min(rows, win.out_h)
+        tile = rows * win.out_w
+        units = n_images * groups * _ceil_div(_ceil_div(win.out_h, rows), 2)
+    block = cg
+    if n_threads > 1 and units < 2 * n_threads and not nhwc:
+        n_blocks = min(cg, _ceil_div(2 * n_threads, units))
+        block = _ceil_div(cg, n_blocks)
+    return tile, block
+
+
+def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out) -> tuple[int, int, bool]:
+    """(tile, block of output channels, per-thread sums?) for the weight gradient."""
+    tile = gemm_tile(kg, n_pos, itemsize)
+    units = n_images * groups * _ceil_div(n_pos, tile)
+    sums_bytes = n_threads * n_out * kg * itemsize
+    if n_threads > 1 and units >= 2 * n_threads and sums_bytes <= SCRATCH_BYTES:
+        return tile, og, True
+    n_blocks = min(og, max(1, _ceil_div(2 * n_threads, groups))) if n_threads > 1 else 1
+    return tile, _ceil_div(og, n_blocks), False
+
+
+def im2col_tile(n_units_outer, n_pos, n_threads) -> int:
+    """Positions per im2col unit: enough units (>= 4 per thread) to balance."""
+    per_outer = _ceil_div(4 * n_threads, max(1, n_units_outer))
+    return max(1, _ceil_div(n_pos, per_outer))
+
+
+def col2im_rows(n_images, win, n_threads) -> int:
+    """Output rows per band for the NHWC col2im (bands alternate by parity)."""
+    rows_min = band_rows(win.kernel_h, win.stride_h, win.dilation_h)
+    bands_wanted = 2 * _ceil_div(2 * n_threads, max(1, n_images))
+    return min(win.out_h, max(rows_min, win.out_h // bands_wanted))

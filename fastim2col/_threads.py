@@ -1,0 +1,95 @@
+"""Thread control: how many OpenMP threads the kernels use, and BLAS pinned to
+one thread while they run (OpenMP and OpenBLAS threads would otherwise
+oversubscribe the cores: a known 10x slowdown)."""
+from __future__ import annotations
+
+import operator
+import threading
+
+from . import _openmp_info
+
+__all__ = ["set_num_threads", "get_num_threads"]
+
+_user_threads: int | None = None
+# omp_get_max_threads() at import: OMP_NUM_THREADS, else the usable cores.
+_default_threads = _openmp_info.max_threads()
+
+
+def set_num_threads(n: int | None) -> None:
+    """Use ``n`` OpenMP threads in every kernel (``None``: back to the default).
+
+    The default follows ``OMP_NUM_THREADS``, else the number of usable cores.
+    A lower limit set with ``threadpoolctl.threadpool_limits`` (OpenMP API)
+    still applies on top of it. Without OpenMP the kernels always run on one
+    thread.
+    """
+    global _user_threads
+    if n is None:
+        _user_threads = None
+        return
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"set_num_threads: n must be an int >= 1 or None, got {n!r}") from None
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _user_threads = n
+
+
+def get_num_threads() -> int:
+    """The number of OpenMP threads the next kernel call will use."""
+    if not _openmp_info.OPENMP_ENABLED:
+        return 1
+    omp_now = _openmp_info.max_threads()
+    if _user_threads is None:
+        return omp_now
+    if omp_now < _default_threads:   # a threadpoolctl / omp_set_num_threads limit
+        return min(_user_threads, omp_now)
+    return _user_threads
+
+
+class _BlasPinnedToOneThread:
+    """Context manager: every BLAS library in the process runs one thread.
+
+    Re-entrant across Python threads: the first caller in saves the thread
+    counts and sets 1, the last one out restores them. The library
+    controllers are looked up once (threadpoolctl's scan costs milliseconds;
+    a set_num_threads call through them costs about a microsecond).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._controllers: list | None = None
+        self._saved: list[int] = []
+
+    def _find(self) -> list:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:   # pragma: no cover - threadpoolctl is a dependency
+            return []
+        import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS first)
+        ctl = ThreadpoolController().select(user_api="blas")
+        return list(ctl.lib_controllers)
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                if self._controllers is None:
+                    self._controllers = self._find()
+                self._saved = [c.get_num_threads() for c in self._controllers]
+                for c, n in zip(self._controllers, self._saved):
+                    if n != 1:
+                        c.set_num_threads(1)
+            self._depth += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for c, n in zip(self._controllers, self._saved):
+                    if n != 1:
+                        c.set_num_threads(n)
+
+
+blas_single_threaded = _BlasPinnedToOneThread()

@@ -1,0 +1,123 @@
+"""Gradients of conv2d, with torch.nn.grad's names and semantics.
+
+The bias gradient needs no function: it is ``grad_output.sum(axis=(0, 2, 3))``
+in NCHW and ``grad_output.sum(axis=(0, 1, 2))`` in NHWC (drop the leading 0
+for unbatched arrays).
+"""
+from __future__ import annotations
+
+from . import _args, _plan
+from . import _conv
+from .functional import _batched_out, _input_gradient, _is_direct, _squeeze
+from ._threads import blas_single_threaded, get_num_threads
+
+__all__ = ["conv2d_input", "conv2d_weight"]
+
+
+def _sizes(size, name: str):
+    """A 4-d (batched) or 3-d (unbatched) shape, as (batched shape, unbatched)."""
+    dims = _args.shape_tuple(size, name, (4, 3))
+    return (dims if len(dims) == 4 else (1,) + dims), len(dims) == 3
+
+
+def _grad_setup(name, x_shape, w_shape, grad_output, stride, padding, dilation, groups, nhwc,
+                unbatched):
+    """Check a gradient call against the forward conv2d it differentiates."""
+    n, c, h, w = _args.image_dims(x_shape, nhwc)
+    c_out, cg, kh, kw = _args.weight_dims(w_shape, nhwc)
+    groups = _args.positive_int(groups, "groups")
+    if c % groups or c_out % groups:
+        raise ValueError(f"groups={groups} must divide both the input channels ({c}) and the "
+                         f"output channels ({c_out})")
+    if cg != c // groups:
+        raise ValueError(f"weight expects {cg} input channels per group, but the input has {c} "
+                         f"channels in {groups} group(s)")
+    win = _args.window((h, w), (kh, kw), stride, padding, dilation, allow_strings=True)
+    expected = _args.image_shape(n, c_out, win.out_h, win.out_w, nhwc)
+    got = grad_output.shape
+    if unbatched:
+        expected_shape, got_shape = expected[1:], got
+    else:
+        expected_shape, got_shape = expected, got
+    if tuple(got_shape) != tuple(expected_shape):
+        raise ValueError(f"{name}: grad_output must have shape {tuple(expected_shape)} (the "
+                         f"conv2d output for these arguments), got {tuple(got_shape)}")
+    _args.check_blas(name, positions=max(h * w, win.out_h * win.out_w), out_channels=c_out,
+                     window_size=cg * kh * kw)
+    return (n, c, c_out, groups, cg), win
+
+
+def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                 layout="NCHW", out=None):
+    """Gradient of ``conv2d`` with respect to its input, like ``torch.nn.grad.conv2d_input``.
+
+    input_size: the input's shape, ``(N, C, H, W)`` (NHWC: ``(N, H, W, C)``) or
+    unbatched ``(C, H, W)``. Computed tile by tile (GEMM of the weights' transpose
+    with grad_output, folded back), never materializing the column matrix.
+    """
+    nhwc = _args.check_layout(layout)
+    weight = _args.as_array(weight, "weight")
+    grad_output = _args.as_array(grad_output, "grad_output")
+    dtype = _args.compute_dtype(weight, grad_output)
+    x_shape, unbatched = _sizes(input_size, "input_size")
+    if weight.ndim != 4:
+        raise ValueError(f"weight must be 4-d, got {weight.ndim}-d with shape {weight.shape}")
+    if grad_output.ndim != (3 if unbatched else 4):
+        raise ValueError(f"grad_output must be {3 if unbatched else 4}-d like input_size, got "
+                         f"{grad_output.ndim}-d")
+    (n, c, c_out, groups, cg), win = _grad_setup(
+        "conv2d_input", x_shape, weight.shape, grad_output, stride, padding, dilation, groups,
+        nhwc, unbatched)
+    kg = cg * win.kernel_h * win.kernel_w
+    go = _args.contiguous_operand(grad_output, dtype).reshape(
+        _args.image_shape(n, c_out, win.out_h, win.out_w, nhwc))
+    w2 = _args.contiguous_operand(weight, dtype).reshape(c_out, kg)
+    res = _args.output(_batched_out(out, unbatched), x_shape, dtype, (weight, grad_output),
+                       "conv2d_input")
+    if res.size:
+        if kg == 0 or c_out == 0:
+            res.fill(0)
+        else:
+            _input_gradient(go, w2, None, res, (n, c, c_out), win, groups, nhwc)
+    return out if out is not None else _squeeze(res, unbatched)
+
+
+def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                  layout="NCHW", out=None):
+    """Gradient of ``conv2d`` with respect to its weight, like ``torch.nn.grad.conv2d_weight``.
+
+    weight_size: ``(C_out, C_in/groups, kh, kw)`` (NHWC: ``(C_out, kh, kw, C_in/groups)``).
+    Tiles of the unrolled input are GEMMed against grad_output and summed per
+    thread, then reduced in a fixed order (deterministic for a thread count).
+    """
+    nhwc = _args.check_layout(layout)
+    x = _args.as_array(input, "input")
+    grad_output = _args.as_array(grad_output, "grad_output")
+    dtype = _args.compute_dtype(x, grad_output)
+    x, unbatched = _args.batched(x, "input")
+    w_shape = _args.shape_tuple(weight_size, "weight_size", (4,))
+    if grad_output.ndim != (3 if unbatched else 4):
+        raise ValueError(f"grad_output must be {3 if unbatched else 4}-d like input, got "
+                         f"{grad_output.ndim}-d")
+    (n, c, c_out, groups, cg), win = _grad_setup(
+        "conv2d_weight", x.shape, w_shape, grad_output, stride, padding, dilation, groups,
+        nhwc, unbatched)
+    kg = cg * win.kernel_h * win.kernel_w
+    og = c_out // groups
+    n_pos = win.out_h * win.out_w
+    go = _args.contiguous_operand(grad_output, dtype).reshape(
+        _args.image_shape(n, c_out, win.out_h, win.out_w, nhwc))
+    x = _args.strided_operand(x, dtype)
+    res = _args.output(out, w_shape, dtype, (x, grad_output), "conv2d_weight")
+    if res.size:
+        if n == 0 or cg == 0:
+            res.fill(0)
+        else:
+            n_threads = get_num_threads()
+            tile, block, sums = _plan.grad_weight(n, groups, og, kg, n_pos, dtype.itemsize,
+                                                  n_threads, c_out)
+            with blas_single_threaded:
+                _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), (n, c, c_out, groups),
+                                         tuple(win), (tile, block), nhwc,
+                                         _is_direct(x, win, nhwc, cg), sums, n_threads)
+    return res

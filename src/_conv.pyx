@@ -1,0 +1,408 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+# (Shapes, strides and tile sizes are validated by fastim2col._args and
+# fastim2col._plan before a kernel runs: runtime checks would only cost time.)
+"""Blocked conv2d forward and gradient kernels.
+
+The full unrolled matrix never exists: each work unit unrolls one tile of
+output positions into a per-thread buffer (sized by the planner to stay in
+cache) and hands it to a single-threaded BLAS GEMM. The caller pins BLAS to one
+thread while these kernels run (fastim2col._threads), so OpenMP and BLAS
+threads never oversubscribe the cores.
+
+Weights are C-contiguous (n_out, K_g), K_g = C_g*kh*kw, columns ordered
+(c, i, j) for NCHW and (i, j, c) for NHWC, matching the unroll kernels.
+"""
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport malloc, calloc, free
+
+from _blas cimport gemm_rm
+from _openmp cimport omp_get_thread_num
+from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
+
+cnp.import_array()
+
+
+cdef struct Conv:
+    # One convolution's shapes and its work split, chosen by fastim2col._plan.
+    Py_ssize_t n_images, n_channels, n_out, groups
+    Py_ssize_t s_n, s_c, s_h, s_w   # element strides of the strided operand
+    bint nhwc, direct               # direct: 1x1/stride 1/no padding, no unroll
+    Py_ssize_t tile                 # output positions per tile
+    Py_ssize_t block                # rows (output or input channels) per unit
+
+
+cdef Conv make_conv(cnp.ndarray x, tuple shape, tuple split, bint nhwc, bint direct):
+    cdef Conv cv
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
+    cdef cnp.npy_intp* st = cnp.PyArray_STRIDES(x)
+    cv.n_images, cv.n_channels, cv.n_out, cv.groups = shape
+    cv.tile, cv.block = split
+    cv.nhwc = nhwc
+    cv.direct = direct
+    cv.s_n = st[0] // item
+    if nhwc:
+        cv.s_h, cv.s_w, cv.s_c = st[1] // item, st[2] // item, st[3] // item
+    else:
+        cv.s_c, cv.s_h, cv.s_w = st[1] // item, st[2] // item, st[3] // item
+    return cv
+
+
+cdef Geometry make_geometry(tuple geom):
+    cdef Geometry g
+    (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
+     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
+    return g
+
+
+cdef inline const floating* unrolled_tile(const floating* x_img, const Conv* cv,
+                                          const Geometry* g, Py_ssize_t group,
+                                          Py_ssize_t p0, Py_ssize_t p1,
+                                          floating* buf, Py_ssize_t* ld,
+                                          bint fill=True) noexcept nogil:
+    # The K_g x (p1-p0) (NCHW) or (p1-p0) x K_g (NHWC) matrix of one group's
+    # unrolled tile: unrolled into buf, or, for a direct convolution, the
+    # input itself, which already is that matrix. fill=False: buf already
+    # holds this tile (Cython resets prange-private pointers every iteration,
+    # so the pointer and ld are recomputed, not remembered).
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    if cv.nhwc:
+        if cv.direct:
+            ld[0] = cv.s_w
+            return x_img + p0 * cv.s_w + group * cg
+        if fill:
+            unroll_nhwc(x_img, cv.s_h, cv.s_w, cv.s_c, group * cg, cg, g, p0, p1, buf, kg)
+        ld[0] = kg
+        return buf
+    if cv.direct:
+        ld[0] = cv.s_c
+        return x_img + group * cg * cv.s_c + p0
+    if fill:
+        unroll_nchw(x_img + group * cg * cv.s_c, cv.s_c, cv.s_h, cv.s_w, cg, g, p0, p1,
+                    buf, p1 - p0)
+    ld[0] = p1 - p0
+    return buf
+
+
+cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bias,
+                        floating* out, Conv cv, Geometry g, int n_threads) noexcept nogil:
+    # Units (image, group, tile, block of output channels), block innermost:
+    # with a static schedule a thread gets consecutive units, so consecutive
+    # blocks of one tile reuse the tile it unrolled (keyed per thread).
+    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t og = cv.n_out // cv.groups
+    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t n_tiles = (n_pos + cv.tile - 1) // cv.tile
+    cdef Py_ssize_t n_blocks = (og + cv.block - 1) // cv.block
+    cdef Py_ssize_t n_units = cv.n_images * cv.groups * n_tiles * n_blocks
+    cdef Py_ssize_t u, n, grp, t, b, p0, p1, m0, m1, tile_key, ld, r, q
+    cdef Py_ssize_t n_failed = 0
+    cdef floating* buf
+    cdef const floating* cols
+    cdef floating* dst
+    cdef int tid
+    cdef Py_ssize_t* last_key = <Py_ssize_t*> malloc(n_threads * sizeof(Py_ssize_t))
+    if last_key == NULL:
+        return 1
+    for tid in range(n_threads):
+        last_key[tid] = -1
+    with parallel(num_threads=n_threads):
+        buf = NULL
+        if not cv.direct:
+            buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
+        for u in prange(n_units, schedule='static'):
+            if not cv.direct and buf == NULL:
+                n_failed += 1
+            else:
+                tid = omp_get_thread_num()
+                b = u % n_blocks
+                tile_key = u // n_blocks
+                t = tile_key % n_tiles
+                grp = (tile_key // n_tiles) % cv.groups
+                n = tile_key // (n_tiles * cv.groups)
+                p0 = t * cv.tile
+                p1 = min(n_pos, p0 + cv.tile)
+                cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf, &ld,
+                                     last_key[tid] != tile_key)
+                last_key[tid] = tile_key
+                m0 = grp * og + b * cv.block
+                m1 = min((grp + 1) * og, m0 + cv.block)
+                if cv.nhwc:
+                    dst = out + (n * n_pos + p0) * cv.n_out + m0
+                    gemm_rm(False, True, p1 - p0, m1 - m0, kg, 1, cols, ld,
+                            w + m0 * kg, kg, 0, dst, cv.n_out)
+                    if bias != NULL:
+                        for r in range(p1 - p0):
+                            for q in range(m1 - m0):
+                                dst[r * cv.n_out + q] += bias[m0 + q]
+                else:
+                    dst = out + (n * cv.n_out + m0) * n_pos + p0
+                    gemm_rm(False, False, m1 - m0, p1 - p0, kg, 1, w + m0 * kg, kg,
+                            cols, ld, 0, dst, n_pos)
+                    if bias != NULL:
+                        for r in range(m1 - m0):
+                            for q in range(p1 - p0):
+                                dst[r * n_pos + q] += bias[m0 + r]
+        free(buf)
+    free(last_key)
+    return n_failed
+
+
+cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating* bias,
+                           floating* gx, Conv cv, Geometry g, int n_threads) noexcept nogil:
+    # gx = col2im(W^T go), a tile at a time. Units (image, group, block of
+    # input channels, band of `tile` positions = whole output rows). Units of
+    # different images/groups/channel blocks write disjoint elements; bands two
+    # apart never reach the same input row (the planner sizes them so), so even
+    # bands run first, then odd ones. Race-free and bitwise deterministic.
+    # `bias` (conv_transpose2d) seeds gx instead of zeros. Here cv.n_channels
+    # is gx's channel count and cv.n_out go's.
+    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t og = cv.n_out // cv.groups
+    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * kk
+    cdef Py_ssize_t n_tiles = (n_pos + cv.tile - 1) // cv.tile
+    cdef Py_ssize_t n_blocks = (cg + cv.block - 1) // cv.block
+    cdef Py_ssize_t n_pairs = (n_tiles + 1) // 2
+    cdef Py_ssize_t plane = g.in_h * g.in_w
+    cdef Py_ssize_t image_size = plane * cv.n_channels
+    cdef Py_ssize_t n_units, u, n, grp, t, b, p0, p1, c0, c1, k, r, q, c
+    cdef Py_ssize_t n_failed = 0
+    cdef int parity, n_phases
+    cdef floating* buf
+    cdef floating* dst
+    cdef const floating* src
+    if cv.direct:
+        n_phases = 1   # input and output positions coincide: tiles are disjoint
+        n_pairs = n_tiles
+    else:
+        n_phases = 2
+        # Seed gx with the bias (or zeros) before anything is folded into it.
+        for u in prange(cv.n_images * cv.n_channels, nogil=True,
+                        num_threads=n_threads, schedule='static'):
+            n = u // cv.n_channels
+            c = u % cv.n_channels
+            if cv.nhwc:
+                for k in range(plane):
+                    gx[n * image_size + k * cv.n_channels + c] = bias[c] if bias != NULL else 0
+            else:
+                for k in range(plane):
+                    gx[u * plane + k] = bias[c] if bias != NULL else 0
+    n_units = cv.n_images * cv.groups * n_blocks * n_pairs
+    for parity in range(n_phases):
+        with parallel(num_threads=n_threads):
+            buf = NULL
+            if not cv.direct:
+                buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
+            for u in prange(n_units, schedule='static'):
+                t = u % n_pairs
+                if not cv.direct:
+                    t = 2 * t + parity
+                b = (u // n_pairs) % n_blocks
+                grp = (u // (n_pairs * n_blocks)) % cv.groups
+                n = u // (n_pairs * n_blocks * cv.groups)
+                if t >= n_tiles:
+                    pass
+                elif not cv.direct and buf == NULL:
+                    n_failed += 1
+                else:
+                    p0 = t * cv.tile
+                    p1 = min(n_pos, p0 + cv.tile)
+                    c0 = b * cv.block
+                    c1 = min(cg, c0 + cv.block)
+                    src = go + n * n_pos * cv.n_out
+                    if cv.nhwc:
+                        # NHWC runs with a single channel block (planner).
+                        src = src + p0 * cv.n_out + grp * og
+                        if cv.direct:
+                            dst = gx + n * image_size + p0 * cv.n_channels + grp * cg
+                            gemm_rm(False, False, p1 - p0, cg, og, 1, src, cv.n_out,
+                                    w + grp * og * kg, kg, 0, dst, cv.n_channels)
+                            if bias != NULL:
+                                for r in range(p1 - p0):
+                                    for q in range(cg):
+                                        dst[r * cv.n_channels + q] += bias[grp * cg + q]
+                        else:
+                            gemm_rm(False, False, p1 - p0, kg, og, 1, src, cv.n_out,
+                                    w + grp * og * kg, kg, 0, buf, kg)
+                            fold_nhwc(buf, kg, cv.n_channels, grp * cg, cg, &g, p0, p1,
+                                      gx + n * image_size)
+                    else:
+                        src = src + grp * og * n_pos + p0
+                        if cv.direct:
+                            dst = gx + n * image_size + (grp * cg + c0) * plane + p0
+                            gemm_rm(True, False, c1 - c0, p1 - p0, og, 1,
+                                    w + grp * og * kg + c0, kg, src, n_pos, 0, dst, plane)
+                            if bias != NULL:
+                                for r in range(c1 - c0):
+                                    for q in range(p1 - p0):
+                                        dst[r * plane + q] += bias[grp * cg + c0 + r]
+                        else:
+                            gemm_rm(True, False, (c1 - c0) * kk, p1 - p0, og, 1,
+                                    w + grp * og * kg + c0 * kk, kg, src, n_pos, 0,
+                                    buf, p1 - p0)
+                            fold_nchw(buf, p1 - p0, c1 - c0, &g, p0, p1,
+                                      gx + n * image_size + (grp * cg + c0) * plane)
+            free(buf)
+    return n_failed
+
+
+cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
+                            Conv cv, Geometry g, bint per_thread_sums,
+                            int n_threads) noexcept nogil:
+    # gw_g = sum over images and tiles of go_tile @ unrolled_tile^T.
+    # per_thread_sums: units (image, group, tile) add into one private
+    #   (n_out, K_g) sum per thread, reduced in thread order at the end.
+    # otherwise: units (group, block of output channels) each own their rows
+    #   of gw and loop over images and tiles themselves (re-unrolling a tile
+    #   per block: chosen when there are few images and tiles).
+    # Both are deterministic for a given thread count (static schedule).
+    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t og = cv.n_out // cv.groups
+    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t n_tiles = (n_pos + cv.tile - 1) // cv.tile
+    cdef Py_ssize_t n_blocks = (og + cv.block - 1) // cv.block
+    cdef Py_ssize_t size = cv.n_out * kg
+    cdef Py_ssize_t n_units, u, n, grp, t, b, p0, p1, m0, m1, ld, k, tid
+    cdef Py_ssize_t n_failed = 0
+    cdef floating* buf
+    cdef floating* sums = NULL
+    cdef floating* dst
+    cdef floating total
+    cdef const floating* cols
+    cdef const floating* src
+    if per_thread_sums:
+        sums = <floating*> calloc(n_threads * size, sizeof(floating))
+        if sums == NULL:
+            return 1
+        n_units = cv.n_images * cv.groups * n_tiles
+    else:
+        n_units = cv.groups * n_blocks
+        for k in prange(size, nogil=True, num_threads=n_threads, schedule='static'):
+            gw[k] = 0
+    with parallel(num_threads=n_threads):
+        buf = NULL
+        if not cv.direct:
+            buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
+        for u in prange(n_units, schedule='static'):
+            if not cv.direct and buf == NULL:
+                n_failed += 1
+            elif per_thread_sums:
+                t = u % n_tiles
+                grp = (u // n_tiles) % cv.groups
+                n = u // (n_tiles * cv.groups)
+                p0 = t * cv.tile
+                p1 = min(n_pos, p0 + cv.tile)
+                cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf, &ld)
+                dst = sums + omp_get_thread_num() * size + grp * og * kg
+                if cv.nhwc:
+                    src = go + (n * n_pos + p0) * cv.n_out + grp * og
+                    gemm_rm(True, False, og, kg, p1 - p0, 1, src, cv.n_out,
+                            cols, ld, 1, dst, kg)
+                else:
+                    src = go + (n * cv.n_out + grp * og) * n_pos + p0
+                    gemm_rm(False, True, og, kg, p1 - p0, 1, src, n_pos,
+                            cols, ld, 1, dst, kg)
+            else:
+                b = u % n_blocks
+                grp = u // n_blocks
+                m0 = grp * og + b * cv.block
+                m1 = min((grp + 1) * og, m0 + cv.block)
+                for n in range(cv.n_images):
+                    for t in range(n_tiles):
+                        p0 = t * cv.tile
+                        p1 = min(n_pos, p0 + cv.tile)
+                        cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf, &ld)
+                        if cv.nhwc:
+                            src = go + (n * n_pos + p0) * cv.n_out + m0
+                            gemm_rm(True, False, m1 - m0, kg, p1 - p0, 1, src, cv.n_out,
+                                    cols, ld, 1, gw + m0 * kg, kg)
+                        else:
+                            src = go + (n * cv.n_out + m0) * n_pos + p0
+                            gemm_rm(False, True, m1 - m0, kg, p1 - p0, 1, src, n_pos,
+                                    cols, ld, 1, gw + m0 * kg, kg)
+        free(buf)
+    if per_thread_sums:
+        # Reduce in thread order: the same thread count sums the same way.
+        for k in prange(size, nogil=True, num_threads=n_threads, schedule='static'):
+            total = 0
+            for tid in range(n_threads):
+                total = total + sums[tid * size + k]
+            gw[k] = total
+        free(sums)
+    return n_failed
+
+
+cdef inline void* data(cnp.ndarray a):
+    return NULL if a is None else cnp.PyArray_DATA(a)
+
+
+def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
+                   tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
+                   int n_threads):
+    """out = conv2d(x, w) + bias; x any strides, w/bias/out C-contiguous."""
+    cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
+    cdef Geometry g = make_geometry(geom)
+    cdef void* xp = data(x)
+    cdef void* wp = data(w)
+    cdef void* bp = data(bias)
+    cdef void* op = data(out)
+    cdef Py_ssize_t failed
+    with nogil:
+        if cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32:
+            failed = forward(<float*> xp, <float*> wp, <float*> bp, <float*> op,
+                             cv, g, n_threads)
+        else:
+            failed = forward(<double*> xp, <double*> wp, <double*> bp, <double*> op,
+                             cv, g, n_threads)
+    if failed:
+        raise MemoryError("conv2d: could not allocate the per-thread tile buffers")
+
+
+def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx,
+                      tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
+                      int n_threads):
+    """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx); all C-contiguous."""
+    cdef Conv cv = make_conv(gx, shape, split, nhwc, direct)
+    cdef Geometry g = make_geometry(geom)
+    cdef void* gop = data(go)
+    cdef void* wp = data(w)
+    cdef void* bp = data(bias)
+    cdef void* gxp = data(gx)
+    cdef Py_ssize_t failed
+    with nogil:
+        if cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+            failed = grad_input(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
+                                cv, g, n_threads)
+        else:
+            failed = grad_input(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
+                                cv, g, n_threads)
+    if failed:
+        raise MemoryError("conv2d_input: could not allocate the per-thread tile buffers")
+
+
+def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shape,
+                       tuple geom, tuple split, bint nhwc, bint direct,
+                       bint per_thread_sums, int n_threads):
+    """gw = d/dw <conv2d(x, w), go>; x any strides, go/gw C-contiguous."""
+    cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
+    cdef Geometry g = make_geometry(geom)
+    cdef void* xp = data(x)
+    cdef void* gop = data(go)
+    cdef void* gwp = data(gw)
+    cdef Py_ssize_t failed
+    with nogil:
+        if cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+            failed = grad_weight(<float*> xp, <float*> gop, <float*> gwp, cv, g,
+                                 per_thread_sums, n_threads)
+        else:
+            failed = grad_weight(<double*> xp, <double*> gop, <double*> gwp, cv, g,
+                                 per_thread_sums, n_threads)
+    if failed:
+        raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")

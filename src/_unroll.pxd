@@ -1,0 +1,193 @@
+# The unroll (im2col) and fold (col2im) of one image, for a range of output
+# positions: the building blocks that every kernel module shares.
+#
+# All indices are signed Py_ssize_t; every function takes raw pointers and
+# element strides (any sign), so that callers inside prange never slice
+# memoryviews. Functions are sequential: callers partition the work so that
+# no two threads ever write the same element.
+from cython cimport floating
+from libc.string cimport memcpy, memset
+
+
+cdef struct Geometry:
+    # Input image size, output size and window parameters of one convolution.
+    # pad_h / pad_w are the top / left padding; bottom / right padding is
+    # implied by out_h / out_w (which lets 'same' padding be asymmetric).
+    Py_ssize_t in_h, in_w, out_h, out_w
+    Py_ssize_t kernel_h, kernel_w, stride_h, stride_w
+    Py_ssize_t pad_h, pad_w, dilation_h, dilation_w
+
+
+cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # Ceiling of a / b for b > 0 and a of any sign (C division truncates).
+    if a >= 0:
+        return (a + b - 1) // b
+    return -((-a) // b)
+
+
+cdef inline void valid_out_cols(const Geometry* g, Py_ssize_t j,
+                                Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    # Output columns ow in [lo, hi) whose kernel column j falls inside the
+    # image: 0 <= ow*stride_w - pad_w + j*dilation_w < in_w.
+    cdef Py_ssize_t offset = j * g.dilation_w - g.pad_w
+    lo[0] = max(<Py_ssize_t> 0, ceil_div(-offset, g.stride_w))
+    hi[0] = min(g.out_w, ceil_div(g.in_w - offset, g.stride_w))
+    if hi[0] < lo[0]:
+        hi[0] = lo[0]
+
+
+cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
+                             Py_ssize_t s_w, Py_ssize_t n_channels,
+                             const Geometry* g, Py_ssize_t p_start,
+                             Py_ssize_t p_stop, floating* dst,
+                             Py_ssize_t ld_dst) noexcept nogil:
+    """dst[(c*kh + i)*kw + j, p - p_start] = x[c, ih, iw] (0 in the padding).
+
+    x points at channel 0 of one image; output positions p = oh*out_w + ow run
+    over [p_start, p_stop); rows of dst are ld_dst apart.
+    """
+    cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
+    cdef Py_ssize_t step = g.stride_w * s_w
+    cdef floating* row
+    cdef const floating* src
+    for c in range(n_channels):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                row = dst + ((c * g.kernel_h + i) * g.kernel_w + j) * ld_dst
+                valid_out_cols(g, j, &lo, &hi)
+                oh = p_start // g.out_w
+                ow_first = p_start - oh * g.out_w
+                t = 0
+                while t < p_stop - p_start:
+                    seg_stop = min(g.out_w, ow_first + (p_stop - p_start - t))
+                    ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                    if ih < 0 or ih >= g.in_h:
+                        memset(row + t, 0, (seg_stop - ow_first) * sizeof(floating))
+                    else:
+                        a = max(ow_first, lo)
+                        b = max(a, min(seg_stop, hi))
+                        if a > ow_first:
+                            memset(row + t, 0, (a - ow_first) * sizeof(floating))
+                        iw0 = a * g.stride_w - g.pad_w + j * g.dilation_w
+                        src = x + c * s_c + ih * s_h + iw0 * s_w
+                        if step == 1:
+                            memcpy(row + t + (a - ow_first), src,
+                                   (b - a) * sizeof(floating))
+                        else:
+                            for ow in range(b - a):
+                                row[t + (a - ow_first) + ow] = src[ow * step]
+                        if seg_stop > b:
+                            memset(row + t + (b - ow_first), 0,
+                                   (seg_stop - b) * sizeof(floating))
+                    t += seg_stop - ow_first
+                    ow_first = 0
+                    oh += 1
+
+
+cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
+                             Py_ssize_t s_c, Py_ssize_t c_start,
+                             Py_ssize_t n_channels, const Geometry* g,
+                             Py_ssize_t p_start, Py_ssize_t p_stop,
+                             floating* dst, Py_ssize_t ld_dst) noexcept nogil:
+    """dst[p - p_start, (i*kw + j)*n_channels + c] = x[ih, iw, c_start + c].
+
+    x points at one image (H, W, C); channel runs are copied whole.
+    """
+    cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw
+    cdef Py_ssize_t run = n_channels * sizeof(floating)
+    cdef floating* out
+    cdef const floating* src
+    oh = p_start // g.out_w
+    ow = p_start - oh * g.out_w
+    for p in range(p_stop - p_start):
+        out = dst + p * ld_dst
+        for i in range(g.kernel_h):
+            ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+            if ih < 0 or ih >= g.in_h:
+                memset(out, 0, g.kernel_w * run)
+                out += g.kernel_w * n_channels
+                continue
+            for j in range(g.kernel_w):
+                iw = ow * g.stride_w - g.pad_w + j * g.dilation_w
+                if iw < 0 or iw >= g.in_w:
+                    memset(out, 0, run)
+                else:
+                    src = x + ih * s_h + iw * s_w + c_start * s_c
+                    if s_c == 1:
+                        memcpy(out, src, run)
+                    else:
+                        for c in range(n_channels):
+                            out[c] = src[c * s_c]
+                out += n_channels
+        ow += 1
+        if ow == g.out_w:
+            ow = 0
+            oh += 1
+
+
+cdef inline void fold_nchw(const floating* cols, Py_ssize_t ld_cols,
+                           Py_ssize_t n_channels, const Geometry* g,
+                           Py_ssize_t p_start, Py_ssize_t p_stop,
+                           floating* img) noexcept nogil:
+    """img[c, ih, iw] += cols[(c*kh + i)*kw + j, p - p_start]: unroll's adjoint.
+
+    img is C-contiguous (n_channels, in_h, in_w).
+    """
+    cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
+    cdef const floating* row
+    cdef floating* dst
+    for c in range(n_channels):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * ld_cols
+                valid_out_cols(g, j, &lo, &hi)
+                oh = p_start // g.out_w
+                ow_first = p_start - oh * g.out_w
+                t = 0
+                while t < p_stop - p_start:
+                    seg_stop = min(g.out_w, ow_first + (p_stop - p_start - t))
+                    ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                    if 0 <= ih < g.in_h:
+                        a = max(ow_first, lo)
+                        b = max(a, min(seg_stop, hi))
+                        iw0 = a * g.stride_w - g.pad_w + j * g.dilation_w
+                        dst = img + (c * g.in_h + ih) * g.in_w + iw0
+                        for ow in range(b - a):
+                            dst[ow * g.stride_w] += row[t + (a - ow_first) + ow]
+                    t += seg_stop - ow_first
+                    ow_first = 0
+                    oh += 1
+
+
+cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
+                           Py_ssize_t n_img_channels, Py_ssize_t c_start,
+                           Py_ssize_t n_channels, const Geometry* g,
+                           Py_ssize_t p_start, Py_ssize_t p_stop,
+                           floating* img) noexcept nogil:
+    """img[ih, iw, c_start + c] += cols[p - p_start, (i*kw + j)*n_channels + c].
+
+    img is C-contiguous (in_h, in_w, n_img_channels).
+    """
+    cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw
+    cdef const floating* src
+    cdef floating* out
+    oh = p_start // g.out_w
+    ow = p_start - oh * g.out_w
+    for p in range(p_stop - p_start):
+        src = cols + p * ld_cols
+        for i in range(g.kernel_h):
+            ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+            if ih < 0 or ih >= g.in_h:
+                src += g.kernel_w * n_channels
+                continue
+            for j in range(g.kernel_w):
+                iw = ow * g.stride_w - g.pad_w + j * g.dilation_w
+                if 0 <= iw < g.in_w:
+                    out = img + (ih * g.in_w + iw) * n_img_channels + c_start
+                    for c in range(n_channels):
+                        out[c] += src[c]
+                src += n_channels
+        ow += 1
+        if ow == g.out_w:
+            ow = 0
+            oh += 1
