@@ -5,6 +5,17 @@ in cache, and hand it straight to SciPy's BLAS sgemm/dgemm: the full unrolled
 matrix never exists. The API follows torch.nn.functional and torch.nn.grad.
 """
 from ._version import __version__
+
+try:
+    from . import _conv, _im2col, _openmp_info  # noqa: F401  (compiled kernels)
+except ImportError as exc:  # pragma: no cover - depends on how it was imported
+    raise ImportError(
+        "fastim2col's compiled kernels could not be imported. If you are inside the "
+        "source checkout, its fastim2col/ folder (which holds no compiled modules) "
+        "shadows the installed package: run from another directory, or use "
+        "`python -P -m fastim2col`, or build in place with "
+        "`python setup.py build_ext --inplace`."
+    ) from exc
 from .functional import col2im, conv2d, conv_transpose2d, im2col
 from ._threads import get_num_threads, set_num_threads
 from ._config import show_config

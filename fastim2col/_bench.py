@@ -1,2 +1,371 @@
-def main(argv=None):
+"""``python -m fastim2col``: the main job, and ``python -m fastim2col bench``.
+
+The main job runs a default layer suite (ResNet-50-like 3x3 and 1x1 layers and
+the 7x7 stride-2 stem) through conv2d, checks each result against a NumPy
+im2col (sliding_window_view) + matmul baseline and times both.
+
+``bench`` compares against the bare BLAS GEMM of the same shape and, with
+``--compare``, against PyTorch (if installed) and the NumPy baseline, printing
+time, GFLOP/s, ratios, extra peak memory and geometric means.
+
+Timing protocol: each implementation runs in blocks (warm-up calls, then timed
+calls), blocks of different implementations alternate over several rounds and
+the median of all timed calls is reported. OpenMP and BLAS worker threads keep
+spinning after a parallel region, so interleaving two libraries call by call
+would measure their interference rather than their speed.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+class Layer(NamedTuple):
+    name: str
+    c_in: int
+    c_out: int
+    size: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+
+    def out_size(self) -> int:
+        return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
+
+    def flops(self, batch: int) -> float:
+        k = self.c_in // self.groups * self.kernel * self.kernel
+        return 2.0 * batch * self.c_out * self.out_size() ** 2 * k
+
+
+# ResNet-50's convolutions, a VGG layer, ResNeXt's grouped and MobileNetV2's
+# depthwise 3x3.
+LAYERS = {
+    "resnet_stem_7x7s2": Layer("resnet_stem_7x7s2", 3, 64, 224, 7, 2, 3),
+    "resnet_3x3_56": Layer("resnet_3x3_56", 64, 64, 56, 3, 1, 1),
+    "resnet_3x3_28": Layer("resnet_3x3_28", 128, 128, 28, 3, 1, 1),
+    "resnet_3x3_14": Layer("resnet_3x3_14", 256, 256, 14, 3, 1, 1),
+    "resnet_3x3_7": Layer("resnet_3x3_7", 512, 512, 7, 3, 1, 1),
+    "resnet_1x1_56": Layer("resnet_1x1_56", 64, 256, 56, 1),
+    "vgg_3x3_224": Layer("vgg_3x3_224", 64, 64, 224, 3, 1, 1),
+    "resnext_g32_56": Layer("resnext_g32_56", 128, 128, 56, 3, 1, 1, 32),
+    "mobilenet_dw_56": Layer("mobilenet_dw_56", 144, 144, 56, 3, 1, 1, 144),
+}
+MAIN_SUITE = ["resnet_stem_7x7s2", "resnet_3x3_56", "resnet_3x3_28", "resnet_3x3_14",
+              "resnet_3x3_7", "resnet_1x1_56"]
+
+
+def make_inputs(layer: Layer, batch: int, dtype, layout: str = "NCHW", seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, layer.c_in, layer.size, layer.size)).astype(dtype)
+    w = rng.standard_normal((layer.c_out, layer.c_in // layer.groups, layer.kernel,
+                             layer.kernel)).astype(dtype)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        w = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    return x, w
+
+
+def numpy_conv2d(x, w, stride, padding, groups):
+    """The textbook NumPy baseline: sliding_window_view unroll, copied
+    contiguous, then one matmul per group. NCHW only."""
+    n, c, _, _ = x.shape
+    c_out, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    ho, wo = win.shape[2:4]
+    og = c_out // groups
+    out = np.empty((n, c_out, ho, wo), dtype=x.dtype)
+    for g in range(groups):
+        cols = np.ascontiguousarray(
+            win[:, g * cg:(g + 1) * cg].transpose(1, 4, 5, 0, 2, 3)).reshape(cg * kh * kw, -1)
+        res = w[g * og:(g + 1) * og].reshape(og, -1) @ cols
+        out[:, g * og:(g + 1) * og] = res.reshape(og, n, ho, wo).transpose(1, 0, 2, 3)
+    return out
+
+
+def bare_gemm(layer: Layer, batch: int, dtype):
+    """The BLAS GEMM conv2d reduces to: (C_out x C*kh*kw) by (C*kh*kw x N*Ho*Wo),
+    with SciPy's BLAS, operands prepared in Fortran order (no copies)."""
+    from scipy.linalg import blas
+    gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
+    k = layer.c_in // layer.groups * layer.kernel ** 2
+    cols = batch * layer.out_size() ** 2
+    og = layer.c_out // layer.groups
+    rng = np.random.default_rng(1)
+    a = np.asfortranarray(rng.standard_normal((og, k)).astype(dtype))
+    b = np.asfortranarray(rng.standard_normal((k, cols)).astype(dtype))
+    c = np.asfortranarray(np.empty((og, cols), dtype=dtype))
+
+    def run():
+        for _ in range(layer.groups):
+            gemm(1.0, a, b, 0.0, c, overwrite_c=True)
+    return run
+
+
+def peak_extra_mib(fn: Callable[[], object]) -> float | None:
+    """Extra resident memory (MiB) one call adds at its peak, over what the
+    process held before it (inputs and outputs allocated and touched).
+    Linux only: resets the high-water mark through /proc/self/clear_refs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+        return 0
+    before = status("VmRSS:")
+    fn()
+    return max(0, status("VmHWM:") - before) / 1024
+
+
+def timed_blocks(fns: dict, rounds: int, repeat: int, warmup: int = 2) -> dict:
+    """Median seconds per call of each function, alternating warmed-up blocks."""
+    times: dict = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _geomean(values):
+    values = [v for v in values if v is not None and v > 0]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def _limits(threads: int):
+    from threadpoolctl import ThreadpoolController
+    import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS)
+    return ThreadpoolController().limit(limits=threads, user_api="blas")
+
+
+def _print_table(headers, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(v).rjust(w) for v, w in zip(r, widths)))
+
+
+def _common_args(p: argparse.ArgumentParser, default_layers):
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for fastim2col and every peer (default: fastim2col's default)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--batch", default="1", help="batch size(s), comma separated (default 1)")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
+    p.add_argument("--layers", default=",".join(default_layers),
+                   help=f"comma-separated layer names from: {', '.join(LAYERS)}")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of blocks")
+    p.add_argument("--repeat", type=int, default=3, help="timed calls per block")
+
+
+def _setup(args):
+    import fastim2col
+    if args.threads is not None:
+        fastim2col.set_num_threads(args.threads)
+    threads = fastim2col.get_num_threads()
+    layers = [LAYERS[name] for name in args.layers.split(",") if name]
+    batches = [int(b) for b in str(args.batch).split(",")]
+    return fastim2col, threads, layers, batches, np.dtype(args.dtype)
+
+
+def run_main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m fastim2col",
+        description="Run the default layer suite through fastim2col.conv2d, check every "
+                    "result against a NumPy im2col + matmul baseline and time both. "
+                    "Subcommand `bench` compares against bare GEMM, PyTorch and NumPy.")
+    _common_args(p, MAIN_SUITE)
+    args = p.parse_args(argv)
+    fastim2col, threads, layers, batches, dtype = _setup(args)
+    print(f"fastim2col {fastim2col.__version__}: conv2d, {dtype.name}, {args.layout}, "
+          f"{threads} thread(s); baseline: NumPy sliding_window_view + matmul")
+    rows, failures = [], 0
+    tol = 1e-3 if dtype == np.float32 else 1e-10
+    with _limits(threads):
+        for batch in batches:
+            for layer in layers:
+                x, w = make_inputs(layer, batch, dtype, args.layout)
+                x_nchw = x if args.layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+                w_nchw = w if args.layout == "NCHW" else np.ascontiguousarray(w.transpose(0, 3, 1, 2))
+
+                def ours():
+                    return fastim2col.conv2d(x, w, None, layer.stride, layer.padding, 1,
+                                             layer.groups, layout=args.layout)
+
+                def base():
+                    return numpy_conv2d(x_nchw, w_nchw, layer.stride, layer.padding, layer.groups)
+                got, want = ours(), base()
+                if args.layout == "NHWC":
+                    got = got.transpose(0, 3, 1, 2)
+                err = float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
+                ok = err < tol
+                failures += not ok
+                t = timed_blocks({"ours": ours, "numpy": base}, args.rounds, args.repeat)
+                gf = layer.flops(batch) / 1e9
+                rows.append([layer.name, batch, f"{t['ours'] * 1e3:.2f}", f"{gf / t['ours']:.1f}",
+                             f"{t['numpy'] * 1e3:.2f}", f"{t['numpy'] / t['ours']:.1f}x",
+                             f"{err:.1e}", "ok" if ok else "MISMATCH"])
+    _print_table(["layer", "batch", "ms", "GFLOP/s", "numpy ms", "speedup", "rel err", "check"],
+                 rows)
+    return 1 if failures else 0
+
+
+def run_bench(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m fastim2col bench",
+        description="Time fastim2col against the bare BLAS GEMM of each layer and, with "
+                    "--compare, against PyTorch and a NumPy im2col baseline.")
+    _common_args(p, list(LAYERS))
+    p.add_argument("--op", choices=["conv2d", "conv2d_input", "conv2d_weight", "im2col",
+                                    "col2im"], default="conv2d")
+    p.add_argument("--compare", default="", help="peers: comma separated from torch,numpy")
+    args = p.parse_args(argv)
+    fastim2col, threads, layers, batches, dtype = _setup(args)
+    peers = [s for s in args.compare.split(",") if s]
+    torch = None
+    if "torch" in peers:
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            print("note: torch is not installed; skipping the torch comparison")
+            peers.remove("torch")
+    print(f"fastim2col {fastim2col.__version__} {args.op}: {dtype.name}, {args.layout}, "
+          f"{threads} thread(s), medians of {args.rounds} alternating rounds x {args.repeat} "
+          f"calls" + (f"; torch {torch.__version__}" if torch is not None else ""))
+    headers = ["layer", "batch", "ms", "GFLOP/s", "/gemm"] + [f"/{p}" for p in peers] + \
+        ["extra MiB"] + [f"{p} MiB" for p in peers]
+    rows, ratios = [], {k: [] for k in ["gemm"] + peers}
+    with _limits(threads):
+        for batch in batches:
+            for layer in layers:
+                fns, out_bytes = _bench_fns(fastim2col, torch, layer, batch, dtype, args, peers)
+                t = timed_blocks(fns, args.rounds, args.repeat)
+                mem = {k: peak_extra_mib(fn) for k, fn in fns.items() if k != "gemm"}
+                gf = layer.flops(batch) / 1e9
+                row = [layer.name, batch, f"{t['ours'] * 1e3:.2f}", f"{gf / t['ours']:.1f}"]
+                for k in ["gemm"] + peers:
+                    if k in t:
+                        r = t["ours"] / t[k]
+                        if k != "gemm" or layer.groups == 1:
+                            ratios[k].append(r)
+                        row.append(f"{r:.2f}")
+                    else:
+                        row.append("-")
+                row.append(f"{mem['ours']:.1f}" if mem["ours"] is not None else "n/a")
+                for k in peers:
+                    m = mem.get(k)
+                    # peers allocate their result inside the call: count only the extra
+                    row.append(f"{max(0.0, m - out_bytes / 2**20):.1f}" if m is not None else "n/a")
+                rows.append(row)
+    _print_table(headers, rows)
+    print("time ratios (fastim2col / other; < 1 means fastim2col is faster), geometric means:")
+    for k, v in ratios.items():
+        note = " (groups=1 layers)" if k == "gemm" else ""
+        print(f"  vs {k}{note}: {_geomean(v):.3f}   worst {max(v) if v else float('nan'):.3f}")
     return 0
+
+
+def _bench_fns(fastim2col, torch, layer, batch, dtype, args, peers):
+    """{'ours': ..., 'gemm': ..., peer: ...} callables for one layer and op,
+    and the byte size of the result (peers allocate theirs inside the call)."""
+    x, w = make_inputs(layer, batch, dtype, args.layout)
+    s, p, g, op, layout = layer.stride, layer.padding, layer.groups, args.op, args.layout
+    y = fastim2col.conv2d(x, w, None, s, p, 1, g, layout=layout)
+    go = np.random.default_rng(2).standard_normal(y.shape).astype(dtype)
+    fns = {}
+    if op == "conv2d":
+        out = np.empty_like(y)
+        fns["ours"] = lambda: fastim2col.conv2d(x, w, None, s, p, 1, g, layout=layout, out=out)
+        result_bytes = y.nbytes
+    elif op == "conv2d_input":
+        out = np.empty_like(x)
+        fns["ours"] = lambda: fastim2col.grad.conv2d_input(x.shape, w, go, s, p, 1, g,
+                                                           layout=layout, out=out)
+        result_bytes = x.nbytes
+    elif op == "conv2d_weight":
+        out = np.empty_like(w)
+        fns["ours"] = lambda: fastim2col.grad.conv2d_weight(x, w.shape, go, s, p, 1, g,
+                                                            layout=layout, out=out)
+        result_bytes = w.nbytes
+    elif op == "im2col":
+        cols = fastim2col.im2col(x, layer.kernel, s, p, layout=layout)
+        out = np.empty_like(cols)
+        fns["ours"] = lambda: fastim2col.im2col(x, layer.kernel, s, p, layout=layout, out=out)
+        result_bytes = cols.nbytes
+    else:  # col2im
+        cols = fastim2col.im2col(x, layer.kernel, s, p, layout=layout)
+        out = np.empty_like(x)
+        hw = (layer.size, layer.size)
+        fns["ours"] = lambda: fastim2col.col2im(cols, hw, layer.kernel, s, p, layout=layout,
+                                                out=out)
+        result_bytes = x.nbytes
+    if op.startswith("conv2d"):
+        fns["gemm"] = bare_gemm(layer, batch, dtype)
+    x_nchw = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    w_nchw = w if layout == "NCHW" else np.ascontiguousarray(w.transpose(0, 3, 1, 2))
+    if "torch" in peers:
+        fns["torch"] = _torch_fn(torch, op, layer, x_nchw, w_nchw, go, layout)
+    if "numpy" in peers:
+        fn = _numpy_fn(op, layer, x_nchw, w_nchw)
+        if fn is not None:
+            fns["numpy"] = fn
+    return fns, result_bytes
+
+
+def _torch_fn(torch, op, layer, x, w, go, layout):
+    F = torch.nn.functional
+    s, p, g = layer.stride, layer.padding, layer.groups
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    if layout == "NHWC":
+        tx = tx.contiguous(memory_format=torch.channels_last)
+    tgo = torch.from_numpy(np.ascontiguousarray(go if layout == "NCHW" else go.transpose(0, 3, 1, 2)))
+    if op == "conv2d":
+        return lambda: F.conv2d(tx, tw, None, s, p, 1, g)
+    if op == "conv2d_input":
+        return lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tgo, s, p, 1, g)
+    if op == "conv2d_weight":
+        return lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tgo, s, p, 1, g)
+    if op == "im2col":
+        return lambda: F.unfold(tx, layer.kernel, 1, p, s)
+    cols = F.unfold(tx, layer.kernel, 1, p, s)
+    return lambda: F.fold(cols, (layer.size, layer.size), layer.kernel, 1, p, s)
+
+
+def _numpy_fn(op, layer, x, w):
+    s, p, g = layer.stride, layer.padding, layer.groups
+    if op == "conv2d":
+        return lambda: numpy_conv2d(x, w, s, p, g)
+    if op == "im2col":
+        def unroll():
+            xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+            win = sliding_window_view(xp, (layer.kernel,) * 2, axis=(2, 3))[:, :, ::s, ::s]
+            return np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3))
+        return unroll
+    return None
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return run_bench(argv[1:])
+    return run_main(argv)
