@@ -14,7 +14,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["_im2col", "_conv", "_openmp_info"]
+MODULES = ["_im2col", "_conv", "_depthwise", "_openmp_info"]
 
 
 def openmp_flags(compiler):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args, _plan
-from . import _conv, _im2col
+from . import _conv, _depthwise, _im2col
 from ._threads import blas_single_threaded, get_num_threads
 
 __all__ = ["im2col", "col2im", "conv2d", "conv_transpose2d"]
@@ -159,6 +159,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     if res.size:
         if kg == 0:   # no input channels: only the bias remains
             res[...] = 0 if bias is None else (bias if nhwc else bias[:, None, None])
+        elif cg == 1 and groups > 1:
+            # Depthwise: a direct kernel, not 1 x (kh*kw) GEMMs.
+            taps = w2.T.copy() if nhwc else w2
+            _depthwise.depthwise_forward(x, taps, bias, res, og, tuple(win), nhwc,
+                                         get_num_threads())
         else:
             n_threads = get_num_threads()
             split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads)

@@ -57,33 +57,38 @@ cdef Geometry make_geometry(tuple geom):
     return g
 
 
+cdef inline Py_ssize_t tile_ld(const Conv* cv, const Geometry* g,
+                               Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    # Leading dimension of the matrix unrolled_tile returns. (Returned, not
+    # written through a pointer: inside prange a variable whose address is
+    # taken is shared between threads.)
+    if cv.nhwc:
+        return cv.s_w if cv.direct else (cv.n_channels // cv.groups) * g.kernel_h * g.kernel_w
+    return cv.s_c if cv.direct else p1 - p0
+
+
 cdef inline const floating* unrolled_tile(const floating* x_img, const Conv* cv,
                                           const Geometry* g, Py_ssize_t group,
                                           Py_ssize_t p0, Py_ssize_t p1,
-                                          floating* buf, Py_ssize_t* ld,
-                                          bint fill=True) noexcept nogil:
+                                          floating* buf, bint fill=True) noexcept nogil:
     # The K_g x (p1-p0) (NCHW) or (p1-p0) x K_g (NHWC) matrix of one group's
     # unrolled tile: unrolled into buf, or, for a direct convolution, the
-    # input itself, which already is that matrix. fill=False: buf already
-    # holds this tile (Cython resets prange-private pointers every iteration,
-    # so the pointer and ld are recomputed, not remembered).
+    # input itself, which already is that matrix; its leading dimension is
+    # tile_ld(). fill=False: buf already holds this tile (Cython resets
+    # prange-private variables every iteration, so the pointer is recomputed).
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
     if cv.nhwc:
         if cv.direct:
-            ld[0] = cv.s_w
             return x_img + p0 * cv.s_w + group * cg
         if fill:
             unroll_nhwc(x_img, cv.s_h, cv.s_w, cv.s_c, group * cg, cg, g, p0, p1, buf, kg)
-        ld[0] = kg
         return buf
     if cv.direct:
-        ld[0] = cv.s_c
         return x_img + group * cg * cv.s_c + p0
     if fill:
         unroll_nchw(x_img + group * cg * cv.s_c, cv.s_c, cv.s_h, cv.s_w, cg, g, p0, p1,
                     buf, p1 - p0)
-    ld[0] = p1 - p0
     return buf
 
 
@@ -126,8 +131,9 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
                 n = tile_key // (n_tiles * cv.groups)
                 p0 = t * cv.tile
                 p1 = min(n_pos, p0 + cv.tile)
-                cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf, &ld,
+                cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf,
                                      last_key[tid] != tile_key)
+                ld = tile_ld(&cv, &g, p0, p1)
                 last_key[tid] = tile_key
                 m0 = grp * og + b * cv.block
                 m1 = min((grp + 1) * og, m0 + cv.block)
@@ -299,7 +305,8 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                 n = u // (n_tiles * cv.groups)
                 p0 = t * cv.tile
                 p1 = min(n_pos, p0 + cv.tile)
-                cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf, &ld)
+                cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf)
+                ld = tile_ld(&cv, &g, p0, p1)
                 dst = sums + omp_get_thread_num() * size + grp * og * kg
                 if cv.nhwc:
                     src = go + (n * n_pos + p0) * cv.n_out + grp * og
@@ -318,7 +325,8 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                     for t in range(n_tiles):
                         p0 = t * cv.tile
                         p1 = min(n_pos, p0 + cv.tile)
-                        cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf, &ld)
+                        cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf)
+                        ld = tile_ld(&cv, &g, p0, p1)
                         if cv.nhwc:
                             src = go + (n * n_pos + p0) * cv.n_out + m0
                             gemm_rm(True, False, m1 - m0, kg, p1 - p0, 1, src, cv.n_out,

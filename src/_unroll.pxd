@@ -25,15 +25,20 @@ cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return -((-a) // b)
 
 
-cdef inline void valid_out_cols(const Geometry* g, Py_ssize_t j,
-                                Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+cdef struct ColRange:
+    Py_ssize_t lo, hi
+
+
+cdef inline ColRange valid_out_cols(const Geometry* g, Py_ssize_t j) noexcept nogil:
     # Output columns ow in [lo, hi) whose kernel column j falls inside the
     # image: 0 <= ow*stride_w - pad_w + j*dilation_w < in_w.
+    # (Returned by value, not through pointers: a variable whose address is
+    # taken inside prange is shared between threads, not private.)
+    cdef ColRange r
     cdef Py_ssize_t offset = j * g.dilation_w - g.pad_w
-    lo[0] = max(<Py_ssize_t> 0, ceil_div(-offset, g.stride_w))
-    hi[0] = min(g.out_w, ceil_div(g.in_w - offset, g.stride_w))
-    if hi[0] < lo[0]:
-        hi[0] = lo[0]
+    r.lo = max(<Py_ssize_t> 0, ceil_div(-offset, g.stride_w))
+    r.hi = max(r.lo, min(g.out_w, ceil_div(g.in_w - offset, g.stride_w)))
+    return r
 
 
 cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
@@ -47,6 +52,7 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
     over [p_start, p_stop); rows of dst are ld_dst apart.
     """
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
+    cdef ColRange cols_ok
     cdef Py_ssize_t step = g.stride_w * s_w
     cdef floating* row
     cdef const floating* src
@@ -54,7 +60,9 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
                 row = dst + ((c * g.kernel_h + i) * g.kernel_w + j) * ld_dst
-                valid_out_cols(g, j, &lo, &hi)
+                cols_ok = valid_out_cols(g, j)
+                lo = cols_ok.lo
+                hi = cols_ok.hi
                 oh = p_start // g.out_w
                 ow_first = p_start - oh * g.out_w
                 t = 0
@@ -134,13 +142,16 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t ld_cols,
     img is C-contiguous (n_channels, in_h, in_w).
     """
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
+    cdef ColRange cols_ok
     cdef const floating* row
     cdef floating* dst
     for c in range(n_channels):
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
                 row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * ld_cols
-                valid_out_cols(g, j, &lo, &hi)
+                cols_ok = valid_out_cols(g, j)
+                lo = cols_ok.lo
+                hi = cols_ok.hi
                 oh = p_start // g.out_w
                 ow_first = p_start - oh * g.out_w
                 t = 0
