@@ -11,6 +11,11 @@ Kernels take these numbers as given. The rules:
 from __future__ import annotations
 
 TILE_BYTES = 512 * 1024
+# Below this much work per thread, starting and joining a thread team costs
+# more than it saves (and on a busy machine a descheduled worker stalls the
+# whole call at the closing barrier): small calls run on fewer threads.
+MIN_FLOPS_PER_THREAD = 4_000_000
+MIN_BYTES_PER_THREAD = 256 * 1024
 SCRATCH_BYTES = 24 * 1024 * 1024
 MIN_GEMM_TILE = 64          # narrower tiles make GEMM inefficient
 TILE_ALIGN = 16
@@ -18,6 +23,22 @@ TILE_ALIGN = 16
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def threads_for(work: float, n_threads: int, min_work: float) -> int:
+    """Threads worth using for `work` (FLOPs or bytes): at most n_threads,
+    at least 1, and no fewer than min_work per thread."""
+    return max(1, min(n_threads, int(work // min_work)))
+
+
+def conv_threads(flops: float) -> int:
+    from ._threads import get_num_threads
+    return threads_for(flops, get_num_threads(), MIN_FLOPS_PER_THREAD)
+
+
+def copy_threads(nbytes: float) -> int:
+    from ._threads import get_num_threads
+    return threads_for(nbytes, get_num_threads(), MIN_BYTES_PER_THREAD)
 
 
 def gemm_tile(kg: int, n_pos: int, itemsize: int) -> int:

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _args, _plan
 from . import _conv, _depthwise, _im2col
-from ._threads import blas_single_threaded, get_num_threads
+from ._threads import blas_single_threaded
 
 __all__ = ["im2col", "col2im", "conv2d", "conv_transpose2d"]
 
@@ -40,7 +40,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, layout="NCHW", ou
     x = _args.strided_operand(x, dtype)
     res = _args.output(_batched_out(out, unbatched), shape, dtype, (x,), "im2col")
     if res.size:
-        n_threads = get_num_threads()
+        n_threads = _plan.copy_threads(res.nbytes)
         tile = _plan.im2col_tile(n if nhwc else n * c, n_pos, n_threads)
         _im2col.im2col(x, res, tuple(win), nhwc, tile, n_threads)
     return out if out is not None else _squeeze(res, unbatched)
@@ -82,7 +82,7 @@ def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1, *,
     cols = _args.contiguous_operand(cols, dtype)
     res = _args.output(_batched_out(out, unbatched), shape, dtype, (cols,), "col2im")
     if res.size:
-        n_threads = get_num_threads()
+        n_threads = _plan.copy_threads(cols.nbytes)
         rows_per_band = _plan.col2im_rows(n, win, n_threads)
         _im2col.col2im(cols, res, tuple(win), nhwc, rows_per_band, n_threads)
     return out if out is not None else _squeeze(res, unbatched)
@@ -163,9 +163,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
             # Depthwise: a direct kernel, not 1 x (kh*kw) GEMMs.
             taps = w2.T.copy() if nhwc else w2
             _depthwise.depthwise_forward(x, taps, bias, res, og, tuple(win), nhwc,
-                                         get_num_threads())
+                                         _plan.conv_threads(2.0 * res.size * kg))
         else:
-            n_threads = get_num_threads()
+            n_threads = _plan.conv_threads(2.0 * res.size * kg)
             split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads)
             with blas_single_threaded:
                 _conv.conv2d_forward(x, w2, bias, res, (n, c, c_out, groups), tuple(win),
@@ -179,7 +179,7 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     n, c, rows = dims
     cg = c // groups
     kg = cg * win.kernel_h * win.kernel_w
-    n_threads = get_num_threads()
+    n_threads = _plan.conv_threads(2.0 * grad.size * kg)
     direct = (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w,
               win.out_h, win.out_w) == (1, 1, 1, 1, 0, 0, win.in_h, win.in_w)
     split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import _args, _plan
 from . import _conv
 from .functional import _batched_out, _input_gradient, _is_direct, _squeeze
-from ._threads import blas_single_threaded, get_num_threads
+from ._threads import blas_single_threaded
 
 __all__ = ["conv2d_input", "conv2d_weight"]
 
@@ -113,7 +113,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
         if n == 0 or cg == 0:
             res.fill(0)
         else:
-            n_threads = get_num_threads()
+            n_threads = _plan.conv_threads(2.0 * go.size * kg)
             tile, block, sums = _plan.grad_weight(n, groups, og, kg, n_pos, dtype.itemsize,
                                                   n_threads, c_out)
             with blas_single_threaded:
