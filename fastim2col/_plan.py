@@ -10,14 +10,15 @@ Kernels take these numbers as given. The rules:
 """
 from __future__ import annotations
 
-TILE_BYTES = 512 * 1024
+TILE_BYTES = 1024 * 1024
 # Below this much work per thread, starting and joining a thread team costs
 # more than it saves (and on a busy machine a descheduled worker stalls the
 # whole call at the closing barrier): small calls run on fewer threads.
 MIN_FLOPS_PER_THREAD = 4_000_000
 MIN_BYTES_PER_THREAD = 256 * 1024
 SCRATCH_BYTES = 24 * 1024 * 1024
-MIN_GEMM_TILE = 64          # narrower tiles make GEMM inefficient
+MIN_GEMM_TILE = 128         # narrower tiles make GEMM inefficient
+TILE_SCRATCH_BYTES = 32 * 1024 * 1024   # all threads' tile buffers together
 TILE_ALIGN = 16
 
 
@@ -41,9 +42,13 @@ def copy_threads(nbytes: float) -> int:
     return threads_for(nbytes, get_num_threads(), MIN_BYTES_PER_THREAD)
 
 
-def gemm_tile(kg: int, n_pos: int, itemsize: int) -> int:
-    """Output positions per unrolled tile: K_g * tile * itemsize <= TILE_BYTES."""
-    tile = max(1, TILE_BYTES // max(1, kg * itemsize))
+def gemm_tile(kg: int, n_pos: int, itemsize: int, n_threads: int = 1) -> int:
+    """Output positions per unrolled tile: K_g * tile * itemsize <= TILE_BYTES,
+    but at least MIN_GEMM_TILE positions (thin tiles make GEMM inefficient)
+    while all threads' tiles stay within TILE_SCRATCH_BYTES."""
+    column = max(1, kg * itemsize)
+    tile = max(TILE_BYTES // column,
+               min(MIN_GEMM_TILE, TILE_SCRATCH_BYTES // (n_threads * column)), 1)
     if tile >= n_pos:
         return n_pos
     if tile > TILE_ALIGN:
@@ -52,9 +57,10 @@ def gemm_tile(kg: int, n_pos: int, itemsize: int) -> int:
     return _ceil_div(n_pos, _ceil_div(n_pos, tile))
 
 
-def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads) -> tuple[int, int]:
-    """(tile, block of output channels) for conv2d's forward kernel."""
-    tile = gemm_tile(kg, n_pos, itemsize)
+def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct) -> tuple[int, int]:
+    """(tile, block of output channels) for conv2d's forward kernel. A direct
+    (1x1) convolution unrolls nothing, so its tile is a whole image."""
+    tile = n_pos if direct else gemm_tile(kg, n_pos, itemsize, n_threads)
     block = og
     units = n_images * groups * _ceil_div(n_pos, tile)
     want = 2 * n_threads
@@ -80,12 +86,13 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct)
     """(tile of whole output rows, block of input channels) for the input gradient."""
     n_pos = win.out_h * win.out_w
     if direct:
-        tile = gemm_tile(kg, n_pos, itemsize)
+        tile = n_pos
         n_tiles = _ceil_div(n_pos, tile)
         units = n_images * groups * n_tiles
     else:
         rows = max(band_rows(win.kernel_h, win.stride_h, win.dilation_h),
-                   TILE_BYTES // max(1, kg * win.out_w * itemsize))
+                   TILE_BYTES // max(1, kg * win.out_w * itemsize),
+                   MIN_GEMM_TILE // win.out_w)
         rows = min(rows, win.out_h)
         tile = rows * win.out_w
         units = n_images * groups * _ceil_div(_ceil_div(win.out_h, rows), 2)
@@ -98,7 +105,7 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct)
 
 def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out) -> tuple[int, int, bool]:
     """(tile, block of output channels, per-thread sums?) for the weight gradient."""
-    tile = gemm_tile(kg, n_pos, itemsize)
+    tile = gemm_tile(kg, n_pos, itemsize, n_threads)
     units = n_images * groups * _ceil_div(n_pos, tile)
     sums_bytes = n_threads * n_out * kg * itemsize
     if n_threads > 1 and units >= 2 * n_threads and sums_bytes <= SCRATCH_BYTES:

@@ -166,10 +166,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                                          _plan.conv_threads(2.0 * res.size * kg))
         else:
             n_threads = _plan.conv_threads(2.0 * res.size * kg)
-            split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads)
+            direct = _is_direct(x, win, nhwc, cg)
+            split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads, direct)
             with blas_single_threaded:
                 _conv.conv2d_forward(x, w2, bias, res, (n, c, c_out, groups), tuple(win),
-                                     split, nhwc, _is_direct(x, win, nhwc, cg), n_threads)
+                                     split, nhwc, direct, n_threads)
     return out if out is not None else _squeeze(res, unbatched)
 
 
@@ -235,7 +236,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     res = _args.output(_batched_out(out, unbatched), shape, dtype, (x, weight, bias),
                        "conv_transpose2d")
     if res.size:
-        if kg == 0 or c_in == 0:
+        if kg == 0 or grad.size == 0:   # nothing to scatter: only the bias remains
             res[...] = 0 if bias is None else (bias if nhwc else bias[:, None, None])
         else:
             _input_gradient(grad, w2, bias, res, (n, c_out, c_in), win, groups, nhwc)

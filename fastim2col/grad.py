@@ -75,7 +75,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     res = _args.output(_batched_out(out, unbatched), x_shape, dtype, (weight, grad_output),
                        "conv2d_input")
     if res.size:
-        if kg == 0 or c_out == 0:
+        if kg == 0 or go.size == 0:
             res.fill(0)
         else:
             _input_gradient(go, w2, None, res, (n, c, c_out), win, groups, nhwc)
@@ -110,7 +110,7 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
     x = _args.strided_operand(x, dtype)
     res = _args.output(out, w_shape, dtype, (x, grad_output), "conv2d_weight")
     if res.size:
-        if n == 0 or cg == 0:
+        if go.size == 0 or x.size == 0:
             res.fill(0)
         else:
             n_threads = _plan.conv_threads(2.0 * go.size * kg)

@@ -55,6 +55,7 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
     cdef ColRange cols_ok
     cdef Py_ssize_t step = g.stride_w * s_w
     cdef floating* row
+    cdef floating* out
     cdef const floating* src
     for c in range(n_channels):
         for i in range(g.kernel_h):
@@ -69,24 +70,30 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
                 while t < p_stop - p_start:
                     seg_stop = min(g.out_w, ow_first + (p_stop - p_start - t))
                     ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                    # Plain loops, not memcpy/memset: runs are short (an
+                    # output row, a pad column) and the call overhead would
+                    # dominate; the compiler vectorizes the unit-stride copy.
+                    out = row + t - ow_first
                     if ih < 0 or ih >= g.in_h:
-                        memset(row + t, 0, (seg_stop - ow_first) * sizeof(floating))
+                        for ow in range(ow_first, seg_stop):
+                            out[ow] = 0
                     else:
-                        a = max(ow_first, lo)
+                        # [a, b): the columns that read the image, clamped to
+                        # this segment (a kernel column may lie wholly in the
+                        # padding, lo >= seg_stop).
+                        a = min(max(ow_first, lo), seg_stop)
                         b = max(a, min(seg_stop, hi))
-                        if a > ow_first:
-                            memset(row + t, 0, (a - ow_first) * sizeof(floating))
-                        iw0 = a * g.stride_w - g.pad_w + j * g.dilation_w
-                        src = x + c * s_c + ih * s_h + iw0 * s_w
+                        for ow in range(ow_first, a):
+                            out[ow] = 0
+                        src = x + c * s_c + ih * s_h + (j * g.dilation_w - g.pad_w) * s_w
                         if step == 1:
-                            memcpy(row + t + (a - ow_first), src,
-                                   (b - a) * sizeof(floating))
+                            for ow in range(a, b):
+                                out[ow] = src[ow]
                         else:
-                            for ow in range(b - a):
-                                row[t + (a - ow_first) + ow] = src[ow * step]
-                        if seg_stop > b:
-                            memset(row + t + (b - ow_first), 0,
-                                   (seg_stop - b) * sizeof(floating))
+                            for ow in range(a, b):
+                                out[ow] = src[ow * step]
+                        for ow in range(b, seg_stop):
+                            out[ow] = 0
                     t += seg_stop - ow_first
                     ow_first = 0
                     oh += 1
@@ -118,11 +125,15 @@ cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
             for j in range(g.kernel_w):
                 iw = ow * g.stride_w - g.pad_w + j * g.dilation_w
                 if iw < 0 or iw >= g.in_w:
-                    memset(out, 0, run)
+                    for c in range(n_channels):
+                        out[c] = 0
                 else:
                     src = x + ih * s_h + iw * s_w + c_start * s_c
-                    if s_c == 1:
+                    if s_c == 1 and n_channels >= 32:
                         memcpy(out, src, run)
+                    elif s_c == 1:   # short runs (e.g. 3 RGB channels): no call
+                        for c in range(n_channels):
+                            out[c] = src[c]
                     else:
                         for c in range(n_channels):
                             out[c] = src[c * s_c]
