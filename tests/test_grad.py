@@ -1,0 +1,259 @@
+"""Gradients of conv2d: finite differences, the reference over the parameter
+space, adjointness, any strides, out=, NaN and empty sizes."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import fastim2col as F
+import reference as R
+from conftest import (LAYOUTS, PLAN_CASES, STRIDE_KINDS, as64, assert_close, conv_cases,
+                      conv_inputs, conv_ref_kwargs, expected_layout, img_from, img_to, rand,
+                      restride, run_isolated, weight_to)
+
+conv2d_input, conv2d_weight = F.grad.conv2d_input, F.grad.conv2d_weight
+
+
+def grad_case_inputs(case, rng):
+    """(x, w, g, lib) with g a random grad_output; lib also holds g as passed."""
+    x, w, _, lib = conv_inputs(case, rng)
+    shape = R.conv2d(np.zeros((1,) + case["x_shape"][1:]), np.zeros(case["w_shape"]),
+                     **conv_ref_kwargs(case)).shape[1:]
+    g = rand(rng, (case["x_shape"][0],) + shape, case["dtype"])
+    lib["g"] = restride(expected_layout(g, case), case["stride_kind"])
+    lib["input_size"] = lib["x"].shape
+    lib["weight_size"] = lib["weight"].shape
+    return x, w, g, lib
+
+
+def check_grads(case, rng, out=False):
+    x, w, g, lib = grad_case_inputs(case, rng)
+    kwargs = conv_ref_kwargs(case)
+    layout = case["layout"]
+    exp_x = expected_layout(R.conv2d_input_grad(x.shape, as64(w), as64(g), **kwargs), case)
+    exp_w = weight_to(R.conv2d_weight_grad(as64(x), w.shape, as64(g), **kwargs), layout)
+    outs = {}
+    if out:
+        outs = dict(x=np.full(exp_x.shape, np.nan, case["dtype"]),
+                    w=np.full(exp_w.shape, np.nan, case["dtype"]))
+    gx = conv2d_input(lib["input_size"], lib["weight"], lib["g"], **kwargs, layout=layout,
+                      out=outs.get("x"))
+    gw = conv2d_weight(lib["x"], lib["weight_size"], lib["g"], **kwargs, layout=layout,
+                       out=outs.get("w"))
+    if out:
+        assert gx is outs["x"] and gw is outs["w"]
+    assert_close(gx, exp_x, case["dtype"])
+    assert_close(gw, exp_w, case["dtype"])
+
+
+# --------------------------------------------------------------------------- finite differences
+
+FD_CASES = [
+    dict(),
+    dict(stride=2, padding=1),
+    dict(stride=(1, 2), padding=(2, 0), dilation=(2, 1)),
+    dict(padding="same", dilation=(1, 2)),
+    dict(groups=2),
+]
+
+
+def central_difference(f, a, eps=1e-6):
+    grad = np.empty_like(a)
+    for i in np.ndindex(a.shape):
+        orig = a[i]
+        a[i] = orig + eps
+        hi = f()
+        a[i] = orig - eps
+        lo = f()
+        a[i] = orig
+        grad[i] = (hi - lo) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("kwargs", FD_CASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_finite_differences(rng, kwargs, layout):
+    """d/dx, d/dw and d/db of sum(conv2d(x, w, b) * g), in float64."""
+    groups = kwargs.get("groups", 1)
+    x = img_to(rand(rng, (2, 2, 5, 4)), layout).copy()
+    w = weight_to(rand(rng, (2, 2 // groups, 3, 2)), layout).copy()
+    b = rand(rng, (2,))
+    y = F.conv2d(x, w, b, **kwargs, layout=layout)
+    g = rand(rng, y.shape)
+
+    def f():
+        return float(np.sum(F.conv2d(x, w, b, **kwargs, layout=layout) * g))
+
+    tol = dict(rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(conv2d_input(x.shape, w, g, **kwargs, layout=layout),
+                               central_difference(f, x), **tol)
+    np.testing.assert_allclose(conv2d_weight(x, w.shape, g, **kwargs, layout=layout),
+                               central_difference(f, w), **tol)
+    # The bias gradient (no function: documented as a sum of grad_output).
+    axes = (0, 1, 2) if layout == "NHWC" else (0, 2, 3)
+    np.testing.assert_allclose(g.sum(axis=axes), central_difference(f, b), **tol)
+
+
+# --------------------------------------------------------------------------- reference
+
+@given(conv_cases(), st.integers(0, 2**32 - 1), st.booleans())
+def test_matches_reference(kernel_threads, case, seed, out):
+    check_grads(case, np.random.default_rng(seed), out=out)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", PLAN_CASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plan_cases(kernel_threads, rng, x_shape, w_shape, stride, padding, dilation, groups,
+                    layout, dtype):
+    case = dict(x_shape=x_shape, w_shape=w_shape, stride=stride, padding=padding,
+                dilation=dilation, groups=groups, bias=False, layout=layout, dtype=dtype,
+                unbatched=False, stride_kind="C")
+    check_grads(case, rng)
+
+
+@pytest.mark.parametrize("stride_kind", STRIDE_KINDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kernel", [(1, 1), (2, 3)])
+def test_any_strides(rng, stride_kind, layout, kernel):
+    case = dict(x_shape=(3, 4, 7, 6), w_shape=(6, 2) + kernel, stride=1, padding=0,
+                dilation=1, groups=2, bias=False, layout=layout, dtype=np.float64,
+                unbatched=False, stride_kind=stride_kind)
+    check_grads(case, rng)
+    case.update(x_shape=(1, 4, 7, 6), unbatched=True)
+    check_grads(case, rng, out=True)
+
+
+@given(conv_cases(), st.integers(0, 2**32 - 1))
+def test_adjointness(kernel_threads, case, seed):
+    """<conv2d(x, w), g> == <x, conv2d_input(g)> == <w, conv2d_weight(x, g)>."""
+    case = dict(case, dtype=np.float64, bias=False)
+    x, w, g, lib = grad_case_inputs(case, np.random.default_rng(seed))
+    kwargs = dict(conv_ref_kwargs(case), layout=case["layout"])
+    y = F.conv2d(lib["x"], lib["weight"], **kwargs)
+    inner = np.vdot(y, lib["g"])
+    gx = conv2d_input(lib["input_size"], lib["weight"], lib["g"], **kwargs)
+    gw = conv2d_weight(lib["x"], lib["weight_size"], lib["g"], **kwargs)
+    bound = 1e-12 * (np.vdot(np.abs(y), np.abs(lib["g"])) + 1) * np.prod(case["w_shape"][1:])
+    assert abs(np.vdot(lib["x"], gx) - inner) <= bound
+    assert abs(np.vdot(lib["weight"], gw) - inner) <= bound
+
+
+# --------------------------------------------------------------------------- argument forms
+
+def test_input_size_forms(rng):
+    w, g = rand(rng, (3, 2, 2, 2)), rand(rng, (1, 3, 4, 3))
+    expected = R.conv2d_input_grad((1, 2, 5, 4), w, g)
+    for size in [(1, 2, 5, 4), [1, 2, 5, 4], tuple(np.array([1, 2, 5, 4]))]:
+        assert_close(conv2d_input(size, w, g), expected, np.float64)
+    assert_close(conv2d_input((2, 5, 4), w, g[0]), expected[0], np.float64)   # unbatched
+    x = rand(rng, (2, 5, 4))
+    assert_close(conv2d_weight(x, [3, 2, 2, 2], g[0]),
+                 R.conv2d_weight_grad(x[None], (3, 2, 2, 2), g), np.float64)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dtype_promotion(rng, layout):
+    x = rng.integers(-3, 4, (2, 3, 5, 5))
+    w = rng.integers(-3, 4, (2, 3, 3, 3)).astype(np.float32)
+    g32 = rand(rng, (2, 2, 3, 3), np.float32)
+    kw = dict(layout=layout)
+    gx = conv2d_input(img_to(x, layout).shape, weight_to(w, layout), img_to(g32, layout), **kw)
+    assert_close(gx, img_to(R.conv2d_input_grad(x.shape, w, g32), layout), np.float32)
+    gw = conv2d_weight(img_to(x, layout), weight_to(w, layout).shape,
+                       img_to(g32.astype(np.float16), layout), **kw)
+    assert_close(gw, weight_to(R.conv2d_weight_grad(as64(x), w.shape, g32.astype(np.float16)),
+                               layout), np.float64)   # int64 input + float16 -> float64
+    gw = conv2d_weight(img_to(x.astype(np.float16), layout), weight_to(w, layout).shape,
+                       img_to(g32, layout), **kw)
+    assert_close(gw, weight_to(R.conv2d_weight_grad(as64(x), w.shape, g32), layout),
+                 np.float32)
+
+
+# --------------------------------------------------------------------------- NaN / empty
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_nan_in_grad_output(rng, layout):
+    kwargs = dict(stride=2, padding=1, groups=2)
+    w = np.abs(rand(rng, (4, 1, 3, 3))) + 0.5
+    g = rand(rng, (2, 4, 10, 10))
+    g[1, 3, 4, 6] = np.nan
+    expected = R.conv2d_input_grad((2, 2, 20, 20), w, g, **kwargs)
+    mask = R.conv2d_input_grad((2, 2, 20, 20), np.ones(w.shape), np.isnan(g).astype(float),
+                               **kwargs) > 0
+    assert 0 < mask.sum() < mask.size / 10
+    np.testing.assert_array_equal(np.isnan(expected), mask)
+    gx = conv2d_input(img_to(np.zeros((2, 2, 20, 20)), layout).shape, weight_to(w, layout),
+                      img_to(g, layout), **kwargs, layout=layout)
+    assert_close(gx, img_to(expected, layout), np.float64)
+    np.testing.assert_array_equal(np.isnan(img_from(gx, layout)), mask)
+    # The weight gradient of a NaN input is NaN exactly where the NaN is read.
+    x = rand(rng, (2, 2, 20, 20))
+    x[0, 1, 7, 7] = np.nan
+    g = rand(rng, (2, 4, 10, 10))
+    gw = conv2d_weight(img_to(x, layout), weight_to(w, layout).shape, img_to(g, layout),
+                       **kwargs, layout=layout)
+    expected = R.conv2d_weight_grad(x, w.shape, g, **kwargs)
+    assert 0 < np.isnan(expected).sum() < expected.size
+    assert_close(gw, weight_to(expected, layout), np.float64)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("x_shape, w_shape, groups", [
+    ((0, 3, 5, 5), (4, 3, 3, 3), 1),    # batch 0
+    ((2, 0, 5, 5), (4, 0, 3, 3), 1),    # no input channels
+    ((2, 4, 5, 5), (0, 2, 3, 3), 2),    # no output channels
+])
+def test_empty(rng, layout, x_shape, w_shape, groups):
+    x = img_to(rand(rng, x_shape), layout)
+    w = weight_to(rand(rng, w_shape), layout)
+    g = img_to(rand(rng, (x_shape[0], w_shape[0], 5, 5)), layout)
+    gx = conv2d_input(x.shape, w, g, padding=1, groups=groups, layout=layout)
+    assert_close(gx, np.zeros(x.shape), np.float64, tol=0)
+    gw = conv2d_weight(x, w.shape, g, padding=1, groups=groups, layout=layout)
+    assert_close(gw, np.zeros(w.shape), np.float64, tol=0)
+
+
+# --------------------------------------------------------------------------- over-padding
+
+OVER_PADDED_SWEEP = """
+import numpy as np, fastim2col as F, fastim2col._plan as P, reference as R
+P.MIN_FLOPS_PER_THREAD = P.MIN_BYTES_PER_THREAD = 1   # split even small calls
+rng = np.random.default_rng(0)
+# Tiles of output positions end at many columns of a row, some inside the
+# left padding (see test_conv2d.test_over_padded_memory_safety).
+cases = [((1, 256, 28, 17), (2, 256, 1, 1), 3, 2)]
+cases += [((n, 600, 10, w), (2, 600, k, k), p, t) for n in (1, 2) for k in (1, 2)
+          for p in (k + 2, k + 5) for w in range(3, 20, 2) for t in (1, 3)]
+bad = []
+for x_shape, w_shape, p, t in cases:
+    F.set_num_threads(t)
+    x = rng.standard_normal(x_shape)
+    y_shape = R.conv2d(x[:1, :1], np.zeros((1, 1) + w_shape[2:]), padding=p).shape
+    g = rng.standard_normal((x_shape[0], w_shape[0]) + y_shape[2:])
+    expected = R.conv2d_weight_grad(x, w_shape, g, padding=p)
+    for _ in range(3):
+        gw = F.grad.conv2d_weight(x, w_shape, g, padding=p)
+    if not np.allclose(gw, expected, rtol=1e-10, atol=1e-9):
+        bad.append((x_shape, w_shape, p, t))
+assert not bad, bad
+print("checked", len(cases))
+"""
+
+
+def test_weight_grad_over_padded_memory_safety():
+    """As test_conv2d.test_over_padded_memory_safety, for conv2d_weight."""
+    assert "checked" in run_isolated(OVER_PADDED_SWEEP)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("x_shape", [(2, 3, 0, 4), (2, 3, 4, 0)])
+def test_zero_size_image_with_padding(rng, layout, x_shape):
+    w = rand(rng, (2, 3, 1, 2))
+    g = rand(rng, (2, 2, x_shape[2] + 2, x_shape[3] + 3))
+    x = np.zeros(x_shape)
+    kw = dict(padding=(1, 2), layout=layout)
+    gx = conv2d_input(img_to(x, layout).shape, weight_to(w, layout), img_to(g, layout), **kw)
+    assert gx.shape == img_to(x, layout).shape
+    gw = conv2d_weight(img_to(x, layout), weight_to(w, layout).shape, img_to(g, layout), **kw)
+    assert_close(gw, weight_to(R.conv2d_weight_grad(x, w.shape, g, padding=(1, 2)), layout),
+                 np.float64, tol=0)
