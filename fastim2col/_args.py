@@ -22,6 +22,8 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def pair(value, name: str, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a pair."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]   # a 0-d array is its scalar
     if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
         result = (int(value), int(value))
     elif (isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2

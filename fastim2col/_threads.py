@@ -28,6 +28,8 @@ def set_num_threads(n: int | None) -> None:
         _user_threads = None
         return
     try:
+        if isinstance(n, bool):
+            raise TypeError
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"set_num_threads: n must be an int >= 1 or None, got {n!r}") from None
