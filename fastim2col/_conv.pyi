@@ -1,0 +1,49 @@
+"""Type stub for the compiled kernels in src/_conv.pyx (keep in sync).
+
+These are internal: fastim2col.functional and fastim2col.grad check every
+argument before calling them. Arrays are float32 or float64, all of one dtype.
+"""
+import numpy as np
+
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    out: np.ndarray,
+    shape: tuple[int, int, int, int],
+    geom: tuple[int, ...],
+    split: tuple[int, int],
+    nhwc: bool,
+    direct: bool,
+    n_threads: int,
+) -> None:
+    """out = conv2d(x, w) + bias; shape = (N, C, C_out, groups), geom = the
+    12 ints of fastim2col._args.Window, split = (tile, block)."""
+
+def conv2d_grad_input(
+    go: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    gx: np.ndarray,
+    shape: tuple[int, int, int, int],
+    geom: tuple[int, ...],
+    split: tuple[int, int],
+    nhwc: bool,
+    direct: bool,
+    n_threads: int,
+) -> None:
+    """gx = the input gradient of conv2d (+ bias per channel of gx)."""
+
+def conv2d_grad_weight(
+    x: np.ndarray,
+    go: np.ndarray,
+    gw: np.ndarray,
+    shape: tuple[int, int, int, int],
+    geom: tuple[int, ...],
+    split: tuple[int, int],
+    nhwc: bool,
+    direct: bool,
+    per_thread_sums: bool,
+    n_threads: int,
+) -> None:
+    """gw = the weight gradient of conv2d."""
