@@ -22,7 +22,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -248,10 +248,11 @@ def run_bench(argv=None) -> int:
     args = p.parse_args(argv)
     fastim2col, threads, layers, batches, dtype = _setup(args)
     peers = [s for s in args.compare.split(",") if s]
-    torch = None
+    torch: Any = None
     if "torch" in peers:
         try:
-            import torch
+            import torch as _torch
+            torch = _torch
             torch.set_num_threads(threads)
         except ImportError:
             print("note: torch is not installed; skipping the torch comparison")
@@ -261,7 +262,8 @@ def run_bench(argv=None) -> int:
           f"calls" + (f"; torch {torch.__version__}" if torch is not None else ""))
     headers = ["layer", "batch", "ms", "GFLOP/s", "/gemm"] + [f"/{p}" for p in peers] + \
         ["extra MiB"] + [f"{p} MiB" for p in peers]
-    rows, ratios = [], {k: [] for k in ["gemm"] + peers}
+    rows = []
+    ratios: dict[str, list[float]] = {k: [] for k in ["gemm"] + peers}
     with _limits(threads):
         for batch in batches:
             for layer in layers:

@@ -4,6 +4,7 @@ oversubscribe the cores: a known 10x slowdown)."""
 from __future__ import annotations
 
 import operator
+import os
 import threading
 
 from . import _openmp_info
@@ -11,6 +12,9 @@ from . import _openmp_info
 __all__ = ["set_num_threads", "get_num_threads"]
 
 _user_threads: int | None = None
+# An absurd request would make the OpenMP runtime fail to create threads
+# (and abort): refuse it up front.
+MAX_THREADS = max(1024, 4 * (os.cpu_count() or 1))
 # omp_get_max_threads() at import: OMP_NUM_THREADS, else the usable cores.
 _default_threads = _openmp_info.max_threads()
 
@@ -33,8 +37,8 @@ def set_num_threads(n: int | None) -> None:
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"set_num_threads: n must be an int >= 1 or None, got {n!r}") from None
-    if n < 1:
-        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be between 1 and {MAX_THREADS}, got {n}")
     _user_threads = n
 
 
@@ -89,7 +93,7 @@ class _BlasPinnedToOneThread:
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                for c, n in zip(self._controllers, self._saved):
+                for c, n in zip(self._controllers or (), self._saved):
                     if n != 1:
                         c.set_num_threads(n)
 

@@ -35,10 +35,8 @@ def _grad_setup(name, x_shape, w_shape, grad_output, stride, padding, dilation, 
     win = _args.window((h, w), (kh, kw), stride, padding, dilation, allow_strings=True)
     expected = _args.image_shape(n, c_out, win.out_h, win.out_w, nhwc)
     got = grad_output.shape
-    if unbatched:
-        expected_shape, got_shape = expected[1:], got
-    else:
-        expected_shape, got_shape = expected, got
+    expected_shape: tuple[int, ...] = expected[1:] if unbatched else expected
+    got_shape = got
     if tuple(got_shape) != tuple(expected_shape):
         raise ValueError(f"{name}: grad_output must have shape {tuple(expected_shape)} (the "
                          f"conv2d output for these arguments), got {tuple(got_shape)}")

@@ -115,6 +115,7 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
         return 1
     for tid in range(n_threads):
         last_key[tid] = -1
+    buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
     with parallel(num_threads=n_threads):
         buf = NULL
         if not cv.direct:
@@ -201,6 +202,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                     gx[u * plane + k] = bias[c] if bias != NULL else 0
     n_units = cv.n_images * cv.groups * n_blocks * n_pairs
     for parity in range(n_phases):
+        buf = NULL
         with parallel(num_threads=n_threads):
             buf = NULL
             if not cv.direct:
@@ -292,6 +294,7 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
         n_units = cv.groups * n_blocks
         for k in prange(size, nogil=True, num_threads=n_threads, schedule='static'):
             gw[k] = 0
+    buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
     with parallel(num_threads=n_threads):
         buf = NULL
         if not cv.direct:
