@@ -7,9 +7,15 @@ src/ then run without checks.
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple
+from typing import Literal, NamedTuple, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+# Types of the public API's arguments.
+IntPair = Union[int, Tuple[int, int]]
+Padding = Union[int, Tuple[int, int], Literal["valid", "same"]]
+Layout = Literal["NCHW", "NHWC"]
 
 LAYOUTS = ("NCHW", "NHWC")
 # Window parameters and sizes stay far below this: index arithmetic in the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args, _plan
+from ._args import ArrayLike, IntPair, Layout, Padding
 from . import _conv, _depthwise, _im2col
 from ._threads import blas_single_threaded
 
@@ -20,7 +21,9 @@ def _batched_out(out, unbatched: bool):
     return out[None] if (unbatched and isinstance(out, np.ndarray)) else out
 
 
-def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, layout="NCHW", out=None):
+def im2col(x: ArrayLike, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
+           dilation: IntPair = 1, *, layout: Layout = "NCHW",
+           out: np.ndarray | None = None) -> np.ndarray:
     """Unroll sliding windows of ``x`` into columns, like ``torch.nn.functional.unfold``.
 
     NCHW: x ``(N, C, H, W)`` gives ``(N, C*kh*kw, L)``, rows ordered (c, i, j) and
@@ -46,8 +49,9 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, layout="NCHW", ou
     return out if out is not None else _squeeze(res, unbatched)
 
 
-def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1, *,
-           layout="NCHW", out=None):
+def col2im(cols: ArrayLike, output_size: IntPair, kernel_size: IntPair, stride: IntPair = 1,
+           padding: IntPair = 0, dilation: IntPair = 1, *, layout: Layout = "NCHW",
+           out: np.ndarray | None = None) -> np.ndarray:
     """Sum columns back into images, like ``torch.nn.functional.fold``: the adjoint
     of :func:`im2col`, overlapping windows adding up.
 
@@ -125,8 +129,9 @@ def _check_bias(bias, n: int, name: str = "bias"):
     return bias
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           layout="NCHW", out=None):
+def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
+           stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+           *, layout: Layout = "NCHW", out: np.ndarray | None = None) -> np.ndarray:
     """2-D convolution (cross-correlation), like ``torch.nn.functional.conv2d``.
 
     NCHW: x ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, weight
@@ -189,8 +194,10 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
                                 split, nhwc, direct, n_threads)
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, layout="NCHW", out=None):
+def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
+                     stride: IntPair = 1, padding: IntPair = 0, output_padding: IntPair = 0,
+                     groups: int = 1, dilation: IntPair = 1, *, layout: Layout = "NCHW",
+                     out: np.ndarray | None = None) -> np.ndarray:
     """Transposed 2-D convolution, like ``torch.nn.functional.conv_transpose2d``
     (the input gradient of conv2d, plus a bias).
 

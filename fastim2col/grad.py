@@ -6,7 +6,12 @@ for unbatched arrays).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
+
 from . import _args, _plan
+from ._args import ArrayLike, IntPair, Layout, Padding
 from . import _conv
 from .functional import _batched_out, _input_gradient, _is_direct, _squeeze
 from ._threads import blas_single_threaded
@@ -45,8 +50,10 @@ def _grad_setup(name, x_shape, w_shape, grad_output, stride, padding, dilation, 
     return (n, c, c_out, groups, cg), win
 
 
-def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                 layout="NCHW", out=None):
+def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
+                 stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1,
+                 groups: int = 1, *, layout: Layout = "NCHW",
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv2d`` with respect to its input, like ``torch.nn.grad.conv2d_input``.
 
     input_size: the input's shape, ``(N, C, H, W)`` (NHWC: ``(N, H, W, C)``) or
@@ -80,8 +87,10 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
     return out if out is not None else _squeeze(res, unbatched)
 
 
-def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                  layout="NCHW", out=None):
+def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
+                  stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1,
+                  groups: int = 1, *, layout: Layout = "NCHW",
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv2d`` with respect to its weight, like ``torch.nn.grad.conv2d_weight``.
 
     weight_size: ``(C_out, C_in/groups, kh, kw)`` (NHWC: ``(C_out, kh, kw, C_in/groups)``).
