@@ -92,7 +92,8 @@ def col2im(cols: ArrayLike, output_size: IntPair, kernel_size: IntPair, stride: 
     return out if out is not None else _squeeze(res, unbatched)
 
 
-def _conv_setup(x, weight, groups, nhwc, names=("x", "weight")):
+def _conv_setup(x: np.ndarray, weight: np.ndarray, groups, nhwc: bool, names=("x", "weight")
+                ) -> tuple[np.ndarray, bool, tuple[int, int, int, int], tuple[int, int, int, int], int]:
     """Shared checks of conv2d-like calls: (x batched, unbatched, N, C, H, W,
     weight rows, channels per group, kh, kw, groups)."""
     x, unbatched = _args.batched(x, names[0])
