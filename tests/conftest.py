@@ -320,7 +320,7 @@ def run_isolated(code, timeout=300):
     # (PYTHONSAFEPATH=1, as in the wheel tests, keeps the cwd off sys.path.)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS_DIR, env.get("PYTHONPATH")]))
     if _MALLOC_DEBUG:
-        env["LD_PRELOAD"] = ":".join(filter(None, [_MALLOC_DEBUG, env.get("LD_PRELOAD")]))
+        env["LD_PRELOAD"] = ":".join(filter(None, [env.get("LD_PRELOAD"), _MALLOC_DEBUG]))
     proc = subprocess.run([sys.executable, "-c", code], cwd=TESTS_DIR, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (
