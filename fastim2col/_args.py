@@ -79,16 +79,18 @@ def compute_dtype(*arrays: np.ndarray | None) -> np.dtype:
 
 def strided_operand(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """arr in dtype, any strides kept when the kernels can walk them."""
-    if arr.dtype != dtype:
-        return arr.astype(dtype)
-    if not arr.flags.aligned or any(s % arr.itemsize for s in arr.strides):
-        return np.ascontiguousarray(arr)
+    if arr.dtype != dtype or not arr.flags.aligned or any(s % arr.itemsize for s in arr.strides):
+        # (np.ascontiguousarray would return a contiguous but misaligned
+        # array as it is: the kernels need aligned elements.)
+        return np.array(arr, dtype=dtype, order="C", copy=True)
     return arr
 
 
 def contiguous_operand(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """arr in dtype and C order (copied only when it is not already)."""
-    return np.ascontiguousarray(arr, dtype=dtype)
+    """arr in dtype, C order and aligned (copied only when it is not already)."""
+    if arr.dtype == dtype and arr.flags.c_contiguous and arr.flags.aligned:
+        return arr
+    return np.array(arr, dtype=dtype, order="C", copy=True)
 
 
 def batched(arr: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
@@ -226,6 +228,8 @@ def output(out, shape, dtype: np.dtype, inputs, name: str, zero_fill: bool = Fal
         raise ValueError(f"{name}: out must be C-contiguous")
     if not out.flags.writeable:
         raise ValueError(f"{name}: out must be writeable")
+    if not out.flags.aligned:
+        raise ValueError(f"{name}: out must be aligned to its dtype")
     for arr in inputs:
         if arr is not None and np.may_share_memory(out, arr):
             raise ValueError(f"{name}: out must not overlap an input")

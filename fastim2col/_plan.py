@@ -75,6 +75,14 @@ def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct) -> tup
     return tile, block
 
 
+def check_scratch(n_threads: int, *buffer_elements: int, itemsize: int) -> None:
+    """Refuse per-thread scratch whose byte size would overflow the kernels'
+    size arithmetic (only absurd shapes get near this)."""
+    total = n_threads * sum(buffer_elements) * itemsize
+    if total > 2**62:
+        raise MemoryError(f"the per-thread scratch buffers would need {total} bytes")
+
+
 def band_rows(kernel_h, stride_h, dilation_h) -> int:
     """Fewest output rows per band so that bands two apart never reach the
     same input row: rows * stride >= (kh - 1) * dilation - stride + 1."""

@@ -54,48 +54,84 @@ def get_num_threads() -> int:
     return _user_threads
 
 
+class _BlasLibrary:
+    """get/set of one BLAS library's thread count. OpenBLAS is called through
+    its own C functions (ctypes): threadpoolctl's setters only act for the
+    thread that first used them, and kernels are called from any thread."""
+
+    _OPENBLAS_SYMBOLS = ("openblas_{}_num_threads", "scipy_openblas_{}_num_threads",
+                         "scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_")
+
+    def __init__(self, controller) -> None:
+        self._controller = controller
+        self._get = self._set = None
+        if controller.internal_api == "openblas":
+            import ctypes
+            lib = ctypes.CDLL(controller.filepath, mode=getattr(ctypes, "RTLD_NOLOAD", 0))
+            for pattern in self._OPENBLAS_SYMBOLS:
+                getter = getattr(lib, pattern.format("get"), None)
+                setter = getattr(lib, pattern.format("set"), None)
+                if getter is not None and setter is not None:
+                    getter.restype, setter.argtypes = ctypes.c_int, [ctypes.c_int]
+                    self._get, self._set = getter, setter
+                    break
+
+    def get(self) -> int:
+        return self._get() if self._get is not None else self._controller.get_num_threads()
+
+    def set(self, n: int) -> None:
+        if self._set is not None:
+            self._set(n)
+        else:
+            self._controller.set_num_threads(n)
+
+
 class _BlasPinnedToOneThread:
     """Context manager: every BLAS library in the process runs one thread.
 
     Re-entrant across Python threads: the first caller in saves the thread
-    counts and sets 1, the last one out restores them. The library
-    controllers are looked up once (threadpoolctl's scan costs milliseconds;
-    a set_num_threads call through them costs about a microsecond).
+    counts and sets 1, the last one out restores them. The libraries are
+    looked up once (threadpoolctl's scan costs milliseconds; a direct
+    set_num_threads call costs about a microsecond).
+
+    The setting is process-wide (BLAS libraries have no per-thread count):
+    a BLAS thread limit changed from another Python thread while a kernel
+    runs may be undone when the kernel finishes, or vice versa.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._depth = 0
-        self._controllers: list | None = None
+        self._libraries: list[_BlasLibrary] | None = None
         self._saved: list[int] = []
 
-    def _find(self) -> list:
+    def _find(self) -> list[_BlasLibrary]:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:   # pragma: no cover - threadpoolctl is a dependency
             return []
         import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS first)
         ctl = ThreadpoolController().select(user_api="blas")
-        return list(ctl.lib_controllers)
+        return [_BlasLibrary(c) for c in ctl.lib_controllers]
 
     def __enter__(self) -> None:
         with self._lock:
             if self._depth == 0:
-                if self._controllers is None:
-                    self._controllers = self._find()
-                self._saved = [c.get_num_threads() for c in self._controllers]
-                for c, n in zip(self._controllers, self._saved):
+                if self._libraries is None:
+                    self._libraries = self._find()
+                self._saved = [lib.get() for lib in self._libraries]
+                for lib, n in zip(self._libraries, self._saved):
                     if n != 1:
-                        c.set_num_threads(1)
+                        lib.set(1)
             self._depth += 1
 
     def __exit__(self, *exc) -> None:
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                for c, n in zip(self._controllers or (), self._saved):
+                for lib, n in zip(self._libraries or (), self._saved):
                     if n != 1:
-                        c.set_num_threads(n)
+                        lib.set(n)
 
 
 blas_single_threaded = _BlasPinnedToOneThread()

@@ -174,6 +174,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
             n_threads = _plan.conv_threads(2.0 * res.size * kg)
             direct = _is_direct(x, win, nhwc, cg)
             split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads, direct)
+            _plan.check_scratch(n_threads, kg * split[0], itemsize=dtype.itemsize)
             with blas_single_threaded:
                 _conv.conv2d_forward(x, w2, bias, res, (n, c, c_out, groups), tuple(win),
                                      split, nhwc, direct, n_threads)
@@ -190,6 +191,7 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     direct = (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w,
               win.out_h, win.out_w) == (1, 1, 1, 1, 0, 0, win.in_h, win.in_w)
     split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct)
+    _plan.check_scratch(n_threads, kg * split[0], itemsize=res.itemsize)
     with blas_single_threaded:
         _conv.conv2d_grad_input(grad, weight, bias, res, (n, c, rows, groups), tuple(win),
                                 split, nhwc, direct, n_threads)
@@ -236,7 +238,7 @@ def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
     win = _args.Window(out_h, out_w, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     kg = og * kh * kw
     _args.check_blas("conv_transpose2d", positions=max(h * w, out_h * out_w),
-                     in_channels=c_in, window_size=kg)
+                     in_channels=c_in, out_channels=c_out, window_size=kg)
     grad = _args.contiguous_operand(x, dtype)
     w2 = _args.contiguous_operand(weight, dtype).reshape(c_in, kg)
     bias = None if bias is None else _args.contiguous_operand(bias, dtype)

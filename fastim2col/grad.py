@@ -46,7 +46,7 @@ def _grad_setup(name, x_shape, w_shape, grad_output, stride, padding, dilation, 
         raise ValueError(f"{name}: grad_output must have shape {tuple(expected_shape)} (the "
                          f"conv2d output for these arguments), got {tuple(got_shape)}")
     _args.check_blas(name, positions=max(h * w, win.out_h * win.out_w), out_channels=c_out,
-                     window_size=cg * kh * kw)
+                     in_channels=c, window_size=cg * kh * kw)
     return (n, c, c_out, groups, cg), win
 
 
@@ -123,6 +123,8 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
             n_threads = _plan.conv_threads(2.0 * go.size * kg)
             tile, block, sums = _plan.grad_weight(n, groups, og, kg, n_pos, dtype.itemsize,
                                                   n_threads, c_out)
+            _plan.check_scratch(n_threads, kg * tile, (c_out * kg) if sums else 0,
+                                itemsize=dtype.itemsize)
             with blas_single_threaded:
                 _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), (n, c, c_out, groups),
                                          tuple(win), (tile, block), nhwc,
