@@ -118,10 +118,24 @@ def bare_gemm(layer: Layer, batch: int, dtype) -> dict:
     return {"gemm_ab": ab, "gemm_ba": ba}
 
 
+def _malloc_for_peaks() -> None:
+    """Make glibc return freed buffers to the OS and never raise its mmap
+    threshold: else a buffer freed by an earlier call stays resident and the
+    next call's peak does not show it."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 64 * 1024)   # M_MMAP_THRESHOLD: fixed at 64 KiB
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_extra_mib(fn: Callable[[], object]) -> float | None:
     """Extra resident memory (MiB) one call adds at its peak, over what the
     process held before it (inputs and outputs allocated and touched).
     Linux only: resets the high-water mark through /proc/self/clear_refs."""
+    _malloc_for_peaks()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -139,11 +153,19 @@ def peak_extra_mib(fn: Callable[[], object]) -> float | None:
     return max(0, status("VmHWM:") - before) / 1024
 
 
+# OpenBLAS worker threads spin for about 2**28 cycles (~0.1 s) after a call
+# before they sleep, and OpenMP pools spin too: a block that starts right
+# after another library's block would share the cores with those spinners.
+COOLDOWN_S = 0.25
+
+
 def timed_blocks(fns: dict, rounds: int, repeat: int, warmup: int = 2) -> dict:
-    """Median seconds per call of each function, alternating warmed-up blocks."""
+    """Median seconds per call of each function, alternating warmed-up blocks
+    separated by a cool-down."""
     times: dict = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(COOLDOWN_S)
             for _ in range(warmup):
                 fn()
             for _ in range(repeat):
