@@ -36,11 +36,27 @@ def show_config(mode: str = "stdout"):
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (make sure SciPy's BLAS is loaded)
         from threadpoolctl import threadpool_info
-        info["threadpools"] = [
-            {k: d.get(k) for k in ("user_api", "internal_api", "num_threads", "version",
-                                   "architecture", "filepath")}
-            for d in threadpool_info()
-        ]
+        import os
+        scipy_dir = os.path.dirname(os.path.dirname(scipy.__file__))
+        own_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        pools = threadpool_info()
+        openmp_pools = [d for d in pools if d.get("user_api") == "openmp"]
+        for d in pools:
+            path = os.path.abspath(d.get("filepath") or "")
+            entry = {k: d.get(k) for k in ("user_api", "internal_api", "num_threads",
+                                          "version", "architecture", "filepath")}
+            if d.get("user_api") == "blas":
+                # SciPy's BLAS is the one fastim2col calls (scipy.linalg.cython_blas):
+                # the library bundled in scipy.libs, or a shared one when there is one
+                in_scipy = path.startswith(os.path.join(scipy_dir, "scipy"))
+                n_blas = sum(p.get("user_api") == "blas" for p in pools)
+                entry["used_by_fastim2col"] = in_scipy or n_blas == 1
+            else:
+                # fastim2col's own runtime: the one vendored in fastim2col.libs,
+                # or the only one loaded
+                entry["used_by_fastim2col"] = (path.startswith(os.path.join(own_dir, "fastim2col"))
+                                               or len(openmp_pools) == 1)
+            info["threadpools"].append(entry)
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         pass
     if mode == "dicts":
