@@ -63,6 +63,14 @@ def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct) -> tup
     tile = n_pos if direct else gemm_tile(kg, n_pos, itemsize, n_threads)
     block = og
     units = n_images * groups * _ceil_div(n_pos, tile)
+    if n_threads > 1 and 2 * n_threads <= units < 8 * n_threads and units % n_threads:
+        # Few units: make their count a multiple of the threads (7 tiles on 2
+        # threads would leave one thread idle for a seventh of the call).
+        per_image = _ceil_div(_ceil_div(units, n_threads) * n_threads, n_images * groups)
+        finer = _ceil_div(n_pos, per_image)
+        if finer >= MIN_GEMM_TILE:
+            tile = finer
+            units = n_images * groups * _ceil_div(n_pos, tile)
     want = 2 * n_threads
     if n_threads > 1 and units < want:
         per_image = _ceil_div(want, n_images * groups)
