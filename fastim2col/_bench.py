@@ -282,7 +282,8 @@ def run_bench(argv=None) -> int:
     print(f"fastim2col {fastim2col.__version__} {args.op}: {dtype.name}, {args.layout}, "
           f"{threads} thread(s), medians of {args.rounds} alternating rounds x {args.repeat} "
           f"calls" + (f"; torch {torch.__version__}" if torch is not None else ""))
-    headers = ["layer", "batch", "ms", "GFLOP/s", "/gemm"] + [f"/{p}" for p in peers] + \
+    copy_op = args.op in ("im2col", "col2im")
+    headers = ["layer", "batch", "ms", "GB/s" if copy_op else "GFLOP/s", "/gemm"] + [f"/{p}" for p in peers] + \
         ["extra MiB"] + [f"{p} MiB" for p in peers]
     rows = []
     ratios: dict[str, list[float]] = {k: [] for k in ["gemm"] + peers}
@@ -295,8 +296,9 @@ def run_bench(argv=None) -> int:
                     t["gemm"] = min(t.pop("gemm_ab"), t.pop("gemm_ba"))
                 mem = {k: peak_extra_mib(fn) for k, fn in fns.items()
                        if not k.startswith("gemm")}
-                gf = layer.flops(batch) / 1e9
-                row = [layer.name, batch, f"{t['ours'] * 1e3:.2f}", f"{gf / t['ours']:.1f}"]
+                # im2col/col2im: GB of output written per second; else GFLOP/s
+                work = (out_bytes if copy_op else layer.flops(batch)) / 1e9
+                row = [layer.name, batch, f"{t['ours'] * 1e3:.2f}", f"{work / t['ours']:.1f}"]
                 for k in ["gemm"] + peers:
                     if k in t:
                         r = t["ours"] / t[k]
@@ -314,6 +316,8 @@ def run_bench(argv=None) -> int:
     _print_table(headers, rows)
     print("time ratios (fastim2col / other; < 1 means fastim2col is faster), geometric means:")
     for k, v in ratios.items():
+        if not v:
+            continue
         note = " (groups=1 layers)" if k == "gemm" else ""
         print(f"  vs {k}{note}: {_geomean(v):.3f}   worst {max(v) if v else float('nan'):.3f}")
     return 0
