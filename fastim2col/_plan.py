@@ -19,6 +19,7 @@ MIN_BYTES_PER_THREAD = 256 * 1024
 SCRATCH_BYTES = 24 * 1024 * 1024
 MIN_GEMM_TILE = 128         # narrower tiles make GEMM inefficient
 TILE_SCRATCH_BYTES = 32 * 1024 * 1024   # all threads' tile buffers together
+MULTI_TILE_BYTES = 8 * 1024 * 1024      # per thread, for tiles of whole images
 TILE_ALIGN = 16
 
 
@@ -89,6 +90,26 @@ def check_scratch(n_threads: int, *buffer_elements: int, itemsize: int) -> None:
     total = n_threads * sum(buffer_elements) * itemsize
     if total > 2**62:
         raise MemoryError(f"the per-thread scratch buffers would need {total} bytes")
+
+
+def forward_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct):
+    """(images per tile, block of output channels) when tiles of several
+    whole images pay, else None. Small images with many channels (7-28 px in
+    ResNet) give thin per-image tiles for which BLAS re-packs the whole weight
+    matrix each time; a wider tile packs it once per several images. Such a
+    tile need not fit in L2 (BLAS packs it in blocks), so it may use up to
+    MULTI_TILE_BYTES per thread, within TILE_SCRATCH_BYTES in all."""
+    if direct or n_images < 2:
+        return None
+    budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
+    per_image = (kg + og) * n_pos * itemsize     # unrolled tile + GEMM result
+    per_tile = min(budget // max(1, per_image), n_images,
+                   _ceil_div(n_images * groups, n_threads) if groups < n_threads else n_images)
+    if per_tile < 2:
+        return None
+    sets = _ceil_div(n_images, per_tile) * groups
+    n_blocks = min(og, max(1, _ceil_div(2 * n_threads, sets)))
+    return per_tile, _ceil_div(og, n_blocks)
 
 
 def band_rows(kernel_h, stride_h, dilation_h) -> int:

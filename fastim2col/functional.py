@@ -173,11 +173,20 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
         else:
             n_threads = _plan.conv_threads(2.0 * res.size * kg)
             direct = _is_direct(x, win, nhwc, cg)
-            split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads, direct)
-            _plan.check_scratch(n_threads, kg * split[0], itemsize=dtype.itemsize)
+            images = _plan.forward_images(n, groups, og, kg, n_pos, dtype.itemsize, n_threads,
+                                          direct)
+            per_tile = 1
+            if images is not None:
+                per_tile, block = images
+                split = (per_tile * n_pos, block)
+                _plan.check_scratch(n_threads, (kg + block) * split[0], itemsize=dtype.itemsize)
+            else:
+                split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads,
+                                      direct)
+                _plan.check_scratch(n_threads, kg * split[0], itemsize=dtype.itemsize)
             with blas_single_threaded:
                 _conv.conv2d_forward(x, w2, bias, res, (n, c, c_out, groups), tuple(win),
-                                     split, nhwc, direct, n_threads)
+                                     split, nhwc, direct, n_threads, per_tile)
     return out if out is not None else _squeeze(res, unbatched)
 
 

@@ -159,6 +159,87 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
     return n_failed
 
 
+cdef Py_ssize_t forward_images(const floating* x, const floating* w, const floating* bias,
+                               floating* out, Conv cv, Geometry g, Py_ssize_t per_tile,
+                               int n_threads) noexcept nogil:
+    # forward() for small images: one tile holds `per_tile` whole images, so
+    # the GEMM sees a wide tile and BLAS packs the weights once per several
+    # images instead of once per image (measured 20-50% on 7-14 px layers).
+    # Units (image group, group, block of output channels), block innermost,
+    # tiles reused per thread as in forward(). NCHW: the GEMM writes a
+    # (channels x tile) buffer, copied image by image into the output; NHWC:
+    # the images' positions are contiguous in the output, written directly.
+    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t og = cv.n_out // cv.groups
+    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t tile = per_tile * n_pos
+    cdef Py_ssize_t n_sets = (cv.n_images + per_tile - 1) // per_tile
+    cdef Py_ssize_t n_blocks = (og + cv.block - 1) // cv.block
+    cdef Py_ssize_t n_units = n_sets * cv.groups * n_blocks
+    cdef Py_ssize_t u, grp, b, m0, m1, tile_key, r, q, i, n0, n_in, width
+    cdef Py_ssize_t n_failed = 0
+    cdef floating* buf = NULL
+    cdef floating* tbuf = NULL
+    cdef floating* dst
+    cdef floating bias_r
+    cdef int tid
+    cdef Py_ssize_t* last_key = <Py_ssize_t*> malloc(n_threads * sizeof(Py_ssize_t))
+    if last_key == NULL:
+        return 1
+    for tid in range(n_threads):
+        last_key[tid] = -1
+    with parallel(num_threads=n_threads):
+        buf = <floating*> malloc(kg * tile * sizeof(floating))
+        tbuf = NULL
+        if not cv.nhwc:
+            tbuf = <floating*> malloc(cv.block * tile * sizeof(floating))
+        for u in prange(n_units, schedule='static'):
+            if buf == NULL or (not cv.nhwc and tbuf == NULL):
+                n_failed += 1
+            else:
+                tid = omp_get_thread_num()
+                b = u % n_blocks
+                tile_key = u // n_blocks
+                grp = tile_key % cv.groups
+                n0 = (tile_key // cv.groups) * per_tile
+                n_in = min(per_tile, cv.n_images - n0)
+                width = n_in * n_pos
+                if last_key[tid] != tile_key:
+                    for i in range(n_in):
+                        if cv.nhwc:
+                            unroll_nhwc(x + (n0 + i) * cv.s_n, cv.s_h, cv.s_w, cv.s_c,
+                                        grp * cg, cg, &g, 0, n_pos, buf + i * n_pos * kg, kg)
+                        else:
+                            unroll_nchw(x + (n0 + i) * cv.s_n + grp * cg * cv.s_c, cv.s_c,
+                                        cv.s_h, cv.s_w, cg, &g, 0, n_pos, buf + i * n_pos,
+                                        width)
+                    last_key[tid] = tile_key
+                m0 = grp * og + b * cv.block
+                m1 = min((grp + 1) * og, m0 + cv.block)
+                if cv.nhwc:
+                    dst = out + n0 * n_pos * cv.n_out + m0
+                    gemm_rm(False, True, width, m1 - m0, kg, 1, buf, kg,
+                            w + m0 * kg, kg, 0, dst, cv.n_out)
+                    if bias != NULL:
+                        for r in range(width):
+                            for q in range(m1 - m0):
+                                dst[r * cv.n_out + q] += bias[m0 + q]
+                else:
+                    gemm_rm(False, False, m1 - m0, width, kg, 1, w + m0 * kg, kg,
+                            buf, width, 0, tbuf, width)
+                    for i in range(n_in):
+                        for r in range(m1 - m0):
+                            bias_r = bias[m0 + r] if bias != NULL else 0
+                            dst = out + ((n0 + i) * cv.n_out + m0 + r) * n_pos
+                            for q in range(n_pos):
+                                dst[q] = tbuf[r * width + i * n_pos + q] + bias_r
+        free(buf)
+        free(tbuf)
+    free(last_key)
+    return n_failed
+
+
 cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating* bias,
                            floating* gx, Conv cv, Geometry g, int n_threads) noexcept nogil:
     # gx = col2im(W^T go), a tile at a time. Units (image, group, block of
@@ -356,8 +437,9 @@ cdef inline void* data(cnp.ndarray a):
 
 def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
                    tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
-                   int n_threads):
-    """out = conv2d(x, w) + bias; x any strides, w/bias/out C-contiguous."""
+                   int n_threads, Py_ssize_t images_per_tile=1):
+    """out = conv2d(x, w) + bias; x any strides, w/bias/out C-contiguous.
+    images_per_tile > 1: tiles of that many whole images (not direct)."""
     cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* xp = data(x)
@@ -366,7 +448,13 @@ def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
     cdef void* op = data(out)
     cdef Py_ssize_t failed
     with nogil:
-        if cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32:
+        if images_per_tile > 1 and cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32:
+            failed = forward_images(<float*> xp, <float*> wp, <float*> bp, <float*> op,
+                                    cv, g, images_per_tile, n_threads)
+        elif images_per_tile > 1:
+            failed = forward_images(<double*> xp, <double*> wp, <double*> bp, <double*> op,
+                                    cv, g, images_per_tile, n_threads)
+        elif cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32:
             failed = forward(<float*> xp, <float*> wp, <float*> bp, <float*> op,
                              cv, g, n_threads)
         else:
