@@ -112,6 +112,18 @@ def forward_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct)
     return per_tile, _ceil_div(og, n_blocks)
 
 
+def grad_weight_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out, direct):
+    """Whole images per tile for the weight gradient of small images (see
+    forward_images), or None. Needs per-thread sums within SCRATCH_BYTES."""
+    if direct or n_images < 2 or n_threads * n_out * kg * itemsize > SCRATCH_BYTES:
+        return None
+    budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
+    per_image = (kg + og) * n_pos * itemsize     # unrolled tile + grad_output rows
+    per_tile = min(budget // max(1, per_image), n_images,
+                   _ceil_div(n_images * groups, n_threads) if groups < n_threads else n_images)
+    return per_tile if per_tile >= 2 else None
+
+
 def band_rows(kernel_h, stride_h, dilation_h) -> int:
     """Fewest output rows per band so that bands two apart never reach the
     same input row: rows * stride >= (kh - 1) * dilation - stride + 1."""

@@ -121,12 +121,20 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
             res.fill(0)
         else:
             n_threads = _plan.conv_threads(2.0 * go.size * kg)
-            tile, block, sums = _plan.grad_weight(n, groups, og, kg, n_pos, dtype.itemsize,
-                                                  n_threads, c_out)
-            _plan.check_scratch(n_threads, kg * tile, (c_out * kg) if sums else 0,
-                                itemsize=dtype.itemsize)
+            direct = _is_direct(x, win, nhwc, cg)
+            per_tile = _plan.grad_weight_images(n, groups, og, kg, n_pos, dtype.itemsize,
+                                                n_threads, c_out, direct) or 1
+            if per_tile > 1:
+                tile, block, sums = per_tile * n_pos, og, True
+                _plan.check_scratch(n_threads, (kg + og) * tile, c_out * kg,
+                                    itemsize=dtype.itemsize)
+            else:
+                tile, block, sums = _plan.grad_weight(n, groups, og, kg, n_pos, dtype.itemsize,
+                                                      n_threads, c_out)
+                _plan.check_scratch(n_threads, kg * tile, (c_out * kg) if sums else 0,
+                                    itemsize=dtype.itemsize)
             with blas_single_threaded:
                 _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), (n, c, c_out, groups),
-                                         tuple(win), (tile, block), nhwc,
-                                         _is_direct(x, win, nhwc, cg), sums, n_threads)
+                                         tuple(win), (tile, block), nhwc, direct, sums,
+                                         n_threads, per_tile)
     return res

@@ -431,6 +431,77 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
     return n_failed
 
 
+cdef Py_ssize_t grad_weight_images(const floating* x, const floating* go, floating* gw,
+                                   Conv cv, Geometry g, Py_ssize_t per_tile,
+                                   int n_threads) noexcept nogil:
+    # grad_weight() for small images: a tile holds `per_tile` whole images,
+    # so each GEMM sums over per_tile*L positions at once instead of updating
+    # the whole (n_out, K_g) sum once per image with a thin rank-L product.
+    # Units (image group, group) add into per-thread sums, reduced in thread
+    # order (static schedule: deterministic for a thread count). NCHW gathers
+    # the images' grad_output rows into a (og x tile) buffer; in NHWC they are
+    # contiguous already.
+    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t og = cv.n_out // cv.groups
+    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t tile = per_tile * n_pos
+    cdef Py_ssize_t n_sets = (cv.n_images + per_tile - 1) // per_tile
+    cdef Py_ssize_t n_units = n_sets * cv.groups
+    cdef Py_ssize_t size = cv.n_out * kg
+    cdef Py_ssize_t u, grp, n0, n_in, width, i, r, q, k, tid
+    cdef Py_ssize_t n_failed = 0
+    cdef floating* buf = NULL
+    cdef floating* gbuf = NULL
+    cdef floating* dst
+    cdef floating total
+    cdef const floating* src
+    cdef floating* sums = <floating*> calloc(n_threads * size, sizeof(floating))
+    if sums == NULL:
+        return 1
+    with parallel(num_threads=n_threads):
+        buf = <floating*> malloc(kg * tile * sizeof(floating))
+        gbuf = NULL
+        if not cv.nhwc:
+            gbuf = <floating*> malloc(og * tile * sizeof(floating))
+        for u in prange(n_units, schedule='static'):
+            if buf == NULL or (not cv.nhwc and gbuf == NULL):
+                n_failed += 1
+            else:
+                grp = u % cv.groups
+                n0 = (u // cv.groups) * per_tile
+                n_in = min(per_tile, cv.n_images - n0)
+                width = n_in * n_pos
+                dst = sums + omp_get_thread_num() * size + grp * og * kg
+                for i in range(n_in):
+                    if cv.nhwc:
+                        unroll_nhwc(x + (n0 + i) * cv.s_n, cv.s_h, cv.s_w, cv.s_c,
+                                    grp * cg, cg, &g, 0, n_pos, buf + i * n_pos * kg, kg)
+                    else:
+                        unroll_nchw(x + (n0 + i) * cv.s_n + grp * cg * cv.s_c, cv.s_c,
+                                    cv.s_h, cv.s_w, cg, &g, 0, n_pos, buf + i * n_pos, width)
+                        for r in range(og):
+                            src = go + ((n0 + i) * cv.n_out + grp * og + r) * n_pos
+                            for q in range(n_pos):
+                                gbuf[r * width + i * n_pos + q] = src[q]
+                if cv.nhwc:
+                    gemm_rm(True, False, og, kg, width, 1,
+                            go + n0 * n_pos * cv.n_out + grp * og, cv.n_out, buf, kg,
+                            1, dst, kg)
+                else:
+                    gemm_rm(False, True, og, kg, width, 1, gbuf, width, buf, width,
+                            1, dst, kg)
+        free(buf)
+        free(gbuf)
+    for k in prange(size, nogil=True, num_threads=n_threads, schedule='static'):
+        total = 0
+        for tid in range(n_threads):
+            total = total + sums[tid * size + k]
+        gw[k] = total
+    free(sums)
+    return n_failed
+
+
 cdef inline void* data(cnp.ndarray a):
     return NULL if a is None else cnp.PyArray_DATA(a)
 
@@ -488,8 +559,9 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
 
 def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shape,
                        tuple geom, tuple split, bint nhwc, bint direct,
-                       bint per_thread_sums, int n_threads):
-    """gw = d/dw <conv2d(x, w), go>; x any strides, go/gw C-contiguous."""
+                       bint per_thread_sums, int n_threads, Py_ssize_t images_per_tile=1):
+    """gw = d/dw <conv2d(x, w), go>; x any strides, go/gw C-contiguous.
+    images_per_tile > 1: tiles of that many whole images, per-thread sums."""
     cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* xp = data(x)
@@ -497,7 +569,13 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
     cdef void* gwp = data(gw)
     cdef Py_ssize_t failed
     with nogil:
-        if cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+        if images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+            failed = grad_weight_images(<float*> xp, <float*> gop, <float*> gwp, cv, g,
+                                        images_per_tile, n_threads)
+        elif images_per_tile > 1:
+            failed = grad_weight_images(<double*> xp, <double*> gop, <double*> gwp, cv, g,
+                                        images_per_tile, n_threads)
+        elif cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight(<float*> xp, <float*> gop, <float*> gwp, cv, g,
                                  per_thread_sums, n_threads)
         else:
