@@ -124,6 +124,22 @@ def grad_weight_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_o
     return per_tile if per_tile >= 2 else None
 
 
+def grad_input_images(n_images, groups, cg, og, kg, n_pos, itemsize, n_threads, nhwc, direct):
+    """(images per unit, block of input channels) for the input gradient of
+    small images (see forward_images), or None."""
+    if direct or n_images < 2:
+        return None
+    budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
+    per_image = (kg + og) * n_pos * itemsize     # GEMM result + grad_output rows
+    per_tile = min(budget // max(1, per_image), n_images,
+                   _ceil_div(n_images * groups, n_threads) if groups < n_threads else n_images)
+    if per_tile < 2:
+        return None
+    units = _ceil_div(n_images, per_tile) * groups
+    n_blocks = 1 if nhwc else min(cg, max(1, _ceil_div(2 * n_threads, units)))
+    return per_tile, _ceil_div(cg, n_blocks)
+
+
 def band_rows(kernel_h, stride_h, dilation_h) -> int:
     """Fewest output rows per band so that bands two apart never reach the
     same input row: rows * stride >= (kh - 1) * dilation - stride + 1."""

@@ -199,11 +199,20 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     n_threads = _plan.conv_threads(2.0 * grad.size * kg)
     direct = (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w,
               win.out_h, win.out_w) == (1, 1, 1, 1, 0, 0, win.in_h, win.in_w)
-    split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct)
-    _plan.check_scratch(n_threads, kg * split[0], itemsize=res.itemsize)
+    n_pos = win.out_h * win.out_w
+    images = _plan.grad_input_images(n, groups, cg, rows // groups, kg, n_pos, res.itemsize,
+                                     n_threads, nhwc, direct)
+    per_tile = 1
+    if images is not None:
+        per_tile, block = images
+        split = (per_tile * n_pos, block)
+        _plan.check_scratch(n_threads, (kg + rows // groups) * split[0], itemsize=res.itemsize)
+    else:
+        split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct)
+        _plan.check_scratch(n_threads, kg * split[0], itemsize=res.itemsize)
     with blas_single_threaded:
         _conv.conv2d_grad_input(grad, weight, bias, res, (n, c, rows, groups), tuple(win),
-                                split, nhwc, direct, n_threads)
+                                split, nhwc, direct, n_threads, per_tile)
 
 
 def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,

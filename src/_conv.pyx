@@ -341,6 +341,80 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     return n_failed
 
 
+cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
+                                  const floating* bias, floating* gx, Conv cv, Geometry g,
+                                  Py_ssize_t per_tile, int n_threads) noexcept nogil:
+    # grad_input() for small images: units (image group, group, block of
+    # input channels) each compute W^T go for `per_tile` whole images in one
+    # GEMM (weights packed once per several images), then fold every image's
+    # columns. Units touch disjoint (image, channel) sets: no phases needed.
+    # NCHW gathers the images' grad_output rows into a (og x tile) buffer.
+    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t og = cv.n_out // cv.groups
+    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * kk
+    cdef Py_ssize_t tile = per_tile * n_pos
+    cdef Py_ssize_t n_sets = (cv.n_images + per_tile - 1) // per_tile
+    cdef Py_ssize_t n_blocks = (cg + cv.block - 1) // cv.block
+    cdef Py_ssize_t n_units = n_sets * cv.groups * n_blocks
+    cdef Py_ssize_t plane = g.in_h * g.in_w
+    cdef Py_ssize_t image_size = plane * cv.n_channels
+    cdef Py_ssize_t u, grp, b, c0, c1, n0, n_in, width, i, r, q, k, c, n
+    cdef Py_ssize_t n_failed = 0
+    cdef floating* buf = NULL
+    cdef floating* gbuf = NULL
+    cdef const floating* src
+    # Seed gx with the bias (or zeros) before anything is folded into it.
+    for u in prange(cv.n_images * cv.n_channels, nogil=True, num_threads=n_threads,
+                    schedule='static'):
+        n = u // cv.n_channels
+        c = u % cv.n_channels
+        if cv.nhwc:
+            for k in range(plane):
+                gx[n * image_size + k * cv.n_channels + c] = bias[c] if bias != NULL else 0
+        else:
+            for k in range(plane):
+                gx[u * plane + k] = bias[c] if bias != NULL else 0
+    with parallel(num_threads=n_threads):
+        buf = <floating*> malloc(kg * tile * sizeof(floating))
+        gbuf = NULL
+        if not cv.nhwc:
+            gbuf = <floating*> malloc(og * tile * sizeof(floating))
+        for u in prange(n_units, schedule='static'):
+            if buf == NULL or (not cv.nhwc and gbuf == NULL):
+                n_failed += 1
+            else:
+                b = u % n_blocks
+                grp = (u // n_blocks) % cv.groups
+                n0 = (u // (n_blocks * cv.groups)) * per_tile
+                n_in = min(per_tile, cv.n_images - n0)
+                width = n_in * n_pos
+                c0 = b * cv.block
+                c1 = min(cg, c0 + cv.block)
+                if cv.nhwc:   # (NHWC runs with a single channel block: planner)
+                    gemm_rm(False, False, width, kg, og, 1,
+                            go + n0 * n_pos * cv.n_out + grp * og, cv.n_out,
+                            w + grp * og * kg, kg, 0, buf, kg)
+                    for i in range(n_in):
+                        fold_nhwc(buf + i * n_pos * kg, kg, cv.n_channels, grp * cg, cg, &g,
+                                  0, n_pos, gx + (n0 + i) * image_size)
+                else:
+                    for i in range(n_in):
+                        for r in range(og):
+                            src = go + ((n0 + i) * cv.n_out + grp * og + r) * n_pos
+                            for q in range(n_pos):
+                                gbuf[r * width + i * n_pos + q] = src[q]
+                    gemm_rm(True, False, (c1 - c0) * kk, width, og, 1,
+                            w + grp * og * kg + c0 * kk, kg, gbuf, width, 0, buf, width)
+                    for i in range(n_in):
+                        fold_nchw(buf + i * n_pos, width, c1 - c0, &g, 0, n_pos,
+                                  gx + (n0 + i) * image_size + (grp * cg + c0) * plane)
+        free(buf)
+        free(gbuf)
+    return n_failed
+
+
 cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                             Conv cv, Geometry g, bint per_thread_sums,
                             int n_threads) noexcept nogil:
@@ -537,8 +611,9 @@ def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
 
 def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx,
                       tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
-                      int n_threads):
-    """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx); all C-contiguous."""
+                      int n_threads, Py_ssize_t images_per_tile=1):
+    """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx); all C-contiguous.
+    images_per_tile > 1: units of that many whole images (not direct)."""
     cdef Conv cv = make_conv(gx, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* gop = data(go)
@@ -547,7 +622,13 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
     cdef void* gxp = data(gx)
     cdef Py_ssize_t failed
     with nogil:
-        if cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+        if images_per_tile > 1 and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+            failed = grad_input_images(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
+                                       cv, g, images_per_tile, n_threads)
+        elif images_per_tile > 1:
+            failed = grad_input_images(<double*> gop, <double*> wp, <double*> bp,
+                                       <double*> gxp, cv, g, images_per_tile, n_threads)
+        elif cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
                                 cv, g, n_threads)
         else:
