@@ -99,7 +99,10 @@ def forward_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct)
     matrix each time; a wider tile packs it once per several images. Such a
     tile need not fit in L2 (BLAS packs it in blocks), so it may use up to
     MULTI_TILE_BYTES per thread, within TILE_SCRATCH_BYTES in all."""
-    if direct or n_images < 2:
+    if direct or n_images < 2 or og < 2 * n_pos:
+        # Only where the weights dwarf a per-image tile: elsewhere the wider
+        # tile falls out of cache and costs more than the packing it saves
+        # (measured: 7 px layers gain, 28 px and grouped layers lose).
         return None
     budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
     per_image = (kg + og) * n_pos * itemsize     # unrolled tile + GEMM result
@@ -115,7 +118,10 @@ def forward_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct)
 def grad_weight_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out, direct):
     """Whole images per tile for the weight gradient of small images (see
     forward_images), or None. Needs per-thread sums within SCRATCH_BYTES."""
-    if direct or n_images < 2 or n_threads * n_out * kg * itemsize > SCRATCH_BYTES:
+    if (direct or n_images < 2 or n_pos >= MIN_GEMM_TILE
+            or n_threads * n_out * kg * itemsize > SCRATCH_BYTES):
+        # Only for thin per-image tiles: each image would otherwise be a
+        # rank-L update of the whole (n_out, K_g) sum.
         return None
     budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
     per_image = (kg + og) * n_pos * itemsize     # unrolled tile + grad_output rows
@@ -127,7 +133,7 @@ def grad_weight_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_o
 def grad_input_images(n_images, groups, cg, og, kg, n_pos, itemsize, n_threads, nhwc, direct):
     """(images per unit, block of input channels) for the input gradient of
     small images (see forward_images), or None."""
-    if direct or n_images < 2:
+    if direct or n_images < 2 or og < 2 * n_pos:   # as in forward_images
         return None
     budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
     per_image = (kg + og) * n_pos * itemsize     # GEMM result + grad_output rows

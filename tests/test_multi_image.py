@@ -1,0 +1,74 @@
+"""The multi-image tiling of conv2d, conv2d_input, conv2d_weight and
+conv_transpose2d (small images with many channels: one tile holds several
+whole images), checked against the independent reference. The planner is
+asserted to pick that tiling for these shapes, so the paths stay exercised."""
+import numpy as np
+import pytest
+
+import fastim2col as F
+from fastim2col import _plan
+import reference as R
+
+# (N, C, H, W, C_out, kernel, stride, padding, groups): n_pos <= C_out/groups/2
+CASES = [
+    (5, 6, 3, 3, 24, 3, 1, 1, 1),
+    (7, 4, 4, 3, 48, (2, 3), 2, (1, 1), 2),
+    (4, 3, 2, 2, 16, 3, 1, 1, 1),
+    (6, 8, 3, 2, 40, 1, 1, 1, 1),
+]
+
+
+@pytest.fixture
+def small_work_split(monkeypatch):
+    """Let tiny calls use several threads (the planner would keep them on one)."""
+    monkeypatch.setattr(_plan, "MIN_FLOPS_PER_THREAD", 1e-9)
+    yield
+    F.set_num_threads(None)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_multi_image_tiles(case, n_threads, layout, small_work_split):
+    n, c, h, w, c_out, k, s, p, g = case
+    F.set_num_threads(n_threads)
+    rng = np.random.default_rng(n * 10 + n_threads)
+    kh, kw = (k, k) if np.isscalar(k) else k
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((c_out, c // g, kh, kw))
+    b = rng.standard_normal(c_out)
+    y = R.conv2d(x, wt, b, s, p, 1, g)
+    go = rng.standard_normal(y.shape)
+    n_pos = y.shape[2] * y.shape[3]
+    og, kg = c_out // g, c // g * kh * kw
+    assert _plan.forward_images(n, g, og, kg, n_pos, 8, n_threads, False) is not None
+    assert _plan.grad_input_images(n, g, c // g, og, kg, n_pos, 8, n_threads,
+                                   layout == "NHWC", False) is not None
+    assert _plan.grad_weight_images(n, g, og, kg, n_pos, 8, n_threads, c_out, False) is not None
+
+    gx = R.conv2d_input_grad(x.shape, wt, go, s, p, 1, g)
+    gw = R.conv2d_weight_grad(x, wt.shape, go, s, p, 1, g)
+    xv = x[:, :, ::-1][:, :, ::-1]               # a strided view with negative strides
+    if layout == "NHWC":
+        xl, wl, gol = R.to_nhwc(xv), R.weight_to_nhwc(wt), R.to_nhwc(go)
+        y, gx, gw = R.to_nhwc(y), R.to_nhwc(gx), R.weight_to_nhwc(gw)
+    else:
+        xl, wl, gol = xv, wt, go
+    np.testing.assert_allclose(F.conv2d(xl, wl, b, s, p, 1, g, layout=layout), y,
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(F.grad.conv2d_input(xl.shape, wl, gol, s, p, 1, g, layout=layout),
+                               gx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(F.grad.conv2d_weight(xl, wl.shape, gol, s, p, 1, g,
+                                                    layout=layout), gw, rtol=1e-12, atol=1e-12)
+    # conv_transpose2d is the input gradient plus a bias, on x of shape go
+    bt = rng.standard_normal(c)
+    wt_t = np.ascontiguousarray(wl)   # as a transposed-conv weight: (C_in=c_out, ..., c/g)
+    yt = F.conv_transpose2d(gol, wt_t, bt, s, p, 0, g, 1, layout=layout)
+    expected = gx + (bt if layout == "NHWC" else bt[:, None, None])
+    if yt.shape == expected.shape:
+        np.testing.assert_allclose(yt, expected, rtol=1e-12, atol=1e-12)
+    else:   # output size differs when stride leaves rows unreached: compare the overlap
+        hh, ww = (expected.shape[1:3] if layout == "NHWC" else expected.shape[2:])
+        sl = (slice(None), slice(0, hh), slice(0, ww)) if layout == "NHWC" else \
+            (slice(None), slice(None), slice(0, hh), slice(0, ww))
+        np.testing.assert_allclose(yt[sl], expected, rtol=1e-12, atol=1e-12)
