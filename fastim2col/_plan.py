@@ -118,10 +118,11 @@ def forward_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct)
 def grad_weight_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out, direct):
     """Whole images per tile for the weight gradient of small images (see
     forward_images), or None. Needs per-thread sums within SCRATCH_BYTES."""
-    if (direct or n_images < 2 or n_pos >= MIN_GEMM_TILE
+    if (direct or n_images < 2 or n_pos >= 4 * MIN_GEMM_TILE
             or n_threads * n_out * kg * itemsize > SCRATCH_BYTES):
-        # Only for thin per-image tiles: each image would otherwise be a
-        # rank-L update of the whole (n_out, K_g) sum.
+        # Only for thin per-image tiles (7-14 px in ResNet): each image would
+        # otherwise be a rank-L update that streams the whole (n_out, K_g)
+        # sum through memory (measured 2-3x slower at 14 px in float64).
         return None
     budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
     per_image = (kg + og) * n_pos * itemsize     # unrolled tile + grad_output rows
