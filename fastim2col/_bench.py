@@ -287,6 +287,7 @@ def run_bench(argv=None) -> int:
         ["extra MiB"] + [f"{p} MiB" for p in peers]
     rows = []
     ratios: dict[str, list[float]] = {k: [] for k in ["gemm"] + peers}
+    cases = []
     with _limits(threads):
         for batch in batches:
             for layer in layers:
@@ -294,8 +295,6 @@ def run_bench(argv=None) -> int:
                 t = timed_blocks(fns, args.rounds, args.repeat)
                 if "gemm_ab" in t:
                     t["gemm"] = min(t.pop("gemm_ab"), t.pop("gemm_ba"))
-                mem = {k: peak_extra_mib(fn) for k, fn in fns.items()
-                       if not k.startswith("gemm")}
                 # im2col/col2im: GB of output written per second; else GFLOP/s
                 work = (out_bytes if copy_op else layer.flops(batch)) / 1e9
                 row = [layer.name, batch, f"{t['ours'] * 1e3:.2f}", f"{work / t['ours']:.1f}"]
@@ -307,12 +306,17 @@ def run_bench(argv=None) -> int:
                         row.append(f"{r:.2f}")
                     else:
                         row.append("-")
-                row.append(f"{mem['ours']:.1f}" if mem["ours"] is not None else "n/a")
-                for k in peers:
-                    m = mem.get(k)
-                    # peers allocate their result inside the call: count only the extra
-                    row.append(f"{max(0.0, m - out_bytes / 2**20):.1f}" if m is not None else "n/a")
                 rows.append(row)
+                cases.append((fns, out_bytes))
+        # Peak memory last: measuring it changes malloc's settings for the rest
+        # of the process (see _malloc_for_peaks), which would slow later timings.
+        for row, (fns, out_bytes) in zip(rows, cases):
+            mem = {k: peak_extra_mib(fn) for k, fn in fns.items() if not k.startswith("gemm")}
+            row.append(f"{mem['ours']:.1f}" if mem["ours"] is not None else "n/a")
+            for k in peers:
+                m = mem.get(k)
+                # peers allocate their result inside the call: count only the extra
+                row.append(f"{max(0.0, m - out_bytes / 2**20):.1f}" if m is not None else "n/a")
     _print_table(headers, rows)
     print("time ratios (fastim2col / other; < 1 means fastim2col is faster), geometric means:")
     for k, v in ratios.items():
