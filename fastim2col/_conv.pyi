@@ -16,9 +16,11 @@ def conv2d_forward(
     nhwc: bool,
     direct: bool,
     n_threads: int,
+    images_per_tile: int = 1,
 ) -> None:
     """out = conv2d(x, w) + bias; shape = (N, C, C_out, groups), geom = the
-    12 ints of fastim2col._args.Window, split = (tile, block)."""
+    12 ints of fastim2col._args.Window, split = (tile, block);
+    images_per_tile > 1: tiles of that many whole images."""
 
 def conv2d_grad_input(
     go: np.ndarray,
@@ -31,6 +33,7 @@ def conv2d_grad_input(
     nhwc: bool,
     direct: bool,
     n_threads: int,
+    images_per_tile: int = 1,
 ) -> None:
     """gx = the input gradient of conv2d (+ bias per channel of gx)."""
 
@@ -45,5 +48,6 @@ def conv2d_grad_weight(
     direct: bool,
     per_thread_sums: bool,
     n_threads: int,
+    images_per_tile: int = 1,
 ) -> None:
     """gw = the weight gradient of conv2d."""
