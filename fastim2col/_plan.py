@@ -92,6 +92,15 @@ def check_scratch(n_threads: int, *buffer_elements: int, itemsize: int) -> None:
         raise MemoryError(f"the per-thread scratch buffers would need {total} bytes")
 
 
+def _images_per_tile(n_images, groups, bytes_per_image, n_threads) -> int:
+    """Whole images per multi-image tile: as many as MULTI_TILE_BYTES per
+    thread (within TILE_SCRATCH_BYTES) hold, but no more than keep every
+    thread busy."""
+    budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
+    return min(budget // max(1, bytes_per_image), n_images,
+               _ceil_div(n_images * groups, n_threads) if groups < n_threads else n_images)
+
+
 def forward_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct):
     """(images per tile, block of output channels) when tiles of several
     whole images pay, else None. Small images with many channels (7-28 px in
@@ -104,10 +113,8 @@ def forward_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct)
         # tile falls out of cache and costs more than the packing it saves
         # (measured: 7 px layers gain, 28 px and grouped layers lose).
         return None
-    budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
-    per_image = (kg + og) * n_pos * itemsize     # unrolled tile + GEMM result
-    per_tile = min(budget // max(1, per_image), n_images,
-                   _ceil_div(n_images * groups, n_threads) if groups < n_threads else n_images)
+    # per image: the unrolled tile + the GEMM result
+    per_tile = _images_per_tile(n_images, groups, (kg + og) * n_pos * itemsize, n_threads)
     if per_tile < 2:
         return None
     sets = _ceil_div(n_images, per_tile) * groups
@@ -124,10 +131,8 @@ def grad_weight_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_o
         # otherwise be a rank-L update that streams the whole (n_out, K_g)
         # sum through memory (measured 2-3x slower at 14 px in float64).
         return None
-    budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
-    per_image = (kg + og) * n_pos * itemsize     # unrolled tile + grad_output rows
-    per_tile = min(budget // max(1, per_image), n_images,
-                   _ceil_div(n_images * groups, n_threads) if groups < n_threads else n_images)
+    # per image: the unrolled tile + grad_output rows
+    per_tile = _images_per_tile(n_images, groups, (kg + og) * n_pos * itemsize, n_threads)
     return per_tile if per_tile >= 2 else None
 
 
@@ -136,10 +141,8 @@ def grad_input_images(n_images, groups, cg, og, kg, n_pos, itemsize, n_threads, 
     small images (see forward_images), or None."""
     if direct or n_images < 2 or og < 2 * n_pos:   # as in forward_images
         return None
-    budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
-    per_image = (kg + og) * n_pos * itemsize     # GEMM result + grad_output rows
-    per_tile = min(budget // max(1, per_image), n_images,
-                   _ceil_div(n_images * groups, n_threads) if groups < n_threads else n_images)
+    # per image: the GEMM result + grad_output rows
+    per_tile = _images_per_tile(n_images, groups, (kg + og) * n_pos * itemsize, n_threads)
     if per_tile < 2:
         return None
     units = _ceil_div(n_images, per_tile) * groups

@@ -240,6 +240,24 @@ cdef Py_ssize_t forward_images(const floating* x, const floating* w, const float
     return n_failed
 
 
+cdef void seed_with_bias(floating* gx, const floating* bias, const Conv* cv,
+                         const Geometry* g, int n_threads) noexcept nogil:
+    # gx = the bias of its channel (or 0), before input gradients are folded in.
+    cdef Py_ssize_t plane = g.in_h * g.in_w
+    cdef Py_ssize_t image_size = plane * cv.n_channels
+    cdef Py_ssize_t u, n, c, k
+    for u in prange(cv.n_images * cv.n_channels, nogil=True, num_threads=n_threads,
+                    schedule='static'):
+        n = u // cv.n_channels
+        c = u % cv.n_channels
+        if cv.nhwc:
+            for k in range(plane):
+                gx[n * image_size + k * cv.n_channels + c] = bias[c] if bias != NULL else 0
+        else:
+            for k in range(plane):
+                gx[u * plane + k] = bias[c] if bias != NULL else 0
+
+
 cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating* bias,
                            floating* gx, Conv cv, Geometry g, int n_threads) noexcept nogil:
     # gx = col2im(W^T go), a tile at a time. Units (image, group, block of
@@ -270,17 +288,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
         n_pairs = n_tiles
     else:
         n_phases = 2
-        # Seed gx with the bias (or zeros) before anything is folded into it.
-        for u in prange(cv.n_images * cv.n_channels, nogil=True,
-                        num_threads=n_threads, schedule='static'):
-            n = u // cv.n_channels
-            c = u % cv.n_channels
-            if cv.nhwc:
-                for k in range(plane):
-                    gx[n * image_size + k * cv.n_channels + c] = bias[c] if bias != NULL else 0
-            else:
-                for k in range(plane):
-                    gx[u * plane + k] = bias[c] if bias != NULL else 0
+        seed_with_bias(gx, bias, &cv, &g, n_threads)
     n_units = cv.n_images * cv.groups * n_blocks * n_pairs
     for parity in range(n_phases):
         buf = NULL
@@ -365,17 +373,7 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
     cdef floating* buf = NULL
     cdef floating* gbuf = NULL
     cdef const floating* src
-    # Seed gx with the bias (or zeros) before anything is folded into it.
-    for u in prange(cv.n_images * cv.n_channels, nogil=True, num_threads=n_threads,
-                    schedule='static'):
-        n = u // cv.n_channels
-        c = u % cv.n_channels
-        if cv.nhwc:
-            for k in range(plane):
-                gx[n * image_size + k * cv.n_channels + c] = bias[c] if bias != NULL else 0
-        else:
-            for k in range(plane):
-                gx[u * plane + k] = bias[c] if bias != NULL else 0
+    seed_with_bias(gx, bias, &cv, &g, n_threads)
     with parallel(num_threads=n_threads):
         buf = <floating*> malloc(kg * tile * sizeof(floating))
         gbuf = NULL
