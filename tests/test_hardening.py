@@ -1403,31 +1403,15 @@ def blas_state():
         _set_blas_threads(before)
 
 
-def _busy_thread(fn):
-    """Start fn() in a daemon thread, looping until the returned event is
-    set; returns (stop event, future of the call count, thread)."""
-    stop = threading.Event()
-    future = cf.Future()
-
-    def loop():
-        try:
-            count = 0
-            while not stop.is_set():
-                fn()
-                count += 1
-            future.set_result(count)
-        except BaseException as exc:   # noqa: BLE001
-            future.set_exception(exc)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return stop, future, thread
-
-
-def _big_conv(scale=1):
+def _big_conv_args(scale=1):
     rng = np.random.default_rng(31)
     x = rng.standard_normal((4 * scale, 32, 48, 48)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    return x, w
+
+
+def _big_conv(scale=1):
+    x, w = _big_conv_args(scale)
     return lambda: fi.conv2d(x, w, padding=1)
 
 
@@ -1470,25 +1454,31 @@ def test_calls_inside_threadpoolctl_limits():
     _assert_same(results[3], sequential[0])
 
 
-def test_blas_pin_applies_in_worker_threads(blas_state):
+def test_blas_pin_applies_in_worker_threads(blas_state, monkeypatch):
     """fastim2col pins BLAS to 1 thread while its kernels run, also when
     called from a worker thread after the main thread has called it. (The
     pin goes through threadpoolctl's set_num_threads, which ignores every
     thread but the first one that used it: the pin silently does nothing in
-    other threads, and OpenMP x BLAS threads oversubscribe the cores.)"""
+    other threads, and OpenMP x BLAS threads oversubscribe the cores.)
+    The BLAS thread counts are read inside the kernel call itself."""
+    from fastim2col import functional
     fi.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))   # the main thread first
-    stop, future, thread = _busy_thread(_big_conv())
-    seen = set()
-    try:
-        deadline = time.monotonic() + 5   # calls take milliseconds
-        while time.monotonic() < deadline and not any(all(n == 1 for _, n in s) for s in seen):
-            seen.add(tuple(_blas_threads()))
-            time.sleep(0.002)
-    finally:
-        stop.set()
-        future.result(timeout=120)
-    assert any(all(n == 1 for _, n in s) for s in seen), (
-        f"BLAS never pinned to 1 thread while a worker thread ran kernels: saw {seen}")
+    real_conv, seen = functional._conv, []
+
+    class RecordingKernels:
+        def __getattr__(self, name):
+            return getattr(real_conv, name)
+
+        def conv2d_forward(self, *args):
+            real_conv.conv2d_forward(*args)
+            seen.append(_blas_threads())
+
+    monkeypatch.setattr(functional, "_conv", RecordingKernels())
+    with cf.ThreadPoolExecutor(1) as pool:
+        pool.submit(_big_conv()).result(timeout=120)
+    assert len(seen) == 1
+    assert all(n == 1 for _, n in seen[0]), (
+        f"BLAS not pinned to 1 thread while a worker thread ran kernels: {seen[0]}")
 
 
 def test_threadpool_limits_in_worker_threads_still_work(blas_state):
@@ -1508,50 +1498,67 @@ def test_threadpool_limits_in_worker_threads_still_work(blas_state):
         f"threadpool_limits(1, 'blas') in a worker thread had no effect: {inside}")
 
 
-def test_overlapping_calls_from_two_threads_restore_blas_threads(blas_state):
+def test_overlapping_calls_from_two_threads_restore_blas_threads(blas_state, monkeypatch):
     """Thread A's call starts first and ends first, thread B's starts inside
     it and ends last; A stays alive (a pool worker). BLAS thread counts must
     be back afterwards. (The last one out restores them, but threadpoolctl
     ignores set_num_threads from B while A, its controlling thread, lives:
-    BLAS stays at 1 thread for the rest of the process.)"""
+    BLAS stays at 1 thread for the rest of the process.)
+
+    The interleaving is forced, not timed: the kernel entry point is wrapped
+    so that A's kernel waits (inside its BLAS pin) until B's call is inside
+    its own, and B's kernel waits until A's call has returned."""
+    from fastim2col import functional
     before = blas_state
-    small, large = _big_conv(1), _big_conv(4)
-    for attempt in range(5):
-        _set_blas_threads(before)
-        times, release, a_done = {}, threading.Event(), threading.Event()
+    real_conv = functional._conv
+    a_inside, b_inside, a_returned, release = (threading.Event() for _ in range(4))
+    seen_inside = {}
 
-        def thread_a():
-            t0 = time.monotonic()
-            small()
-            times["a"] = (t0, time.monotonic())
-            a_done.set()
-            release.wait(120)
+    class GatedKernels:
+        def __getattr__(self, name):
+            return getattr(real_conv, name)
 
-        def thread_b():
-            deadline = time.monotonic() + 20
-            while not all(n == 1 for _, n in _blas_threads()):   # A holds the pin
-                if time.monotonic() > deadline or a_done.is_set():
-                    return None
-                time.sleep(0.0005)
-            t0 = time.monotonic()
-            large()
-            times["b"] = (t0, time.monotonic())
-            return True
+        def conv2d_forward(self, *args):
+            real_conv.conv2d_forward(*args)
+            seen_inside[threading.current_thread().name] = _blas_threads()
+            if threading.current_thread().name == "A":
+                a_inside.set()
+                assert b_inside.wait(60), "B's call never got inside"
+            else:
+                b_inside.set()
+                assert a_returned.wait(60), "A's call never returned"
 
-        b = cf.ThreadPoolExecutor(1)
-        fb = b.submit(thread_b)
-        ta = threading.Thread(target=thread_a, daemon=True)
-        ta.start()
-        ok = fb.result(timeout=120)
-        a_done.wait(120)
-        b.shutdown()
-        after = _blas_threads()
-        release.set()
-        ta.join(60)
-        if ok and times["b"][0] < times["a"][1] < times["b"][1]:
-            break
-    else:
-        pytest.fail("could not make the two calls overlap (A first in, A first out)")
+    monkeypatch.setattr(functional, "_conv", GatedKernels())
+    x, w = _big_conv_args()
+    expected = ref.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+    results, errors = {}, []
+
+    def thread_a():
+        try:
+            results["A"] = fi.conv2d(x, w, padding=1)
+        except BaseException as e:   # surfaced below
+            errors.append(e)
+        finally:
+            a_returned.set()
+        release.wait(120)   # stay alive, like a pool worker
+
+    def thread_b():
+        assert a_inside.wait(60), "A's call never got inside"
+        results["B"] = fi.conv2d(x, w, padding=1)
+
+    ta = threading.Thread(target=thread_a, name="A", daemon=True)
+    ta.start()
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="B") as pool:
+        pool.submit(thread_b).result(timeout=120)
+    after = _blas_threads()
+    release.set()
+    ta.join(60)
+    assert not errors, errors
+    for name in ("A", "B"):
+        np.testing.assert_allclose(results[name], expected, rtol=1e-4, atol=1e-3)
+    for name, counts in seen_inside.items():
+        assert all(n == 1 for _, n in counts), f"BLAS not pinned inside {name}'s call: {counts}"
+    assert len(seen_inside) == 2
     assert after == before, f"BLAS thread counts left at {after} (were {before})"
 
 
