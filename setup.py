@@ -14,7 +14,9 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["_im2col", "_conv", "_depthwise", "_openmp_info"]
+MODULES = ["_im2col", "_conv", "_depthwise", "_direct", "_openmp_info"]
+# as in src/meson.build: FMA contraction for the direct kernels' vector code
+EXTRA_ARGS = {"_direct": ["-ffp-contract=fast"] if os.name != "nt" else []}
 
 
 def openmp_flags(compiler):
@@ -52,7 +54,7 @@ extensions = [
         [f"src/{name}.pyx"],
         include_dirs=[numpy.get_include(), "src"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-        extra_compile_args=["-O3"] if os.name != "nt" else ["/O2"],
+        extra_compile_args=(["-O3"] if os.name != "nt" else ["/O2"]) + EXTRA_ARGS.get(name, []),
     )
     for name in MODULES
 ]

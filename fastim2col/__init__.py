@@ -7,7 +7,7 @@ matrix never exists. The API follows torch.nn.functional and torch.nn.grad.
 from ._version import __version__
 
 try:
-    from . import _conv, _depthwise, _im2col, _openmp_info  # noqa: F401  (compiled kernels)
+    from . import _conv, _depthwise, _direct, _im2col, _openmp_info  # noqa: F401  (compiled kernels)
 except ImportError as exc:  # pragma: no cover - depends on how it was imported
     raise ImportError(
         "fastim2col's compiled kernels could not be imported. If you are inside the "

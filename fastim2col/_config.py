@@ -7,9 +7,10 @@ import sys
 
 
 def _build_info() -> dict:
-    from . import _openmp_info
+    from . import _direct, _openmp_info
     return {
         "openmp": _openmp_info.OPENMP_ENABLED,
+        "direct_kernels_isa": _direct.isa(),
         "compiler": _openmp_info.COMPILER,
         "build_flags": _openmp_info.BUILD_FLAGS,
     }

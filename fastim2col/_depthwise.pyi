@@ -6,13 +6,12 @@ import numpy as np
 
 def depthwise_forward(
     x: np.ndarray,
-    w: np.ndarray,
+    w_taps: np.ndarray,
     bias: np.ndarray | None,
     out: np.ndarray,
     multiplier: int,
     geom: tuple[int, ...],
-    nhwc: bool,
     n_threads: int,
 ) -> None:
-    """out = depthwise conv2d(x, w) + bias; x any strides; w C-contiguous,
-    (C_out, kh*kw) for NCHW or (kh*kw, C_out) for NHWC; out C-contiguous."""
+    """out = depthwise conv2d(x, w) + bias, NHWC; x (N, H, W, C) any strides;
+    w_taps C-contiguous (kh*kw, C_out); out C-contiguous (N, Ho, Wo, C_out)."""

@@ -21,6 +21,17 @@ MIN_GEMM_TILE = 128         # narrower tiles make GEMM inefficient
 TILE_SCRATCH_BYTES = 32 * 1024 * 1024   # all threads' tile buffers together
 MULTI_TILE_BYTES = 8 * 1024 * 1024      # per thread, for tiles of whole images
 TILE_ALIGN = 16
+# NCHW convs whose per-group GEMM would be thin run in the direct kernels
+# (src/_direct.pyx, see use_direct): depthwise ones, and kh x kw > 1 ones with at most
+# DIRECT_OUTPUTS[k] output channels per group and DIRECT_TAPS[k] taps
+# (C_in/groups * kh * kw). Measured (bench --op conv2d, 2 threads, float32 and
+# float64): direct 0.4-0.9x the GEMM path inside these bounds (ResNeXt groups,
+# 7x7/2 stem, few-channel first layers), 1.0-1.6x outside (wide 3x3 layers,
+# 1x1 layers, whose GEMM needs no unroll).
+DIRECT_OUTPUTS = (32, 64)
+DIRECT_TAPS = (576, 160)
+DIRECT_BAND_BYTES = 256 * 1024        # per-thread input band: stays in L2
+DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -200,3 +211,34 @@ def col2im_rows(n_images, win, n_threads) -> int:
     rows_min = band_rows(win.kernel_h, win.stride_h, win.dilation_h)
     bands_wanted = 2 * _ceil_div(2 * n_threads, max(1, n_images))
     return min(win.out_h, max(rows_min, win.out_h // bands_wanted))
+
+
+def use_direct(groups: int, cg: int, og: int, win) -> bool:
+    """Whether an NCHW conv2d runs in the direct kernels (see DIRECT_TAPS):
+    depthwise ones, and kh x kw > 1 ones with few outputs and taps per group."""
+    taps = cg * win.kernel_h * win.kernel_w
+    thin = any(og <= outputs and taps <= max_taps
+               for outputs, max_taps in zip(DIRECT_OUTPUTS, DIRECT_TAPS))
+    return (groups > 1 and cg == 1) or (thin and win.kernel_h * win.kernel_w > 1)
+
+
+def direct_band(n_images: int, groups: int, cg: int, win, itemsize: int, n_threads: int,
+                vector_elements: int) -> int | None:
+    """Output rows per work unit of the direct kernels, or None when one
+    output row's input band would exceed DIRECT_MAX_BAND_BYTES (huge
+    dilations: the blocked GEMM then). A unit's input band (cg channels, zero
+    padded, stride_w phases, rows padded to 4 vectors) stays within
+    DIRECT_BAND_BYTES where one row allows; bands are cut finer until there
+    are four units per thread (load balance at batch 1)."""
+    span = 4 * vector_elements
+    row_len = _ceil_div(win.out_w, span) * span + (win.kernel_w - 1) * win.dilation_w // win.stride_w
+    row_bytes = cg * win.stride_w * row_len * itemsize     # one padded input row
+    halo = (win.kernel_h - 1) * win.dilation_h + 1          # input rows of one output row
+    if row_bytes * halo > DIRECT_MAX_BAND_BYTES:
+        return None
+    band = max(1, (DIRECT_BAND_BYTES // row_bytes - halo) // win.stride_h + 1)
+    band = min(band, win.out_h)
+    if n_threads > 1:
+        bands_wanted = _ceil_div(4 * n_threads, n_images * groups)
+        band = min(band, max(1, _ceil_div(win.out_h, bands_wanted)))
+    return band

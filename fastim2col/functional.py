@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _args, _plan
 from ._args import ArrayLike, IntPair, Layout, Padding
-from . import _conv, _depthwise, _im2col
+from . import _conv, _depthwise, _direct, _im2col
 from ._threads import blas_single_threaded
 
 __all__ = ["im2col", "col2im", "conv2d", "conv_transpose2d"]
@@ -163,15 +163,20 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     shape = _args.image_shape(n, c_out, win.out_h, win.out_w, nhwc)
     res = _args.output(_batched_out(out, unbatched), shape, dtype, (x, weight, bias), "conv2d")
     if res.size:
+        n_threads = _plan.conv_threads(2.0 * res.size * kg)
+        band = None
+        if not nhwc and kg and _plan.use_direct(groups, cg, og, win):
+            band = _plan.direct_band(n, groups, cg, win, dtype.itemsize, n_threads,
+                                     _direct.vector_elements(dtype.itemsize))
         if kg == 0:   # no input channels: only the bias remains
             res[...] = 0 if bias is None else (bias if nhwc else bias[:, None, None])
-        elif cg == 1 and groups > 1:
-            # Depthwise: a direct kernel, not 1 x (kh*kw) GEMMs.
-            taps = w2.T.copy() if nhwc else w2
-            _depthwise.depthwise_forward(x, taps, bias, res, og, tuple(win), nhwc,
-                                         _plan.conv_threads(2.0 * res.size * kg))
+        elif band is not None:
+            # Thin per-group GEMMs (depthwise, few channels): direct accumulation.
+            _direct.direct_forward(x, w2, bias, res, groups, tuple(win), band, n_threads)
+        elif nhwc and cg == 1 and groups > 1:
+            # Depthwise NHWC: a direct kernel along channel vectors.
+            _depthwise.depthwise_forward(x, w2.T.copy(), bias, res, og, tuple(win), n_threads)
         else:
-            n_threads = _plan.conv_threads(2.0 * res.size * kg)
             direct = _is_direct(x, win, nhwc, cg)
             images = _plan.forward_images(n, groups, og, kg, n_pos, dtype.itemsize, n_threads,
                                           direct)

@@ -1,61 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
 # (Arguments are validated by fastim2col.functional before a kernel runs.)
-"""Direct depthwise conv2d (groups == C_in, one input channel per group).
+"""Direct depthwise conv2d in NHWC (groups == C_in, one input channel per group).
 
 A depthwise layer is not a GEMM: each output channel reads one input channel
 through kh*kw taps, so an unroll + GEMM would do 1 x (kh*kw) matrix products.
-These kernels accumulate tap by tap along contiguous runs instead (rows in
-NCHW, channel vectors in NHWC), in a fixed order: deterministic.
+This kernel accumulates tap by tap along contiguous channel vectors, in a
+fixed order: deterministic. (NCHW depthwise runs in src/_direct.pyx.)
 """
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from _unroll cimport ColRange, Geometry, valid_out_cols
+from _unroll cimport Geometry
 
 cnp.import_array()
-
-
-cdef void depthwise_nchw(const floating* x, Py_ssize_t s_n, Py_ssize_t s_c,
-                         Py_ssize_t s_h, Py_ssize_t s_w, const floating* w,
-                         const floating* bias, floating* out, Py_ssize_t n_images,
-                         Py_ssize_t n_channels, Py_ssize_t multiplier, Geometry g,
-                         int n_threads) noexcept nogil:
-    # Units: (image, output channel); w is (C_out, kh*kw); out C-contiguous.
-    cdef Py_ssize_t n_out = n_channels * multiplier
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
-    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
-    cdef Py_ssize_t u, n, co, i, j, oh, ow, ih, lo, hi, k
-    cdef ColRange cols_ok
-    cdef floating wv, b
-    cdef floating* dst
-    cdef const floating* src
-    for u in prange(n_images * n_out, nogil=True, num_threads=n_threads, schedule='static'):
-        n = u // n_out
-        co = u % n_out
-        dst = out + u * n_pos
-        b = bias[co] if bias != NULL else 0
-        for k in range(n_pos):
-            dst[k] = b
-        for i in range(g.kernel_h):
-            for j in range(g.kernel_w):
-                wv = w[co * kk + i * g.kernel_w + j]
-                cols_ok = valid_out_cols(&g, j)
-                lo = cols_ok.lo
-                hi = cols_ok.hi
-                for oh in range(g.out_h):
-                    ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
-                    if ih < 0 or ih >= g.in_h:
-                        continue
-                    src = (x + n * s_n + (co // multiplier) * s_c + ih * s_h
-                           + (j * g.dilation_w - g.pad_w) * s_w)
-                    if g.stride_w * s_w == 1:
-                        for ow in range(lo, hi):
-                            dst[oh * g.out_w + ow] += wv * src[ow]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[oh * g.out_w + ow] += wv * src[ow * g.stride_w * s_w]
 
 
 cdef void depthwise_nhwc(const floating* x, Py_ssize_t s_n, Py_ssize_t s_h,
@@ -95,10 +54,10 @@ cdef void depthwise_nhwc(const floating* x, Py_ssize_t s_n, Py_ssize_t s_h,
                             dst[co] += wt[co] * src[(co // multiplier) * s_c]
 
 
-def depthwise_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
-                      Py_ssize_t multiplier, tuple geom, bint nhwc, int n_threads):
-    """out = depthwise conv2d(x, w) + bias. x any strides; w C-contiguous:
-    (C_out, kh*kw) for NCHW, (kh*kw, C_out) for NHWC; out C-contiguous."""
+def depthwise_forward(cnp.ndarray x, cnp.ndarray w_taps, object bias, cnp.ndarray out,
+                      Py_ssize_t multiplier, tuple geom, int n_threads):
+    """out = depthwise conv2d(x, w) + bias, NHWC. x (N, H, W, C) any strides;
+    w_taps C-contiguous (kh*kw, C_out); out C-contiguous (N, Ho, Wo, C_out)."""
     cdef Geometry g
     (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
      g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
@@ -107,22 +66,15 @@ def depthwise_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out
     cdef Py_ssize_t s0 = st[0] // item, s1 = st[1] // item
     cdef Py_ssize_t s2 = st[2] // item, s3 = st[3] // item
     cdef Py_ssize_t n_images = x.shape[0]
-    cdef Py_ssize_t n_channels = x.shape[3] if nhwc else x.shape[1]
+    cdef Py_ssize_t n_channels = x.shape[3]
     cdef void* xp = cnp.PyArray_DATA(x)
-    cdef void* wp = cnp.PyArray_DATA(w)
+    cdef void* wp = cnp.PyArray_DATA(w_taps)
     cdef void* bp = NULL if bias is None else cnp.PyArray_DATA(bias)
     cdef void* op = cnp.PyArray_DATA(out)
-    cdef bint single = cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32
     with nogil:
-        if nhwc and single:
+        if cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32:
             depthwise_nhwc(<float*> xp, s0, s1, s2, s3, <float*> wp, <float*> bp,
                            <float*> op, n_images, n_channels, multiplier, g, n_threads)
-        elif nhwc:
-            depthwise_nhwc(<double*> xp, s0, s1, s2, s3, <double*> wp, <double*> bp,
-                           <double*> op, n_images, n_channels, multiplier, g, n_threads)
-        elif single:
-            depthwise_nchw(<float*> xp, s0, s1, s2, s3, <float*> wp, <float*> bp,
-                           <float*> op, n_images, n_channels, multiplier, g, n_threads)
         else:
-            depthwise_nchw(<double*> xp, s0, s1, s2, s3, <double*> wp, <double*> bp,
+            depthwise_nhwc(<double*> xp, s0, s1, s2, s3, <double*> wp, <double*> bp,
                            <double*> op, n_images, n_channels, multiplier, g, n_threads)

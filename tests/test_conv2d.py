@@ -27,7 +27,7 @@ def check_conv2d(case, rng, out=False):
 
 
 @given(conv_cases(), st.integers(0, 2**32 - 1), st.booleans())
-def test_matches_reference(kernel_threads, case, seed, out):
+def test_matches_reference(kernel_threads, conv_path, case, seed, out):
     check_conv2d(case, np.random.default_rng(seed), out=out)
 
 
@@ -41,7 +41,7 @@ def plan_case(x_shape, w_shape, stride, padding, dilation, groups, layout, dtype
 @pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", PLAN_CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_plan_cases(kernel_threads, rng, x_shape, w_shape, stride, padding, dilation, groups,
+def test_plan_cases(kernel_threads, conv_path, rng, x_shape, w_shape, stride, padding, dilation, groups,
                     layout, dtype):
     """Shapes large enough for several tiles / blocks / the direct path."""
     check_conv2d(plan_case(x_shape, w_shape, stride, padding, dilation, groups, layout, dtype),
@@ -53,7 +53,7 @@ def test_plan_cases(kernel_threads, rng, x_shape, w_shape, stride, padding, dila
 @pytest.mark.parametrize("kernel", [(1, 1), (3, 2)])
 @pytest.mark.parametrize("w_channels, groups", [((6, 2), 2), ((8, 1), 4)],
                          ids=["grouped", "depthwise"])
-def test_any_strides(rng, stride_kind, layout, kernel, w_channels, groups):
+def test_any_strides(conv_path, rng, stride_kind, layout, kernel, w_channels, groups):
     """Fortran order, step slices, negative strides, read-only, channels-last
     memory, unaligned data, stride-0 batch: all give the same result. The
     1x1 kernel exercises the direct (no unroll) path's stride checks."""
@@ -167,7 +167,7 @@ def window_mask(mask, w_shape, **kwargs):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("w_shape, groups", [((6, 2, 3, 2), 2), ((8, 1, 3, 2), 4)],
                          ids=["grouped", "depthwise"])
-def test_nonfinite_propagates(rng, layout, value, dtype, w_shape, groups):
+def test_nonfinite_propagates(conv_path, rng, layout, value, dtype, w_shape, groups):
     kwargs = dict(stride=(1, 2), padding=(1, 2), dilation=(2, 1), groups=groups)
     x = rand(rng, (2, 4, 30, 31), dtype)
     w = np.abs(rand(rng, w_shape, dtype)) + 0.5   # positive: no inf - inf

@@ -1,0 +1,27 @@
+"""Type stub for the compiled kernel in src/_direct.pyx (keep in sync).
+
+Internal: fastim2col.functional.conv2d checks every argument before calling it.
+"""
+import numpy as np
+
+def isa() -> str:
+    """The instruction set the direct kernels run with on this CPU."""
+
+def force_isa(level: int) -> int:
+    """For tests: run the kernels at ISA level `level` (-1: the best)."""
+
+def vector_elements(itemsize: int) -> int:
+    """Elements per vector of the direct kernels for this item size."""
+
+def direct_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    out: np.ndarray,
+    groups: int,
+    geom: tuple[int, ...],
+    band: int,
+    n_threads: int,
+) -> None:
+    """out = conv2d(x, w, groups) + bias, NCHW, by direct accumulation; x any
+    strides; w C-contiguous (C_out, C/groups*kh*kw); out C-contiguous."""

@@ -1,0 +1,168 @@
+/* Direct (non-GEMM) conv2d kernels for grouped convolutions with few channels
+ * per group, NCHW: depthwise (1 input channel per group) and ResNeXt-style
+ * groups (a few channels per group). There a GEMM per group has a handful of
+ * rows (the group's output channels) and runs far below the BLAS peak;
+ * accumulating each output vector in a register over all taps does not.
+ *
+ * Vectors are GCC/Clang vector extensions, one register wide: on x86-64 the
+ * kernel is compiled three times (baseline SSE2 with 16-byte vectors,
+ * AVX2+FMA with 32, AVX-512 with 64) and the widest one the CPU runs is
+ * picked once, at first use: wheels stay portable and still use the
+ * machine's vectors. Other targets get 16-byte vectors (NEON, ...); other
+ * compilers a plain scalar build.
+ */
+#ifndef FASTIM2COL_DIRECT_KERNELS_H
+#define FASTIM2COL_DIRECT_KERNELS_H
+
+#include <stddef.h>
+#include <string.h>
+
+typedef struct {
+    ptrdiff_t og;          /* output channels per group */
+    ptrdiff_t n_taps;      /* input channels per group x kh x kw */
+    ptrdiff_t stride_h;
+    ptrdiff_t out_w, out_plane;   /* output row length, out_h * out_w */
+    ptrdiff_t row_len;     /* packed: elements per row of one phase */
+    ptrdiff_t phase_len;   /* packed: band rows x row_len */
+    ptrdiff_t chan_len;    /* packed: stride_w x phase_len */
+} DirectShape;
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTIM2COL_NO_VECTOR_EXT)
+#define DIRECT_VECTOR_EXT 1
+#define DIRECT_BYTES 16
+#else
+#define DIRECT_VECTOR_EXT 0
+#define DIRECT_BYTES 0
+#endif
+/* The widest vector of any instance: the packed rows are padded to 4 of them. */
+#define DIRECT_MAX_BYTES 64
+
+#if DIRECT_VECTOR_EXT && defined(__x86_64__) && !defined(FASTIM2COL_NO_ISA_DISPATCH)
+#define DIRECT_X86_DISPATCH 1
+#else
+#define DIRECT_X86_DISPATCH 0
+#endif
+
+/* ---- one instance per (type, ISA) ---- */
+#define DT float
+#define DVEC (DIRECT_VECTOR_EXT ? DIRECT_BYTES / 4 : 1)
+#define DTARGET
+#define DFN(x) x##_f_base
+#include "_direct_impl.h"
+#undef DT
+#undef DVEC
+#undef DFN
+#define DT double
+#define DVEC (DIRECT_VECTOR_EXT ? DIRECT_BYTES / 8 : 1)
+#define DFN(x) x##_d_base
+#include "_direct_impl.h"
+#undef DT
+#undef DVEC
+#undef DFN
+#undef DTARGET
+
+#if DIRECT_X86_DISPATCH
+#define DTARGET __attribute__((target("avx2,fma")))
+#define DT float
+#define DVEC 8
+#define DFN(x) x##_f_avx2
+#include "_direct_impl.h"
+#undef DT
+#undef DVEC
+#undef DFN
+#define DT double
+#define DVEC 4
+#define DFN(x) x##_d_avx2
+#include "_direct_impl.h"
+#undef DT
+#undef DVEC
+#undef DFN
+#undef DTARGET
+
+#define DTARGET __attribute__((target("avx512f,avx2,fma")))
+#define DT float
+#define DVEC 16
+#define DFN(x) x##_f_avx512
+#include "_direct_impl.h"
+#undef DT
+#undef DVEC
+#undef DFN
+#define DT double
+#define DVEC 8
+#define DFN(x) x##_d_avx512
+#include "_direct_impl.h"
+#undef DT
+#undef DVEC
+#undef DFN
+#undef DTARGET
+#endif
+
+/* 0: baseline, 1: AVX2+FMA, 2: AVX-512 (x86-64 only). */
+static int direct_detect_isa(void)
+{
+#if DIRECT_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 1;
+#endif
+    return 0;
+}
+
+static int direct_level = -1;
+
+static int direct_isa_level(void)
+{
+    if (direct_level < 0)   /* benign race: every thread computes the same value */
+        direct_level = direct_detect_isa();
+    return direct_level;
+}
+
+/* For tests: run the kernels at a lower level (never above what the CPU
+ * runs); a negative level goes back to the best one. Returns the level. */
+static int direct_force_isa(int level)
+{
+    int best = direct_detect_isa();
+    direct_level = (level < 0 || level > best) ? best : level;
+    return direct_level;
+}
+
+static const char* direct_isa_name(void)
+{
+    static const char* names[] = {DIRECT_VECTOR_EXT ? "baseline (16-byte vectors)" : "scalar",
+                                  "AVX2+FMA", "AVX-512"};
+    return names[direct_isa_level()];
+}
+
+/* Elements per vector of the widest instance (the packed rows are padded to
+ * 4 of them, the most any kernel reads past the last output column). */
+static ptrdiff_t direct_vector_elements(ptrdiff_t itemsize)
+{
+    return DIRECT_VECTOR_EXT ? DIRECT_MAX_BYTES / itemsize : 1;
+}
+
+#define DIRECT_DISPATCH(SUF, DT_)                                                        \
+static void direct_rows_##SUF(const DT_* packed, const ptrdiff_t* tap_off, const DT_* w, \
+                              const DT_* bias, DT_* out, ptrdiff_t n_rows,               \
+                              const DirectShape* s)                                      \
+{                                                                                        \
+    DIRECT_DISPATCH_X86(SUF)                                                             \
+    direct_rows_##SUF##_base(packed, tap_off, w, bias, out, n_rows, s);                  \
+}
+
+#if DIRECT_X86_DISPATCH
+#define DIRECT_DISPATCH_X86(SUF)                                                          \
+    switch (direct_isa_level()) {                                                         \
+    case 2: direct_rows_##SUF##_avx512(packed, tap_off, w, bias, out, n_rows, s); return; \
+    case 1: direct_rows_##SUF##_avx2(packed, tap_off, w, bias, out, n_rows, s); return;   \
+    default: break;                                                                       \
+    }
+#else
+#define DIRECT_DISPATCH_X86(SUF)
+#endif
+
+DIRECT_DISPATCH(f, float)
+DIRECT_DISPATCH(d, double)
+
+#endif

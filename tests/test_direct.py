@@ -1,0 +1,127 @@
+"""The direct conv2d kernels (src/_direct.pyx, NCHW): every instruction-set
+instance the CPU runs, output widths around the vector sizes, bands, threads,
+and the planner's choice between them and the blocked GEMM."""
+import numpy as np
+import pytest
+
+import fastim2col as F
+import reference as R
+from conftest import as64, assert_close, rand
+from fastim2col import _args, _direct, _plan
+
+ISA_LEVELS = list(range(_direct.force_isa(-1) + 1))   # 0 .. the CPU's best
+
+
+@pytest.fixture(params=ISA_LEVELS, ids=lambda level: f"isa{level}")
+def isa_level(request):
+    assert _direct.force_isa(request.param) == request.param
+    yield request.param
+    _direct.force_isa(-1)
+
+
+@pytest.fixture
+def always_direct(monkeypatch):
+    calls = []
+    real = _direct.direct_forward
+
+    def spy(*args):
+        calls.append(args[5])   # the geometry
+        return real(*args)
+
+    monkeypatch.setattr(_plan, "use_direct", lambda *args: True)
+    monkeypatch.setattr(_direct, "direct_forward", spy)
+    return calls
+
+
+# (N, C, H, W), (O, C/g, kh, kw), stride, padding, dilation, groups: output
+# widths 1..70 cross the 2, 4, 8 and 16-element vectors and their 4-vector
+# spans; 1..9 outputs per group cross the 4-channel blocks.
+SHAPES = [
+    ((2, 3, 5, 1), (4, 3, 3, 1), 1, (1, 0), 1, 1),
+    ((1, 2, 4, 7), (18, 1, 2, 2), 1, 0, 1, 2),
+    ((2, 4, 6, 16), (6, 2, 3, 3), 1, 1, 1, 2),
+    ((1, 6, 5, 17), (3, 2, 1, 3), (1, 2), (0, 2), 1, 3),
+    ((1, 5, 7, 33), (5, 1, 3, 3), 1, 1, (1, 2), 5),
+    ((2, 4, 9, 65), (8, 4, 3, 5), (2, 3), 2, 1, 1),
+    ((1, 8, 6, 70), (16, 1, 5, 3), (1, 1), (2, 1), (1, 3), 8),
+    ((3, 2, 12, 31), (7, 2, 4, 4), 3, 3, 2, 1),
+    ((1, 3, 3, 129), (1, 3, 2, 7), (1, 2), (0, 3), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_isa_matches_reference(isa_level, always_direct, rng, x_shape, w_shape, stride,
+                                     padding, dilation, groups, dtype):
+    x, w = rand(rng, x_shape, dtype), rand(rng, w_shape, dtype)
+    b = rand(rng, (w_shape[0],), dtype)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    for bias in (b, None):
+        got = F.conv2d(x, w, bias, **kwargs)
+        expected = R.conv2d(as64(x), as64(w), None if bias is None else as64(bias), **kwargs)
+        assert_close(got, expected, dtype)
+    assert len(always_direct) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bitwise_identical_whatever_threads_and_bands(always_direct, monkeypatch, rng, dtype,
+                                                       restore_threads):
+    """Each output element is summed by one unit in one fixed order: the
+    same bits with 1, 2 or 3 threads and with any band height."""
+    x = rand(rng, (3, 8, 23, 37), dtype)
+    w = rand(rng, (12, 2, 3, 3), dtype)
+    b = rand(rng, (12,), dtype)
+    results = []
+    for band_bytes in (_plan.DIRECT_BAND_BYTES, 0):
+        monkeypatch.setattr(_plan, "DIRECT_BAND_BYTES", band_bytes)
+        for threads in (1, 2, 3):
+            F.set_num_threads(threads)
+            results.append(F.conv2d(x, w, b, padding=1, groups=4))
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+    assert_close(results[0], R.conv2d(as64(x), as64(w), as64(b), padding=1, groups=4), dtype)
+
+
+def test_band_too_large_falls_back_to_gemm(monkeypatch, rng):
+    """Where one output row's input band would exceed DIRECT_MAX_BAND_BYTES
+    (huge dilations), the blocked GEMM computes the layer."""
+    monkeypatch.setattr(_plan, "DIRECT_MAX_BAND_BYTES", 1024)
+    used = []
+    real = _direct.direct_forward
+    monkeypatch.setattr(_direct, "direct_forward", lambda *a: used.append(a) or real(*a))
+    x, w = rand(rng, (1, 4, 40, 30)), rand(rng, (4, 1, 3, 3))
+    got = F.conv2d(x, w, padding=1, dilation=(12, 1), groups=4)
+    assert_close(got, R.conv2d(x, w, padding=1, dilation=(12, 1), groups=4), np.float64)
+    assert not used
+    monkeypatch.setattr(_plan, "DIRECT_MAX_BAND_BYTES", 8 << 20)
+    F.conv2d(x, w, padding=1, dilation=(12, 1), groups=4)
+    assert len(used) == 1
+
+
+@pytest.mark.parametrize("x_shape, w_shape, groups, direct", [
+    ((1, 144, 56, 56), (144, 1, 3, 3), 144, True),      # MobileNetV2 depthwise
+    ((1, 128, 56, 56), (128, 4, 3, 3), 32, True),       # ResNeXt 32x4d
+    ((1, 1024, 7, 7), (1024, 32, 3, 3), 32, True),      # ResNeXt, last stage
+    ((1, 3, 224, 224), (64, 3, 7, 7), 1, True),         # ResNet stem
+    ((1, 1, 8, 8), (16, 1, 3, 3), 1, True),             # a first layer
+    ((1, 64, 56, 56), (64, 64, 3, 3), 1, False),        # wide 3x3
+    ((1, 256, 14, 14), (256, 256, 3, 3), 1, False),
+    ((1, 64, 56, 56), (256, 64, 1, 1), 1, False),       # 1x1: GEMM on the input itself
+    ((1, 64, 28, 28), (32, 32, 1, 1), 2, False),
+    ((1, 8, 28, 28), (16, 1, 1, 1), 8, True),           # 1x1 depthwise: a scaling
+])
+def test_planner_choice(x_shape, w_shape, groups, direct):
+    win = _args.window(x_shape[2:], w_shape[2:], 1, 1, 1, allow_strings=False)
+    og = w_shape[0] // groups
+    assert _plan.use_direct(groups, w_shape[1], og, win) is direct
+
+
+def test_isa_names():
+    names = {0: ("baseline (16-byte vectors)", "scalar"), 1: ("AVX2+FMA",), 2: ("AVX-512",)}
+    try:
+        for level in ISA_LEVELS:
+            _direct.force_isa(level)
+            assert _direct.isa() in names[level]
+    finally:
+        _direct.force_isa(-1)
+    assert F.show_config("dicts")["build"]["direct_kernels_isa"] == _direct.isa()
