@@ -120,7 +120,9 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
                           oh0 * g.stride_h,
                           (rows - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1,
                           &s, buf)
-                grp_bias = NULL if bias == NULL else bias + grp * s.og
+                grp_bias = bias
+                if bias != NULL:
+                    grp_bias = bias + grp * s.og
                 dst = out + (n * groups + grp) * s.og * s.out_plane + oh0 * s.out_w
                 if floating is float:
                     direct_rows_f(buf, tap_off, w + grp * s.og * s.n_taps, grp_bias, dst,
