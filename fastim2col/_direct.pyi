@@ -20,7 +20,7 @@ def direct_forward(
     out: np.ndarray,
     groups: int,
     geom: tuple[int, ...],
-    band: int,
+    split: tuple[int, int],
     n_threads: int,
 ) -> None:
     """out = conv2d(x, w, groups) + bias, NCHW, by direct accumulation; x any

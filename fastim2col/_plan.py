@@ -21,17 +21,16 @@ MIN_GEMM_TILE = 128         # narrower tiles make GEMM inefficient
 TILE_SCRATCH_BYTES = 32 * 1024 * 1024   # all threads' tile buffers together
 MULTI_TILE_BYTES = 8 * 1024 * 1024      # per thread, for tiles of whole images
 TILE_ALIGN = 16
-# NCHW convs whose per-group GEMM would be thin run in the direct kernels
-# (src/_direct.pyx, see use_direct): depthwise ones, and kh x kw > 1 ones with at most
-# DIRECT_OUTPUTS[k] output channels per group and DIRECT_TAPS[k] taps
-# (C_in/groups * kh * kw). Measured (bench --op conv2d, 2 threads, float32 and
-# float64): direct 0.4-0.9x the GEMM path inside these bounds (ResNeXt groups,
-# 7x7/2 stem, few-channel first layers), 1.0-1.6x outside (wide 3x3 layers,
-# 1x1 layers, whose GEMM needs no unroll).
-DIRECT_OUTPUTS = (32, 64)
-DIRECT_TAPS = (576, 160)
-DIRECT_BAND_BYTES = 256 * 1024        # per-thread input band: stays in L2
+# NCHW convs with kh x kw > 1, and depthwise ones, run in the direct kernels
+# (src/_direct.pyx, see use_direct), not unroll + GEMM. Measured (2 threads,
+# this machine, float32 and float64): 0.45-0.9x the time of the blocked GEMM
+# on every ResNet/VGG/ResNeXt/MobileNet layer with a 3x3 or larger window,
+# batch 1 and 8; 1x1 layers stay with GEMM (1.0-1.6x there: their GEMM reads
+# the input in place).
+DIRECT_BAND_BYTES = 1024 * 1024       # per-thread scratch: stays in L2
 DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
+DIRECT_MAX_CO = 6                     # as in src/_direct_kernels.h
+DIRECT_MIN_POSITIONS = 256            # 4 register blocks of 16 floats
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -214,31 +213,42 @@ def col2im_rows(n_images, win, n_threads) -> int:
 
 
 def use_direct(groups: int, cg: int, og: int, win) -> bool:
-    """Whether an NCHW conv2d runs in the direct kernels (see DIRECT_TAPS):
-    depthwise ones, and kh x kw > 1 ones with few outputs and taps per group."""
-    taps = cg * win.kernel_h * win.kernel_w
-    thin = any(og <= outputs and taps <= max_taps
-               for outputs, max_taps in zip(DIRECT_OUTPUTS, DIRECT_TAPS))
-    return (groups > 1 and cg == 1) or (thin and win.kernel_h * win.kernel_w > 1)
+    """Whether an NCHW conv2d runs in the direct kernels (see DIRECT_BAND_BYTES):
+    windows wider than 1x1, and depthwise ones."""
+    return win.kernel_h * win.kernel_w > 1 or (groups > 1 and cg == 1)
 
 
-def direct_band(n_images: int, groups: int, cg: int, win, itemsize: int, n_threads: int,
-                vector_elements: int) -> int | None:
-    """Output rows per work unit of the direct kernels, or None when one
-    output row's input band would exceed DIRECT_MAX_BAND_BYTES (huge
-    dilations: the blocked GEMM then). A unit's input band (cg channels, zero
-    padded, stride_w phases, rows padded to 4 vectors) stays within
-    DIRECT_BAND_BYTES where one row allows; bands are cut finer until there
-    are four units per thread (load balance at batch 1)."""
-    span = 4 * vector_elements
-    row_len = _ceil_div(win.out_w, span) * span + (win.kernel_w - 1) * win.dilation_w // win.stride_w
-    row_bytes = cg * win.stride_w * row_len * itemsize     # one padded input row
-    halo = (win.kernel_h - 1) * win.dilation_h + 1          # input rows of one output row
-    if row_bytes * halo > DIRECT_MAX_BAND_BYTES:
+def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: int,
+                 n_threads: int, vector_elements: int) -> tuple[int, int] | None:
+    """(output rows, output channels) per work unit of the direct kernels, or
+    None when one output row's scratch would exceed DIRECT_MAX_BAND_BYTES
+    (huge dilations: the blocked GEMM then).
+
+    A unit's scratch (its input band: cg channels, zero padded, in stride
+    phases; and its output grid, see src/_direct.pyx) stays within
+    DIRECT_BAND_BYTES where one row allows. For load balance (four units per
+    thread), bands are cut finer while they keep DIRECT_MIN_POSITIONS output
+    positions (the kernels compute whole register blocks), then output
+    channels are split in multiples of the widest register block."""
+    span = 4 * vector_elements                      # one register block
+    row_len = win.out_w + (win.kernel_w - 1) * win.dilation_w // win.stride_w
+    halo = (win.kernel_h - 1) * win.dilation_h // win.stride_h
+    planes = cg * win.stride_h * win.stride_w
+    per_row = planes * row_len * itemsize
+    grid = DIRECT_MAX_CO * (max(row_len * itemsize, 4096) + span * itemsize)
+    fixed = planes * ((halo + 1) * row_len + span) * itemsize + grid
+    if fixed + per_row > DIRECT_MAX_BAND_BYTES:
         return None
-    band = max(1, (DIRECT_BAND_BYTES // row_bytes - halo) // win.stride_h + 1)
-    band = min(band, win.out_h)
+    band = max(1, min(win.out_h, (DIRECT_BAND_BYTES - fixed) // per_row))
+    chunk = og
     if n_threads > 1:
-        bands_wanted = _ceil_div(4 * n_threads, n_images * groups)
-        band = min(band, max(1, _ceil_div(win.out_h, bands_wanted)))
-    return band
+        units_wanted = 4 * n_threads
+        thinnest = min(win.out_h, _ceil_div(DIRECT_MIN_POSITIONS, row_len))
+        bands_wanted = _ceil_div(units_wanted, n_images * groups)
+        band = min(band, max(thinnest, _ceil_div(win.out_h, bands_wanted)))
+        band = _ceil_div(win.out_h, _ceil_div(win.out_h, band))   # bands of even height
+        units = n_images * groups * _ceil_div(win.out_h, band)
+        if units < units_wanted:
+            per_chunk = _ceil_div(og, _ceil_div(units_wanted, units))
+            chunk = min(og, _ceil_div(per_chunk, DIRECT_MAX_CO) * DIRECT_MAX_CO)
+    return band, chunk

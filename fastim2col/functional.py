@@ -164,15 +164,15 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     res = _args.output(_batched_out(out, unbatched), shape, dtype, (x, weight, bias), "conv2d")
     if res.size:
         n_threads = _plan.conv_threads(2.0 * res.size * kg)
-        band = None
+        direct_split = None
         if not nhwc and kg and _plan.use_direct(groups, cg, og, win):
-            band = _plan.direct_band(n, groups, cg, win, dtype.itemsize, n_threads,
-                                     _direct.vector_elements(dtype.itemsize))
+            direct_split = _plan.direct_split(n, groups, cg, og, win, dtype.itemsize, n_threads,
+                                              _direct.vector_elements(dtype.itemsize))
         if kg == 0:   # no input channels: only the bias remains
             res[...] = 0 if bias is None else (bias if nhwc else bias[:, None, None])
-        elif band is not None:
-            # Thin per-group GEMMs (depthwise, few channels): direct accumulation.
-            _direct.direct_forward(x, w2, bias, res, groups, tuple(win), band, n_threads)
+        elif direct_split is not None:
+            _direct.direct_forward(x, w2, bias, res, groups, tuple(win), direct_split,
+                                   n_threads)
         elif nhwc and cg == 1 and groups > 1:
             # Depthwise NHWC: a direct kernel along channel vectors.
             _depthwise.depthwise_forward(x, w2.T.copy(), bias, res, og, tuple(win), n_threads)

@@ -20,6 +20,7 @@ from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
+from _openmp cimport omp_get_thread_num
 from _unroll cimport Geometry
 
 cnp.import_array()
@@ -27,11 +28,15 @@ cnp.import_array()
 
 cdef extern from "_direct_kernels.h" nogil:
     ctypedef struct DirectShape:
-        ptrdiff_t og, n_taps, stride_h, out_w, out_plane, row_len, phase_len, chan_len
+        ptrdiff_t og, n_taps, out_w, out_plane, row_len, phase_len, chan_len
+        ptrdiff_t grid_rows, grid_len
+    int DIRECT_NV, DIRECT_MAX_CO, DIRECT_GRID_BYTES
     void direct_rows_f(const float* packed, const ptrdiff_t* tap_off, const float* w,
-                       const float* bias, float* out, ptrdiff_t n_rows, const DirectShape* s)
+                       const float* bias, float* grid, float* out, ptrdiff_t n_rows,
+                       ptrdiff_t n_out, const DirectShape* s)
     void direct_rows_d(const double* packed, const ptrdiff_t* tap_off, const double* w,
-                       const double* bias, double* out, ptrdiff_t n_rows, const DirectShape* s)
+                       const double* bias, double* grid, double* out, ptrdiff_t n_rows,
+                       ptrdiff_t n_out, const DirectShape* s)
     const char* direct_isa_name()
     int direct_force_isa(int level)
     ptrdiff_t direct_vector_elements(ptrdiff_t itemsize)
@@ -57,53 +62,72 @@ def vector_elements(Py_ssize_t itemsize):
 cdef void pack_band(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h, Py_ssize_t s_w,
                     Py_ssize_t cg, const Geometry* g, Py_ssize_t row0, Py_ssize_t n_rows,
                     const DirectShape* s, floating* packed) noexcept nogil:
-    # Padded rows [row0, row0 + n_rows) of cg channels from x (the group's
-    # first channel in one image): phase p, column q holds padded column
-    # q*stride_w + p; zeros where that lies in the padding or past the input.
-    cdef Py_ssize_t c, p, rr, ih, q, q_lo, q_hi, first, step
+    # Padded input rows row0 + a*stride_h + ph, a in [0, n_rows), of cg
+    # channels of x (the group's first channel in one image), split into
+    # stride_h x stride_w phase planes: plane (ph, pw), row a, column b holds
+    # padded row row0 + a*stride_h + ph, padded column b*stride_w + pw; zeros
+    # in the padding, past the input and in each plane's tail.
+    cdef Py_ssize_t c, ph, pw, a, ih, q, q_lo, q_hi, first, step
+    cdef floating* plane
     cdef floating* dst
     cdef const floating* src
-    cdef Py_ssize_t sw = g.stride_w
+    cdef Py_ssize_t sh = g.stride_h, sw = g.stride_w
     for c in range(cg):
-        for p in range(sw):
-            # q*sw + p - pad_w in [0, in_w)  <=>  q in [q_lo, q_hi)
-            first = g.pad_w - p
-            q_lo = (first + sw - 1) // sw if first > 0 else 0
-            q_hi = (g.in_w + first + sw - 1) // sw if g.in_w + first > 0 else 0
-            q_hi = min(max(q_hi, q_lo), s.row_len)
-            step = sw * s_w
-            for rr in range(n_rows):
-                dst = packed + c * s.chan_len + p * s.phase_len + rr * s.row_len
-                ih = row0 + rr - g.pad_h
-                if ih < 0 or ih >= g.in_h:
-                    memset(dst, 0, s.row_len * sizeof(floating))
-                    continue
-                for q in range(q_lo):
-                    dst[q] = 0
-                src = x + c * s_c + ih * s_h + (q_lo * sw - first) * s_w
-                if step == 1:
-                    for q in range(q_lo, q_hi):
-                        dst[q] = src[q - q_lo]
-                else:
-                    for q in range(q_lo, q_hi):
-                        dst[q] = src[(q - q_lo) * step]
-                for q in range(q_hi, s.row_len):
-                    dst[q] = 0
+        for ph in range(sh):
+            for pw in range(sw):
+                plane = packed + c * s.chan_len + (ph * sw + pw) * s.phase_len
+                # b*sw + pw - pad_w in [0, in_w)  <=>  b in [q_lo, q_hi)
+                first = g.pad_w - pw
+                q_lo = (first + sw - 1) // sw if first > 0 else 0
+                q_hi = (g.in_w + first + sw - 1) // sw if g.in_w + first > 0 else 0
+                q_lo = min(q_lo, s.row_len)
+                q_hi = min(max(q_hi, q_lo), s.row_len)
+                step = sw * s_w
+                for a in range(n_rows):
+                    dst = plane + a * s.row_len
+                    ih = row0 + a * sh + ph - g.pad_h
+                    if ih < 0 or ih >= g.in_h:
+                        memset(dst, 0, s.row_len * sizeof(floating))
+                        continue
+                    for q in range(q_lo):
+                        dst[q] = 0
+                    src = x + c * s_c + ih * s_h + (q_lo * sw - first) * s_w
+                    if step == 1:
+                        for q in range(q_lo, q_hi):
+                            dst[q] = src[q - q_lo]
+                    else:
+                        for q in range(q_lo, q_hi):
+                            dst[q] = src[(q - q_lo) * step]
+                    for q in range(q_hi, s.row_len):
+                        dst[q] = 0
+                memset(plane + n_rows * s.row_len, 0,
+                       (s.phase_len - n_rows * s.row_len) * sizeof(floating))
 
 
 cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t s_c,
                                     Py_ssize_t s_h, Py_ssize_t s_w, const floating* w,
                                     const floating* bias, floating* out, Py_ssize_t n_images,
                                     Py_ssize_t groups, Py_ssize_t cg, Geometry g,
-                                    Py_ssize_t band, DirectShape s, const ptrdiff_t* tap_off,
-                                    int n_threads) noexcept nogil:
+                                    Py_ssize_t band, Py_ssize_t chunk, DirectShape s,
+                                    const ptrdiff_t* tap_off, int n_threads) noexcept nogil:
+    # Units: (image, group, band of output rows, chunk of output channels),
+    # the chunk varying fastest: a thread's consecutive units mostly share
+    # their input band, packed once (last_key, per thread).
     cdef Py_ssize_t n_bands = (g.out_h + band - 1) // band
-    cdef Py_ssize_t n_units = n_images * groups * n_bands
-    cdef Py_ssize_t buf_elems = cg * s.chan_len
-    cdef Py_ssize_t u, n, grp, b, oh0, rows, n_failed = 0
+    cdef Py_ssize_t n_chunks = (s.og + chunk - 1) // chunk
+    cdef Py_ssize_t n_units = n_images * groups * n_bands * n_chunks
+    cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
+    cdef Py_ssize_t buf_elems = cg * s.chan_len + DIRECT_MAX_CO * s.grid_len
+    cdef Py_ssize_t u, n, grp, b, key, oh0, rows, co0, n_out, n_failed = 0
     cdef floating* buf
     cdef floating* dst
-    cdef const floating* grp_bias
+    cdef const floating* chunk_bias
+    cdef int tid
+    cdef Py_ssize_t* last_key = <Py_ssize_t*> malloc(n_threads * sizeof(Py_ssize_t))
+    if last_key == NULL:
+        return 1
+    for tid in range(n_threads):
+        last_key[tid] = -1
     buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
     with parallel(num_threads=n_threads):
         buf = <floating*> malloc(buf_elems * sizeof(floating))
@@ -111,34 +135,42 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
             if buf == NULL:
                 n_failed += 1
             else:
-                b = u % n_bands
-                grp = (u // n_bands) % groups
-                n = u // (n_bands * groups)
+                tid = omp_get_thread_num()
+                key = u // n_chunks
+                co0 = (u % n_chunks) * chunk
+                n_out = min(chunk, s.og - co0)
+                b = key % n_bands
+                grp = (key // n_bands) % groups
+                n = key // (n_bands * groups)
                 oh0 = b * band
                 rows = min(band, g.out_h - oh0)
-                pack_band(x + n * s_n + grp * cg * s_c, s_c, s_h, s_w, cg, &g,
-                          oh0 * g.stride_h,
-                          (rows - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1,
-                          &s, buf)
-                grp_bias = bias
+                if key != last_key[tid]:
+                    pack_band(x + n * s_n + grp * cg * s_c, s_c, s_h, s_w, cg, &g,
+                              oh0 * g.stride_h, rows + halo, &s, buf)
+                    last_key[tid] = key
+                co0 = co0 + grp * s.og
+                chunk_bias = bias
                 if bias != NULL:
-                    grp_bias = bias + grp * s.og
-                dst = out + (n * groups + grp) * s.og * s.out_plane + oh0 * s.out_w
+                    chunk_bias = bias + co0
+                dst = out + (n * groups * s.og + co0) * s.out_plane + oh0 * s.out_w
                 if floating is float:
-                    direct_rows_f(buf, tap_off, w + grp * s.og * s.n_taps, grp_bias, dst,
-                                  rows, &s)
+                    direct_rows_f(buf, tap_off, w + co0 * s.n_taps, chunk_bias,
+                                  buf + cg * s.chan_len, dst, rows, n_out, &s)
                 else:
-                    direct_rows_d(buf, tap_off, w + grp * s.og * s.n_taps, grp_bias, dst,
-                                  rows, &s)
+                    direct_rows_d(buf, tap_off, w + co0 * s.n_taps, chunk_bias,
+                                  buf + cg * s.chan_len, dst, rows, n_out, &s)
         free(buf)
+    free(last_key)
     return n_failed
 
 
 def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
-                   Py_ssize_t groups, tuple geom, Py_ssize_t band, int n_threads):
+                   Py_ssize_t groups, tuple geom, tuple split, int n_threads):
     """out = conv2d(x, w, groups) + bias, NCHW, by direct accumulation.
     x (N, C, H, W) any strides; w C-contiguous (C_out, C/groups*kh*kw);
-    out C-contiguous (N, C_out, Ho, Wo); band: output rows per work unit."""
+    out C-contiguous (N, C_out, Ho, Wo); split: (output rows, output channels)
+    per work unit."""
+    cdef Py_ssize_t band = split[0], chunk = split[1]
     cdef Geometry g
     (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
      g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
@@ -146,29 +178,32 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
     cdef cnp.npy_intp* st = cnp.PyArray_STRIDES(x)
     cdef Py_ssize_t n_images = x.shape[0], cg = x.shape[1] // groups
     cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
-    cdef Py_ssize_t vec = direct_vector_elements(item)
-    cdef Py_ssize_t band_in_rows = (band - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1
+    cdef Py_ssize_t span = DIRECT_NV * direct_vector_elements(item)   # one register block
+    cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
     cdef DirectShape s
     s.og = out.shape[1] // groups
     s.n_taps = cg * kk
-    s.stride_h = g.stride_h
     s.out_w = g.out_w
     s.out_plane = g.out_h * g.out_w
-    # room for the 4 vectors the kernels may read past the last output column
-    s.row_len = (g.out_w + 4 * vec - 1) // (4 * vec) * (4 * vec) + (
-        (g.kernel_w - 1) * g.dilation_w) // g.stride_w
-    s.phase_len = band_in_rows * s.row_len
-    s.chan_len = g.stride_w * s.phase_len
+    s.row_len = g.out_w + (g.kernel_w - 1) * g.dilation_w // g.stride_w
+    # the last register block reads up to span + row_len past the band's rows
+    s.phase_len = (band + halo) * s.row_len + span + s.row_len
+    s.chan_len = g.stride_h * g.stride_w * s.phase_len
+    s.grid_rows = max(1, min(band, DIRECT_GRID_BYTES // item // s.row_len))
+    s.grid_len = (s.grid_rows * s.row_len + span - 1) // span * span
     cdef ptrdiff_t* tap_off = <ptrdiff_t*> malloc(s.n_taps * sizeof(ptrdiff_t))
     if tap_off == NULL:
         raise MemoryError("conv2d: could not allocate the tap offsets")
-    cdef Py_ssize_t c, i, j
+    cdef Py_ssize_t c, i, j, di, dj
     for c in range(cg):
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
+                di = i * g.dilation_h
+                dj = j * g.dilation_w
                 tap_off[(c * g.kernel_h + i) * g.kernel_w + j] = (
-                    c * s.chan_len + (j * g.dilation_w) % g.stride_w * s.phase_len
-                    + i * g.dilation_h * s.row_len + (j * g.dilation_w) // g.stride_w)
+                    c * s.chan_len
+                    + (di % g.stride_h * g.stride_w + dj % g.stride_w) * s.phase_len
+                    + di // g.stride_h * s.row_len + dj // g.stride_w)
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* wp = cnp.PyArray_DATA(w)
     cdef void* bp = NULL if bias is None else cnp.PyArray_DATA(bias)
@@ -178,13 +213,13 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
         if cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32:
             n_failed = direct_forward_impl(
                 <float*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
-                <float*> wp, <float*> bp, <float*> op, n_images, groups, cg, g, band, s,
-                tap_off, n_threads)
+                <float*> wp, <float*> bp, <float*> op, n_images, groups, cg, g, band, chunk,
+                s, tap_off, n_threads)
         else:
             n_failed = direct_forward_impl(
                 <double*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
-                <double*> wp, <double*> bp, <double*> op, n_images, groups, cg, g, band, s,
-                tap_off, n_threads)
+                <double*> wp, <double*> bp, <double*> op, n_images, groups, cg, g, band,
+                chunk, s, tap_off, n_threads)
     free(tap_off)
     if n_failed:
         raise MemoryError("conv2d: could not allocate the per-thread input buffers")

@@ -20,12 +20,20 @@
 typedef struct {
     ptrdiff_t og;          /* output channels per group */
     ptrdiff_t n_taps;      /* input channels per group x kh x kw */
-    ptrdiff_t stride_h;
     ptrdiff_t out_w, out_plane;   /* output row length, out_h * out_w */
-    ptrdiff_t row_len;     /* packed: elements per row of one phase */
-    ptrdiff_t phase_len;   /* packed: band rows x row_len */
-    ptrdiff_t chan_len;    /* packed: stride_w x phase_len */
+    ptrdiff_t row_len;     /* packed and grid: elements per row of one phase */
+    ptrdiff_t phase_len;   /* packed: one (row phase, column phase) plane */
+    ptrdiff_t chan_len;    /* packed: stride_h x stride_w planes */
+    ptrdiff_t grid_rows;   /* output rows per grid fill */
+    ptrdiff_t grid_len;    /* grid scratch: elements per output channel */
 } DirectShape;
+
+/* Vectors of grid positions per register block; the most output channels
+ * of any instance's register block (the grid scratch holds that many). */
+#define DIRECT_NV 4
+#define DIRECT_MAX_CO 6
+/* Bytes of grid per output channel (DIRECT_MAX_CO of them stay in L1). */
+#define DIRECT_GRID_BYTES 4096
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTIM2COL_NO_VECTOR_EXT)
 #define DIRECT_VECTOR_EXT 1
@@ -44,6 +52,7 @@ typedef struct {
 #endif
 
 /* ---- one instance per (type, ISA) ---- */
+#define DCO 3
 #define DT float
 #define DVEC (DIRECT_VECTOR_EXT ? DIRECT_BYTES / 4 : 1)
 #define DTARGET
@@ -60,8 +69,11 @@ typedef struct {
 #undef DVEC
 #undef DFN
 #undef DTARGET
+#undef DCO
 
 #if DIRECT_X86_DISPATCH
+/* 16 registers: 3 channels x 4 vectors of sums + 4 of inputs */
+#define DCO 3
 #define DTARGET __attribute__((target("avx2,fma")))
 #define DT float
 #define DVEC 8
@@ -78,7 +90,10 @@ typedef struct {
 #undef DVEC
 #undef DFN
 #undef DTARGET
+#undef DCO
 
+/* 32 registers: 6 channels x 4 vectors of sums + 4 of inputs */
+#define DCO 6
 #define DTARGET __attribute__((target("avx512f,avx2,fma")))
 #define DT float
 #define DVEC 16
@@ -95,6 +110,7 @@ typedef struct {
 #undef DVEC
 #undef DFN
 #undef DTARGET
+#undef DCO
 #endif
 
 /* 0: baseline, 1: AVX2+FMA, 2: AVX-512 (x86-64 only). */
@@ -135,8 +151,8 @@ static const char* direct_isa_name(void)
     return names[direct_isa_level()];
 }
 
-/* Elements per vector of the widest instance (the packed rows are padded to
- * 4 of them, the most any kernel reads past the last output column). */
+/* Elements per vector of the widest instance: grid blocks are DIRECT_NV of
+ * them (the most any kernel reads or writes past the last grid position). */
 static ptrdiff_t direct_vector_elements(ptrdiff_t itemsize)
 {
     return DIRECT_VECTOR_EXT ? DIRECT_MAX_BYTES / itemsize : 1;
@@ -144,18 +160,22 @@ static ptrdiff_t direct_vector_elements(ptrdiff_t itemsize)
 
 #define DIRECT_DISPATCH(SUF, DT_)                                                        \
 static void direct_rows_##SUF(const DT_* packed, const ptrdiff_t* tap_off, const DT_* w, \
-                              const DT_* bias, DT_* out, ptrdiff_t n_rows,               \
-                              const DirectShape* s)                                      \
+                              const DT_* bias, DT_* grid, DT_* out, ptrdiff_t n_rows,    \
+                              ptrdiff_t n_out, const DirectShape* s)                     \
 {                                                                                        \
     DIRECT_DISPATCH_X86(SUF)                                                             \
-    direct_rows_##SUF##_base(packed, tap_off, w, bias, out, n_rows, s);                  \
+    direct_rows_##SUF##_base(packed, tap_off, w, bias, grid, out, n_rows, n_out, s);     \
 }
 
 #if DIRECT_X86_DISPATCH
 #define DIRECT_DISPATCH_X86(SUF)                                                          \
     switch (direct_isa_level()) {                                                         \
-    case 2: direct_rows_##SUF##_avx512(packed, tap_off, w, bias, out, n_rows, s); return; \
-    case 1: direct_rows_##SUF##_avx2(packed, tap_off, w, bias, out, n_rows, s); return;   \
+    case 2:                                                                               \
+        direct_rows_##SUF##_avx512(packed, tap_off, w, bias, grid, out, n_rows, n_out, s);\
+        return;                                                                           \
+    case 1:                                                                               \
+        direct_rows_##SUF##_avx2(packed, tap_off, w, bias, grid, out, n_rows, n_out, s);  \
+        return;                                                                           \
     default: break;                                                                       \
     }
 #else

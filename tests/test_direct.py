@@ -104,10 +104,11 @@ def test_band_too_large_falls_back_to_gemm(monkeypatch, rng):
     ((1, 1024, 7, 7), (1024, 32, 3, 3), 32, True),      # ResNeXt, last stage
     ((1, 3, 224, 224), (64, 3, 7, 7), 1, True),         # ResNet stem
     ((1, 1, 8, 8), (16, 1, 3, 3), 1, True),             # a first layer
-    ((1, 64, 56, 56), (64, 64, 3, 3), 1, False),        # wide 3x3
-    ((1, 256, 14, 14), (256, 256, 3, 3), 1, False),
+    ((1, 64, 56, 56), (64, 64, 3, 3), 1, True),         # ResNet 3x3
+    ((1, 512, 7, 7), (512, 512, 3, 3), 1, True),
     ((1, 64, 56, 56), (256, 64, 1, 1), 1, False),       # 1x1: GEMM on the input itself
     ((1, 64, 28, 28), (32, 32, 1, 1), 2, False),
+    ((1, 64, 56, 56), (128, 64, 1, 1), 1, False),       # 1x1 (stride 2 in ResNet)
     ((1, 8, 28, 28), (16, 1, 1, 1), 8, True),           # 1x1 depthwise: a scaling
 ])
 def test_planner_choice(x_shape, w_shape, groups, direct):
