@@ -195,6 +195,33 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     return out if out is not None else _squeeze(res, unbatched)
 
 
+def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads) -> bool:
+    """With stride 1, conv2d's input gradient is itself a conv2d: of grad with
+    the weights flipped in space and transposed per group, padded by
+    dilation * (kernel - 1) - padding (the rows and columns past grad's end,
+    which output_padding adds, read zeros). Computed by the direct kernels
+    where the planner picks them; False (nothing done) otherwise."""
+    kh, kw = win.kernel_h, win.kernel_w
+    pad_h = win.dilation_h * (kh - 1) - win.pad_h
+    pad_w = win.dilation_w * (kw - 1) - win.pad_w
+    if (win.stride_h, win.stride_w) != (1, 1) or pad_h < 0 or pad_w < 0:
+        return False
+    rows, c = weight.shape[0], res.shape[1]
+    og, cg = rows // groups, c // groups
+    flipped = _args.Window(win.out_h, win.out_w, win.in_h, win.in_w, kh, kw, 1, 1,
+                           pad_h, pad_w, win.dilation_h, win.dilation_w)
+    if not _plan.use_direct(groups, og, cg, flipped):
+        return False
+    split = _plan.direct_split(res.shape[0], groups, og, cg, flipped, res.itemsize, n_threads,
+                               _direct.vector_elements(res.itemsize))
+    if split is None:
+        return False
+    wt = np.ascontiguousarray(weight.reshape(groups, og, cg, kh, kw)[:, :, :, ::-1, ::-1]
+                              .transpose(0, 2, 1, 3, 4)).reshape(c, og * kh * kw)
+    _direct.direct_forward(grad, wt, bias, res, groups, tuple(flipped), split, n_threads)
+    return True
+
+
 def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     """res = the input gradient of conv2d (or conv_transpose2d) computed by the
     blocked kernel: grad (N, rows, ...) C-contiguous, weight (rows, cg*kh*kw)."""
@@ -202,6 +229,8 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     cg = c // groups
     kg = cg * win.kernel_h * win.kernel_w
     n_threads = _plan.conv_threads(2.0 * grad.size * kg)
+    if not nhwc and _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads):
+        return
     direct = (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w,
               win.out_h, win.out_w) == (1, 1, 1, 1, 0, 0, win.in_h, win.in_w)
     n_pos = win.out_h * win.out_w

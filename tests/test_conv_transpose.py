@@ -26,7 +26,7 @@ def check_transpose(case, rng, out=False):
 
 
 @given(transpose_cases(), st.integers(0, 2**32 - 1), st.booleans())
-def test_matches_reference(kernel_threads, case, seed, out):
+def test_matches_reference(conv_path, kernel_threads, case, seed, out):
     check_transpose(case, np.random.default_rng(seed), out=out)
 
 
@@ -60,13 +60,13 @@ TRANSPOSE_CASES = [
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_cases(kernel_threads, rng, params, layout, dtype, bias):
+def test_cases(conv_path, kernel_threads, rng, params, layout, dtype, bias):
     check_transpose(case_of(**params, layout=layout, dtype=dtype, bias=bias), rng)
 
 
 @pytest.mark.parametrize("stride_kind", STRIDE_KINDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_any_strides(rng, stride_kind, layout):
+def test_any_strides(conv_path, rng, stride_kind, layout):
     for kernel in [(1, 1), (3, 2)]:
         case = case_of((3, 4, 5, 6), (4, 3) + kernel, stride=(2, 1), output_padding=(1, 0),
                        groups=2, layout=layout, stride_kind=stride_kind)
@@ -76,7 +76,7 @@ def test_any_strides(rng, stride_kind, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_is_conv2d_input_gradient(rng, layout):
+def test_is_conv2d_input_gradient(conv_path, rng, layout):
     """conv_transpose2d(g, w) is the input gradient of conv2d for weight w."""
     x_shape, w = (2, 4, 9, 8), rand(rng, (6, 2, 3, 3))
     g = rand(rng, (2, 6, 5, 4))   # conv2d's output: 9x8 -> 5x4
@@ -108,7 +108,7 @@ def test_dtype_promotion(rng, dtypes, result):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_nan_propagates(rng, layout):
+def test_nan_propagates(conv_path, rng, layout):
     kwargs = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=(1, 2))
     x = rand(rng, (2, 4, 9, 10))
     w = np.abs(rand(rng, (4, 3, 3, 2))) + 0.5

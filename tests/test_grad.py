@@ -71,7 +71,7 @@ def central_difference(f, a, eps=1e-6):
 
 @pytest.mark.parametrize("kwargs", FD_CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_finite_differences(rng, kwargs, layout):
+def test_finite_differences(conv_path, rng, kwargs, layout):
     """d/dx, d/dw and d/db of sum(conv2d(x, w, b) * g), in float64."""
     groups = kwargs.get("groups", 1)
     x = img_to(rand(rng, (2, 2, 5, 4)), layout).copy()
@@ -96,14 +96,14 @@ def test_finite_differences(rng, kwargs, layout):
 # --------------------------------------------------------------------------- reference
 
 @given(conv_cases(), st.integers(0, 2**32 - 1), st.booleans())
-def test_matches_reference(kernel_threads, case, seed, out):
+def test_matches_reference(conv_path, kernel_threads, case, seed, out):
     check_grads(case, np.random.default_rng(seed), out=out)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", PLAN_CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_plan_cases(kernel_threads, rng, x_shape, w_shape, stride, padding, dilation, groups,
+def test_plan_cases(conv_path, kernel_threads, rng, x_shape, w_shape, stride, padding, dilation, groups,
                     layout, dtype):
     case = dict(x_shape=x_shape, w_shape=w_shape, stride=stride, padding=padding,
                 dilation=dilation, groups=groups, bias=False, layout=layout, dtype=dtype,
@@ -114,7 +114,7 @@ def test_plan_cases(kernel_threads, rng, x_shape, w_shape, stride, padding, dila
 @pytest.mark.parametrize("stride_kind", STRIDE_KINDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kernel", [(1, 1), (2, 3)])
-def test_any_strides(rng, stride_kind, layout, kernel):
+def test_any_strides(conv_path, rng, stride_kind, layout, kernel):
     case = dict(x_shape=(3, 4, 7, 6), w_shape=(6, 2) + kernel, stride=1, padding=0,
                 dilation=1, groups=2, bias=False, layout=layout, dtype=np.float64,
                 unbatched=False, stride_kind=stride_kind)
@@ -124,7 +124,7 @@ def test_any_strides(rng, stride_kind, layout, kernel):
 
 
 @given(conv_cases(), st.integers(0, 2**32 - 1))
-def test_adjointness(kernel_threads, case, seed):
+def test_adjointness(conv_path, kernel_threads, case, seed):
     """<conv2d(x, w), g> == <x, conv2d_input(g)> == <w, conv2d_weight(x, g)>."""
     case = dict(case, dtype=np.float64, bias=False)
     x, w, g, lib = grad_case_inputs(case, np.random.default_rng(seed))
@@ -172,7 +172,7 @@ def test_dtype_promotion(rng, layout):
 # --------------------------------------------------------------------------- NaN / empty
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_nan_in_grad_output(rng, layout):
+def test_nan_in_grad_output(conv_path, rng, layout):
     kwargs = dict(stride=2, padding=1, groups=2)
     w = np.abs(rand(rng, (4, 1, 3, 3))) + 0.5
     g = rand(rng, (2, 4, 10, 10))
