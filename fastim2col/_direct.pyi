@@ -22,6 +22,8 @@ def direct_forward(
     geom: tuple[int, ...],
     split: tuple[int, int],
     n_threads: int,
+    flip_weights: bool = False,
 ) -> None:
     """out = conv2d(x, w, groups) + bias, NCHW, by direct accumulation; x any
-    strides; w C-contiguous (C_out, C/groups*kh*kw); out C-contiguous."""
+    strides; w C-contiguous (C_out, C/groups*kh*kw); out C-contiguous.
+    flip_weights: w are the weights of the conv2d whose input gradient this is."""

@@ -232,36 +232,47 @@ def use_direct(groups: int, cg: int, og: int, win) -> bool:
 
 
 def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: int,
-                 n_threads: int, vector_elements: int) -> tuple[int, int] | None:
-    """(output rows, output channels) per work unit of the direct kernels, or
-    None when one output row's scratch would exceed DIRECT_MAX_BAND_BYTES
-    (huge dilations: the blocked GEMM then).
+                 n_threads: int, vector_elements: int) -> tuple[int, int, int] | None:
+    """(output rows, output channels, images) per work unit of the direct
+    kernels, or None when one output row's scratch would exceed
+    DIRECT_MAX_BAND_BYTES (huge dilations: the blocked GEMM then).
 
-    A unit's scratch (its input band: cg channels, zero padded, in stride
+    A unit's scratch (its input bands: cg channels, zero padded, in stride
     phases; and its output grid, see src/_direct.pyx) stays within
-    DIRECT_BAND_BYTES where one row allows. For load balance (four units per
-    thread), bands are cut finer while they keep DIRECT_MIN_POSITIONS output
-    positions (the kernels compute whole register blocks), then output
-    channels are split in multiples of the widest register block."""
+    DIRECT_BAND_BYTES where one row allows. Small images go several to a
+    unit: each block of weights then serves them all (the weights of a
+    512-channel 7x7 layer outweigh its images). For load balance (four units
+    per thread, a multiple of the threads where it is cheap), bands are cut
+    finer while they keep DIRECT_MIN_POSITIONS output positions (the kernels
+    compute whole register blocks), then output channels are split in
+    multiples of the widest register block."""
     span = 4 * vector_elements                      # one register block
     row_len = win.out_w + (win.kernel_w - 1) * win.dilation_w // win.stride_w
     halo = (win.kernel_h - 1) * win.dilation_h // win.stride_h
     planes = cg * win.stride_h * win.stride_w
     per_row = planes * row_len * itemsize
-    grid = DIRECT_MAX_CO * (max(row_len * itemsize, 4096) + span * itemsize)
-    fixed = planes * ((halo + 1) * row_len + span) * itemsize + grid
+    fixed = (planes * halo * row_len + span + row_len) * itemsize
+    fixed += DIRECT_MAX_CO * (max(row_len * itemsize, 4096) + span * itemsize)   # the grid
     if fixed + per_row > DIRECT_MAX_BAND_BYTES:
         return None
     band = max(1, min(win.out_h, (DIRECT_BAND_BYTES - fixed) // per_row))
+    per_unit = 1
+    if band == win.out_h:
+        per_unit = (DIRECT_BAND_BYTES - fixed) // (band * per_row + planes * halo * row_len * itemsize)
+        per_unit = max(1, min(n_images, per_unit))
+        per_unit = _ceil_div(n_images, _ceil_div(n_images, per_unit))   # even blocks
     chunk = og
     if n_threads > 1:
         units_wanted = 4 * n_threads
+        outer = _ceil_div(n_images, per_unit) * groups
         thinnest = min(win.out_h, _ceil_div(DIRECT_MIN_POSITIONS, row_len))
-        bands_wanted = _ceil_div(units_wanted, n_images * groups)
-        band = min(band, max(thinnest, _ceil_div(win.out_h, bands_wanted)))
+        band = min(band, max(thinnest, _ceil_div(win.out_h, _ceil_div(units_wanted, outer))))
         band = _ceil_div(win.out_h, _ceil_div(win.out_h, band))   # bands of even height
-        units = n_images * groups * _ceil_div(win.out_h, band)
+        units = outer * _ceil_div(win.out_h, band)
         if units < units_wanted:
-            per_chunk = _ceil_div(og, _ceil_div(units_wanted, units))
-            chunk = min(og, _ceil_div(per_chunk, DIRECT_MAX_CO) * DIRECT_MAX_CO)
-    return band, chunk
+            max_chunks = _ceil_div(og, DIRECT_MAX_CO)
+            n_chunks = min(max_chunks, _ceil_div(units_wanted, units))
+            while (units * n_chunks) % n_threads and n_chunks < max_chunks:
+                n_chunks += 1
+            chunk = min(og, _ceil_div(_ceil_div(og, n_chunks), DIRECT_MAX_CO) * DIRECT_MAX_CO)
+    return band, chunk, per_unit

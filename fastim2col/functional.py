@@ -197,7 +197,8 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
 
 def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads) -> bool:
     """With stride 1, conv2d's input gradient is itself a conv2d: of grad with
-    the weights flipped in space and transposed per group, padded by
+    the weights flipped in space and transposed per group (the kernels read
+    them so, no copy: these weights can be the largest operand), padded by
     dilation * (kernel - 1) - padding (the rows and columns past grad's end,
     which output_padding adds, read zeros). Computed by the direct kernels
     where the planner picks them; False (nothing done) otherwise."""
@@ -216,9 +217,8 @@ def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads) -> b
                                _direct.vector_elements(res.itemsize))
     if split is None:
         return False
-    wt = np.ascontiguousarray(weight.reshape(groups, og, cg, kh, kw)[:, :, :, ::-1, ::-1]
-                              .transpose(0, 2, 1, 3, 4)).reshape(c, og * kh * kw)
-    _direct.direct_forward(grad, wt, bias, res, groups, tuple(flipped), split, n_threads)
+    _direct.direct_forward(grad, weight, bias, res, groups, tuple(flipped), split, n_threads,
+                           flip_weights=True)
     return True
 
 

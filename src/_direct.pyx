@@ -17,7 +17,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stddef cimport ptrdiff_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memset
 
 from _openmp cimport omp_get_thread_num
@@ -28,15 +28,16 @@ cnp.import_array()
 
 cdef extern from "_direct_kernels.h" nogil:
     ctypedef struct DirectShape:
-        ptrdiff_t og, n_taps, out_w, out_plane, row_len, phase_len, chan_len
-        ptrdiff_t grid_rows, grid_len
+        ptrdiff_t og, n_taps, w_stride, out_w, out_plane, row_len, phase_len, chan_len
+        ptrdiff_t img_packed, img_out, grid_rows, grid_len
     int DIRECT_NV, DIRECT_MAX_CO, DIRECT_GRID_BYTES
-    void direct_rows_f(const float* packed, const ptrdiff_t* tap_off, const float* w,
-                       const float* bias, float* grid, float* out, ptrdiff_t n_rows,
-                       ptrdiff_t n_out, const DirectShape* s)
-    void direct_rows_d(const double* packed, const ptrdiff_t* tap_off, const double* w,
-                       const double* bias, double* grid, double* out, ptrdiff_t n_rows,
-                       ptrdiff_t n_out, const DirectShape* s)
+    void direct_rows_f(const float* packed, const ptrdiff_t* tap_off, const ptrdiff_t* w_off,
+                       const float* w, const float* bias, float* grid, float* out,
+                       ptrdiff_t n_img, ptrdiff_t n_rows, ptrdiff_t n_out, const DirectShape* s)
+    void direct_rows_d(const double* packed, const ptrdiff_t* tap_off, const ptrdiff_t* w_off,
+                       const double* w, const double* bias, double* grid, double* out,
+                       ptrdiff_t n_img, ptrdiff_t n_rows, ptrdiff_t n_out,
+                       const DirectShape* s)
     const char* direct_isa_name()
     int direct_force_isa(int level)
     ptrdiff_t direct_vector_elements(ptrdiff_t itemsize)
@@ -66,7 +67,7 @@ cdef void pack_band(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h, Py_ssize_
     # channels of x (the group's first channel in one image), split into
     # stride_h x stride_w phase planes: plane (ph, pw), row a, column b holds
     # padded row row0 + a*stride_h + ph, padded column b*stride_w + pw; zeros
-    # in the padding, past the input and in each plane's tail.
+    # in the padding, past the input and in the plane's rows past n_rows.
     cdef Py_ssize_t c, ph, pw, a, ih, q, q_lo, q_hi, first, step
     cdef floating* plane
     cdef floating* dst
@@ -108,20 +109,27 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
                                     Py_ssize_t s_h, Py_ssize_t s_w, const floating* w,
                                     const floating* bias, floating* out, Py_ssize_t n_images,
                                     Py_ssize_t groups, Py_ssize_t cg, Geometry g,
-                                    Py_ssize_t band, Py_ssize_t chunk, DirectShape s,
-                                    const ptrdiff_t* tap_off, int n_threads) noexcept nogil:
-    # Units: (image, group, band of output rows, chunk of output channels),
-    # the chunk varying fastest: a thread's consecutive units mostly share
-    # their input band, packed once (last_key, per thread).
+                                    Py_ssize_t band, Py_ssize_t chunk, Py_ssize_t per_unit,
+                                    DirectShape s, const ptrdiff_t* tap_off,
+                                    const ptrdiff_t* w_off, int n_threads) noexcept nogil:
+    # Units: (block of per_unit images, group, band of output rows, chunk of
+    # output channels), the chunk varying fastest: a thread's consecutive
+    # units mostly share their input bands, packed once (last_key, per thread).
     cdef Py_ssize_t n_bands = (g.out_h + band - 1) // band
     cdef Py_ssize_t n_chunks = (s.og + chunk - 1) // chunk
-    cdef Py_ssize_t n_units = n_images * groups * n_bands * n_chunks
+    cdef Py_ssize_t n_blocks = (n_images + per_unit - 1) // per_unit
+    cdef Py_ssize_t n_units = n_blocks * groups * n_bands * n_chunks
     cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
-    cdef Py_ssize_t buf_elems = cg * s.chan_len + DIRECT_MAX_CO * s.grid_len
-    cdef Py_ssize_t u, n, grp, b, key, oh0, rows, co0, n_out, n_failed = 0
+    # the packed bands, then a zero tail (the last register block of the last
+    # band reads up to a span + a row past it), then the grid
+    cdef Py_ssize_t tail = DIRECT_NV * direct_vector_elements(sizeof(floating)) + s.row_len
+    cdef Py_ssize_t grid_at = per_unit * s.img_packed + tail
+    cdef Py_ssize_t buf_elems = grid_at + DIRECT_MAX_CO * s.grid_len
+    cdef Py_ssize_t u, n0, m, n_img, grp, b, key, oh0, rows, co0, n_out, n_failed = 0
     cdef floating* buf
     cdef floating* dst
     cdef const floating* chunk_bias
+    cdef const floating* w_chunk
     cdef int tid
     cdef Py_ssize_t* last_key = <Py_ssize_t*> malloc(n_threads * sizeof(Py_ssize_t))
     if last_key == NULL:
@@ -130,7 +138,8 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
         last_key[tid] = -1
     buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
     with parallel(num_threads=n_threads):
-        buf = <floating*> malloc(buf_elems * sizeof(floating))
+        # calloc: the tail, and any slot a unit leaves unpacked, read as zeros
+        buf = <floating*> calloc(buf_elems, sizeof(floating))
         for u in prange(n_units, schedule='static'):
             if buf == NULL:
                 n_failed += 1
@@ -141,36 +150,44 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
                 n_out = min(chunk, s.og - co0)
                 b = key % n_bands
                 grp = (key // n_bands) % groups
-                n = key // (n_bands * groups)
+                n0 = key // (n_bands * groups) * per_unit
+                n_img = min(per_unit, n_images - n0)
                 oh0 = b * band
                 rows = min(band, g.out_h - oh0)
                 if key != last_key[tid]:
-                    pack_band(x + n * s_n + grp * cg * s_c, s_c, s_h, s_w, cg, &g,
-                              oh0 * g.stride_h, rows + halo, &s, buf)
+                    for m in range(n_img):
+                        pack_band(x + (n0 + m) * s_n + grp * cg * s_c, s_c, s_h, s_w, cg, &g,
+                                  oh0 * g.stride_h, rows + halo, &s, buf + m * s.img_packed)
                     last_key[tid] = key
+                w_chunk = w + grp * s.og * s.n_taps + co0 * s.w_stride
                 co0 = co0 + grp * s.og
                 chunk_bias = bias
                 if bias != NULL:
                     chunk_bias = bias + co0
-                dst = out + (n * groups * s.og + co0) * s.out_plane + oh0 * s.out_w
+                dst = out + n0 * s.img_out + co0 * s.out_plane + oh0 * s.out_w
                 if floating is float:
-                    direct_rows_f(buf, tap_off, w + co0 * s.n_taps, chunk_bias,
-                                  buf + cg * s.chan_len, dst, rows, n_out, &s)
+                    direct_rows_f(buf, tap_off, w_off, w_chunk, chunk_bias, buf + grid_at,
+                                  dst, n_img, rows, n_out, &s)
                 else:
-                    direct_rows_d(buf, tap_off, w + co0 * s.n_taps, chunk_bias,
-                                  buf + cg * s.chan_len, dst, rows, n_out, &s)
+                    direct_rows_d(buf, tap_off, w_off, w_chunk, chunk_bias, buf + grid_at,
+                                  dst, n_img, rows, n_out, &s)
         free(buf)
     free(last_key)
     return n_failed
 
 
 def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
-                   Py_ssize_t groups, tuple geom, tuple split, int n_threads):
+                   Py_ssize_t groups, tuple geom, tuple split, int n_threads,
+                   bint flip_weights=False):
     """out = conv2d(x, w, groups) + bias, NCHW, by direct accumulation.
     x (N, C, H, W) any strides; w C-contiguous (C_out, C/groups*kh*kw);
-    out C-contiguous (N, C_out, Ho, Wo); split: (output rows, output channels)
-    per work unit."""
-    cdef Py_ssize_t band = split[0], chunk = split[1]
+    out C-contiguous (N, C_out, Ho, Wo); split: (output rows, output channels,
+    images) per work unit.
+
+    flip_weights: w holds the weights of the conv2d whose input gradient this
+    is, (C, C_out/groups*kh*kw): they are read flipped in space and
+    transposed per group (never copied)."""
+    cdef Py_ssize_t band = split[0], chunk = split[1], per_unit = split[2]
     cdef Geometry g
     (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
      g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
@@ -186,24 +203,32 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
     s.out_w = g.out_w
     s.out_plane = g.out_h * g.out_w
     s.row_len = g.out_w + (g.kernel_w - 1) * g.dilation_w // g.stride_w
-    # the last register block reads up to span + row_len past the band's rows
-    s.phase_len = (band + halo) * s.row_len + span + s.row_len
+    s.phase_len = (band + halo) * s.row_len
     s.chan_len = g.stride_h * g.stride_w * s.phase_len
+    s.img_packed = cg * s.chan_len
+    s.img_out = out.shape[1] * s.out_plane
     s.grid_rows = max(1, min(band, DIRECT_GRID_BYTES // item // s.row_len))
     s.grid_len = (s.grid_rows * s.row_len + span - 1) // span * span
-    cdef ptrdiff_t* tap_off = <ptrdiff_t*> malloc(s.n_taps * sizeof(ptrdiff_t))
+    # w_off[t]: tap t's weight, from its output channel's first one
+    s.w_stride = kk if flip_weights else s.n_taps
+    cdef ptrdiff_t* tap_off = <ptrdiff_t*> malloc(2 * s.n_taps * sizeof(ptrdiff_t))
     if tap_off == NULL:
         raise MemoryError("conv2d: could not allocate the tap offsets")
-    cdef Py_ssize_t c, i, j, di, dj
+    cdef ptrdiff_t* w_off = tap_off + s.n_taps
+    cdef Py_ssize_t c, i, j, di, dj, t
     for c in range(cg):
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
+                t = (c * g.kernel_h + i) * g.kernel_w + j
                 di = i * g.dilation_h
                 dj = j * g.dilation_w
-                tap_off[(c * g.kernel_h + i) * g.kernel_w + j] = (
+                tap_off[t] = (
                     c * s.chan_len
                     + (di % g.stride_h * g.stride_w + dj % g.stride_w) * s.phase_len
                     + di // g.stride_h * s.row_len + dj // g.stride_w)
+                # flipped: the forward weight w[c][o][kh-1-i][kw-1-j] of (o = this
+                # output channel, c = this tap's channel), w being (c, o, i, j)-major
+                w_off[t] = c * s.og * kk + (kk - 1 - i * g.kernel_w - j) if flip_weights else t
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* wp = cnp.PyArray_DATA(w)
     cdef void* bp = NULL if bias is None else cnp.PyArray_DATA(bias)
@@ -214,12 +239,12 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
             n_failed = direct_forward_impl(
                 <float*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
                 <float*> wp, <float*> bp, <float*> op, n_images, groups, cg, g, band, chunk,
-                s, tap_off, n_threads)
+                per_unit, s, tap_off, w_off, n_threads)
         else:
             n_failed = direct_forward_impl(
                 <double*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
                 <double*> wp, <double*> bp, <double*> op, n_images, groups, cg, g, band,
-                chunk, s, tap_off, n_threads)
+                chunk, per_unit, s, tap_off, w_off, n_threads)
     free(tap_off)
     if n_failed:
         raise MemoryError("conv2d: could not allocate the per-thread input buffers")

@@ -19,10 +19,12 @@ typedef DT DFN(uvec);
 
 /* co (a constant after inlining) output channels x DIRECT_NV vectors of
  * consecutive grid positions, from p0 on, over every tap: the sums live in
- * registers; bias first, then the taps in order (deterministic). */
+ * registers; bias first, then the taps in order (deterministic). The weight
+ * of channel c, tap t is w[c * w_stride + w_off[t]]. */
 static inline __attribute__((always_inline)) DTARGET void
-DFN(block)(const int co, const DT* packed, const ptrdiff_t* tap_off, ptrdiff_t n_taps,
-           const DT* w, const DT* bias, DT* grid, ptrdiff_t grid_len, ptrdiff_t p0)
+DFN(block)(const int co, const DT* packed, const ptrdiff_t* tap_off, const ptrdiff_t* w_off,
+           ptrdiff_t n_taps, const DT* w, ptrdiff_t w_stride, const DT* bias, DT* grid,
+           ptrdiff_t grid_len, ptrdiff_t p0)
 {
     DFN(vec) acc[DCO][DIRECT_NV];
     for (int c = 0; c < co; c++) {
@@ -38,8 +40,9 @@ DFN(block)(const int co, const DT* packed, const ptrdiff_t* tap_off, ptrdiff_t n
         DFN(vec) x[DIRECT_NV];
         for (int v = 0; v < DIRECT_NV; v++)
             x[v] = *(const DFN(uvec)*)(p + v * DVEC);
+        const ptrdiff_t wt_off = w_off[t];
         for (int c = 0; c < co; c++) {
-            DT wt = w[c * n_taps + t];
+            DT wt = w[c * w_stride + wt_off];
             for (int v = 0; v < DIRECT_NV; v++)
                 acc[c][v] += x[v] * wt;
         }
@@ -51,52 +54,67 @@ DFN(block)(const int co, const DT* packed, const ptrdiff_t* tap_off, ptrdiff_t n
 
 /* `co` output channels over all grid positions [0, n_pos), into grid. */
 static inline __attribute__((always_inline)) DTARGET void
-DFN(channels)(const int co, const DT* packed, const ptrdiff_t* tap_off, ptrdiff_t n_taps,
-              const DT* w, const DT* bias, DT* grid, ptrdiff_t grid_len, ptrdiff_t n_pos)
+DFN(channels)(const int co, const DT* packed, const ptrdiff_t* tap_off, const ptrdiff_t* w_off,
+              ptrdiff_t n_taps, const DT* w, ptrdiff_t w_stride, const DT* bias, DT* grid,
+              ptrdiff_t grid_len, ptrdiff_t n_pos)
 {
     for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DIRECT_NV * DVEC)
-        DFN(block)(co, packed, tap_off, n_taps, w, bias, grid, grid_len, p0);
+        DFN(block)(co, packed, tap_off, w_off, n_taps, w, w_stride, bias, grid, grid_len, p0);
 }
 
-/* The output rows of one band, n_out output channels of one group.
- *   packed: the group's input band, laid out by pack_band (_direct.pyx);
+/* The output rows of one band of n_img images, n_out output channels of one
+ * group.
+ *   packed: the group's input bands, laid out by pack_band (_direct.pyx),
+ *           image m's at packed + m * s->img_packed;
  *   tap_off: per (c, i, j) tap, its offset into packed (see there);
- *   w: (n_out, n_taps) weights; bias: n_out values or NULL;
+ *   w_off: per tap, its weight's offset: output channel o's weight for tap t
+ *          is w[o * s->w_stride + w_off[t]];
+ *   bias: n_out values or NULL;
  *   grid: scratch of DIRECT_MAX_CO x s->grid_len elements;
- *   out: the first output channel, at the band's first row.
+ *   out: the first output channel of the first image, at the band's first
+ *        row; image m's at out + m * s->img_out.
  * Output row r, column q is grid position r * row_len + q: every tap reads
  * the packed band at grid position + its offset, so runs of grid positions
  * are contiguous vector loads. Columns q >= out_w (the grid is row_len wide)
  * are computed and dropped. The grid is filled grid_rows rows at a time (it
- * stays in L1) and its valid columns copied out. */
-static DTARGET void DFN(direct_rows)(const DT* packed, const ptrdiff_t* tap_off, const DT* w,
-                                     const DT* bias, DT* grid, DT* out, ptrdiff_t n_rows,
+ * stays in L1) and its valid columns copied out. A register block's weights
+ * serve all n_img images before the next block's are read. */
+static DTARGET void DFN(direct_rows)(const DT* packed, const ptrdiff_t* tap_off,
+                                     const ptrdiff_t* w_off, const DT* w, const DT* bias,
+                                     DT* grid, DT* out, ptrdiff_t n_img, ptrdiff_t n_rows,
                                      ptrdiff_t n_out, const DirectShape* s)
 {
-    const ptrdiff_t n_taps = s->n_taps, row_len = s->row_len;
+    const ptrdiff_t n_taps = s->n_taps, row_len = s->row_len, w_stride = s->w_stride;
     for (ptrdiff_t co = 0; co < n_out;) {
         ptrdiff_t left = n_out - co, done;
         /* constant channel counts, so that each call is its own unrolled,
          * all-in-registers loop nest */
         done = left >= DCO ? DCO : (DCO > 4 && left >= 4) ? 4 : left >= 2 ? 2 : 1;
-        const DT* wc = w + co * n_taps;
+        const DT* wc = w + co * w_stride;
         const DT* bc = bias != NULL ? bias + co : NULL;
-        for (ptrdiff_t r0 = 0; r0 < n_rows; r0 += s->grid_rows) {
-            ptrdiff_t rows = n_rows - r0 < s->grid_rows ? n_rows - r0 : s->grid_rows;
-            const DT* band = packed + r0 * row_len;
-            ptrdiff_t n_pos = rows * row_len;
-            if (done == DCO)
-                DFN(channels)(DCO, band, tap_off, n_taps, wc, bc, grid, s->grid_len, n_pos);
-            else if (done == 4)
-                DFN(channels)(4, band, tap_off, n_taps, wc, bc, grid, s->grid_len, n_pos);
-            else if (done == 2)
-                DFN(channels)(2, band, tap_off, n_taps, wc, bc, grid, s->grid_len, n_pos);
-            else
-                DFN(channels)(1, band, tap_off, n_taps, wc, bc, grid, s->grid_len, n_pos);
-            for (ptrdiff_t c = 0; c < done; c++)
-                for (ptrdiff_t r = 0; r < rows; r++)
-                    memcpy(out + (co + c) * s->out_plane + (r0 + r) * s->out_w,
-                           grid + c * s->grid_len + r * row_len, s->out_w * sizeof(DT));
+        for (ptrdiff_t m = 0; m < n_img; m++) {
+            for (ptrdiff_t r0 = 0; r0 < n_rows; r0 += s->grid_rows) {
+                ptrdiff_t rows = n_rows - r0 < s->grid_rows ? n_rows - r0 : s->grid_rows;
+                const DT* band = packed + m * s->img_packed + r0 * row_len;
+                ptrdiff_t n_pos = rows * row_len;
+                if (done == DCO)
+                    DFN(channels)(DCO, band, tap_off, w_off, n_taps, wc, w_stride, bc, grid,
+                                  s->grid_len, n_pos);
+                else if (done == 4)
+                    DFN(channels)(4, band, tap_off, w_off, n_taps, wc, w_stride, bc, grid,
+                                  s->grid_len, n_pos);
+                else if (done == 2)
+                    DFN(channels)(2, band, tap_off, w_off, n_taps, wc, w_stride, bc, grid,
+                                  s->grid_len, n_pos);
+                else
+                    DFN(channels)(1, band, tap_off, w_off, n_taps, wc, w_stride, bc, grid,
+                                  s->grid_len, n_pos);
+                DT* dst = out + m * s->img_out + co * s->out_plane + r0 * s->out_w;
+                for (ptrdiff_t c = 0; c < done; c++)
+                    for (ptrdiff_t r = 0; r < rows; r++)
+                        memcpy(dst + c * s->out_plane + r * s->out_w,
+                               grid + c * s->grid_len + r * row_len, s->out_w * sizeof(DT));
+            }
         }
         co += done;
     }

@@ -20,10 +20,15 @@
 typedef struct {
     ptrdiff_t og;          /* output channels per group */
     ptrdiff_t n_taps;      /* input channels per group x kh x kw */
+    ptrdiff_t w_stride;    /* weights: elements from one output channel to the next */
     ptrdiff_t out_w, out_plane;   /* output row length, out_h * out_w */
     ptrdiff_t row_len;     /* packed and grid: elements per row of one phase */
-    ptrdiff_t phase_len;   /* packed: one (row phase, column phase) plane */
+    ptrdiff_t phase_len;   /* packed: one (row phase, column phase) plane; reads
+                              past its end (dropped lanes) land in the next
+                              plane, or in the buffer's zeroed tail */
     ptrdiff_t chan_len;    /* packed: stride_h x stride_w planes */
+    ptrdiff_t img_packed;  /* packed: elements from one image's band to the next */
+    ptrdiff_t img_out;     /* out: elements from one image to the next */
     ptrdiff_t grid_rows;   /* output rows per grid fill */
     ptrdiff_t grid_len;    /* grid scratch: elements per output channel */
 } DirectShape;
@@ -159,22 +164,26 @@ static ptrdiff_t direct_vector_elements(ptrdiff_t itemsize)
 }
 
 #define DIRECT_DISPATCH(SUF, DT_)                                                        \
-static void direct_rows_##SUF(const DT_* packed, const ptrdiff_t* tap_off, const DT_* w, \
-                              const DT_* bias, DT_* grid, DT_* out, ptrdiff_t n_rows,    \
+static void direct_rows_##SUF(const DT_* packed, const ptrdiff_t* tap_off,               \
+                              const ptrdiff_t* w_off, const DT_* w, const DT_* bias,     \
+                              DT_* grid, DT_* out, ptrdiff_t n_img, ptrdiff_t n_rows,    \
                               ptrdiff_t n_out, const DirectShape* s)                     \
 {                                                                                        \
     DIRECT_DISPATCH_X86(SUF)                                                             \
-    direct_rows_##SUF##_base(packed, tap_off, w, bias, grid, out, n_rows, n_out, s);     \
+    direct_rows_##SUF##_base(packed, tap_off, w_off, w, bias, grid, out, n_img, n_rows,   \
+                             n_out, s);                                                   \
 }
 
 #if DIRECT_X86_DISPATCH
 #define DIRECT_DISPATCH_X86(SUF)                                                          \
     switch (direct_isa_level()) {                                                         \
     case 2:                                                                               \
-        direct_rows_##SUF##_avx512(packed, tap_off, w, bias, grid, out, n_rows, n_out, s);\
+        direct_rows_##SUF##_avx512(packed, tap_off, w_off, w, bias, grid, out, n_img,    \
+                                   n_rows, n_out, s);                                     \
         return;                                                                           \
     case 1:                                                                               \
-        direct_rows_##SUF##_avx2(packed, tap_off, w, bias, grid, out, n_rows, n_out, s);  \
+        direct_rows_##SUF##_avx2(packed, tap_off, w_off, w, bias, grid, out, n_img,      \
+                                 n_rows, n_out, s);                                       \
         return;                                                                           \
     default: break;                                                                       \
     }
