@@ -260,7 +260,8 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     if band == win.out_h:
         per_unit = (DIRECT_BAND_BYTES - fixed) // (band * per_row + planes * halo * row_len * itemsize)
         per_unit = max(1, min(n_images, per_unit))
-        per_unit = _ceil_div(n_images, _ceil_div(n_images, per_unit))   # even blocks
+        while n_images % per_unit:   # equal blocks: units of equal work
+            per_unit -= 1
     chunk = og
     if n_threads > 1:
         units_wanted = 4 * n_threads
