@@ -27,3 +27,15 @@ def direct_forward(
     """out = conv2d(x, w, groups) + bias, NCHW, by direct accumulation; x any
     strides; w C-contiguous (C_out, C/groups*kh*kw); out C-contiguous.
     flip_weights: w are the weights of the conv2d whose input gradient this is."""
+
+def direct_weight(
+    x: np.ndarray,
+    go: np.ndarray,
+    dw: np.ndarray,
+    groups: int,
+    geom: tuple[int, ...],
+    split: tuple[int, int],
+    n_threads: int,
+) -> bool:
+    """dw = the weight gradient of conv2d(x, w, groups), NCHW, by direct
+    accumulation; False (dw undefined) when x holds a NaN or an infinity."""

@@ -31,6 +31,8 @@ DIRECT_BAND_BYTES = 1024 * 1024       # per-thread scratch: stays in L2
 DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
 DIRECT_MAX_CO = 6                     # as in src/_direct_kernels.h
 DIRECT_MIN_POSITIONS = 256            # 4 register blocks of 16 floats
+DIRECT_WEIGHT_CHANNELS = 32           # input channels per weight-gradient band, at most
+DIRECT_WEIGHT_OUTPUTS = 32
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -277,3 +279,36 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
                 n_chunks += 1
             chunk = min(og, _ceil_div(_ceil_div(og, n_chunks), DIRECT_MAX_CO) * DIRECT_MAX_CO)
     return band, chunk, per_unit
+
+
+def use_direct_weight(groups: int, cg: int, og: int, win) -> bool:
+    """Whether an NCHW weight gradient runs in the direct kernels: only where
+    per-group GEMMs are thin (groups of at most DIRECT_WEIGHT_OUTPUTS output
+    channels: ResNeXt, depthwise; measured 0.55-0.7x the GEMM path there).
+    Elsewhere the GEMM path wins: the direct weight gradient is a reduction
+    over positions, short on small images (1.5-5x slower at 7-28 px)."""
+    return groups > 1 and og <= DIRECT_WEIGHT_OUTPUTS and use_direct(groups, cg, og, win)
+
+
+def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_threads: int,
+                        vector_elements: int) -> tuple[int, int] | None:
+    """(output rows per band, input channels per work unit) for the direct
+    weight gradient (src/_direct.pyx), or None when one row's scratch would
+    exceed DIRECT_MAX_BAND_BYTES. The band depends on the shape alone, not
+    on the threads: each weight's sum then runs in the same order (the same
+    bits) whatever the thread count. Units split the input channels of each
+    group until there are two per thread."""
+    span = 4 * vector_elements
+    row_len = win.out_w + (win.kernel_w - 1) * win.dilation_w // win.stride_w
+    halo = (win.kernel_h - 1) * win.dilation_h // win.stride_h
+    cap = min(cg, DIRECT_WEIGHT_CHANNELS)
+    planes = cap * win.stride_h * win.stride_w
+    per_row = (planes + og) * row_len * itemsize
+    fixed = (planes * halo * row_len + span + row_len + og * span) * itemsize
+    if fixed + per_row > DIRECT_MAX_BAND_BYTES:
+        return None
+    band = max(1, min(win.out_h, (DIRECT_BAND_BYTES - fixed) // per_row))
+    n_chunks = _ceil_div(cg, cap)
+    if groups * n_chunks < 2 * n_threads:
+        n_chunks = min(cg, _ceil_div(2 * n_threads, groups))
+    return band, _ceil_div(cg, n_chunks)

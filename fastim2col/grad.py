@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _args, _plan
 from ._args import ArrayLike, IntPair, Layout, Padding
-from . import _conv
+from . import _conv, _direct
 from .functional import _batched_out, _input_gradient, _is_direct, _squeeze
 from ._threads import blas_single_threaded
 
@@ -87,6 +87,19 @@ def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
     return out if out is not None else _squeeze(res, unbatched)
 
 
+def _direct_weight_gradient(x, go, res, groups, win, n_threads) -> bool:
+    """The weight gradient by the direct kernels, where the planner picks
+    them (NCHW, thin groups) and x is finite; False (nothing done) else."""
+    c_out, cg = res.shape[0], res.shape[1]
+    if not _plan.use_direct_weight(groups, cg, c_out // groups, win):
+        return False
+    split = _plan.direct_weight_split(groups, cg, c_out // groups, win, res.itemsize, n_threads,
+                                      _direct.vector_elements(res.itemsize))
+    if split is None:
+        return False
+    return _direct.direct_weight(x, go, res, groups, tuple(win), split, n_threads)
+
+
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1,
                   groups: int = 1, *, layout: Layout = "NCHW",
@@ -117,10 +130,13 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
     x = _args.strided_operand(x, dtype)
     res = _args.output(out, w_shape, dtype, (x, grad_output), "conv2d_weight")
     if res.size:
+        n_threads = _plan.conv_threads(2.0 * go.size * kg)
         if go.size == 0 or x.size == 0:
             res.fill(0)
+        elif not (nhwc or kg == 0) and _direct_weight_gradient(x, go, res, groups, win,
+                                                             n_threads):
+            pass
         else:
-            n_threads = _plan.conv_threads(2.0 * go.size * kg)
             direct = _is_direct(x, win, nhwc, cg)
             per_tile = _plan.grad_weight_images(n, groups, og, kg, n_pos, dtype.itemsize,
                                                 n_threads, c_out, direct) or 1

@@ -18,7 +18,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport calloc, malloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from _openmp cimport omp_get_thread_num
 from _unroll cimport Geometry
@@ -38,6 +38,14 @@ cdef extern from "_direct_kernels.h" nogil:
                        const double* w, const double* bias, double* grid, double* out,
                        ptrdiff_t n_img, ptrdiff_t n_rows, ptrdiff_t n_out,
                        const DirectShape* s)
+    void weight_rows_f(const float* packed, const ptrdiff_t* tap_off, ptrdiff_t n_taps,
+                       const float* g, ptrdiff_t g_len, ptrdiff_t n_out, ptrdiff_t n_pos,
+                       float* dw, ptrdiff_t dw_stride)
+    void weight_rows_d(const double* packed, const ptrdiff_t* tap_off, ptrdiff_t n_taps,
+                       const double* g, ptrdiff_t g_len, ptrdiff_t n_out, ptrdiff_t n_pos,
+                       double* dw, ptrdiff_t dw_stride)
+    int all_finite_f(const float* x, ptrdiff_t n)
+    int all_finite_d(const double* x, ptrdiff_t n)
     const char* direct_isa_name()
     int direct_force_isa(int level)
     ptrdiff_t direct_vector_elements(ptrdiff_t itemsize)
@@ -248,3 +256,134 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
     free(tap_off)
     if n_failed:
         raise MemoryError("conv2d: could not allocate the per-thread input buffers")
+
+
+cdef void pack_grad_band(const floating* g, Py_ssize_t og, Py_ssize_t plane, Py_ssize_t out_w,
+                         Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t row_len, Py_ssize_t g_len,
+                         floating* dst) noexcept nogil:
+    # Rows [oh0, oh0 + rows) of og channels of grad_output (C-contiguous
+    # planes) in grid layout: row_len per row, zeros in the dropped columns
+    # and up to g_len.
+    cdef Py_ssize_t o, r
+    cdef floating* d
+    for o in range(og):
+        d = dst + o * g_len
+        for r in range(rows):
+            memcpy(d + r * row_len, g + o * plane + (oh0 + r) * out_w, out_w * sizeof(floating))
+            memset(d + r * row_len + out_w, 0, (row_len - out_w) * sizeof(floating))
+        memset(d + rows * row_len, 0, (g_len - rows * row_len) * sizeof(floating))
+
+
+cdef Py_ssize_t direct_weight_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t s_c,
+                                   Py_ssize_t s_h, Py_ssize_t s_w, const floating* go,
+                                   floating* dw, Py_ssize_t n_images, Py_ssize_t groups,
+                                   Py_ssize_t cg, Py_ssize_t og, Geometry g, Py_ssize_t band,
+                                   Py_ssize_t ci_chunk, DirectShape s, Py_ssize_t g_len,
+                                   const ptrdiff_t* tap_off, int n_threads,
+                                   Py_ssize_t* n_nonfinite) noexcept nogil:
+    # Units: (group, chunk of input channels): each sums its block of the
+    # weight gradient over every image and band, in that order, alone: no
+    # reduction between threads, the same bits whatever the thread count.
+    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t n_chunks = (cg + ci_chunk - 1) // ci_chunk
+    cdef Py_ssize_t n_units = groups * n_chunks
+    cdef Py_ssize_t n_bands = (g.out_h + band - 1) // band
+    cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
+    cdef Py_ssize_t plane = g.out_h * g.out_w
+    cdef Py_ssize_t tail = DIRECT_NV * direct_vector_elements(sizeof(floating)) + s.row_len
+    cdef Py_ssize_t g_at = ci_chunk * s.chan_len + tail
+    cdef Py_ssize_t buf_elems = g_at + og * g_len
+    cdef Py_ssize_t u, grp, ci0, n_ci, n, b, oh0, rows, n_failed = 0, bad = 0
+    cdef floating* buf
+    cdef floating* dw_unit
+    buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
+    with parallel(num_threads=n_threads):
+        buf = <floating*> calloc(buf_elems, sizeof(floating))
+        for u in prange(n_units, schedule='static'):
+            if buf == NULL:
+                n_failed += 1
+            else:
+                grp = u // n_chunks
+                ci0 = (u % n_chunks) * ci_chunk
+                n_ci = min(ci_chunk, cg - ci0)
+                dw_unit = dw + grp * og * cg * kk + ci0 * kk
+                for n in range(n_images):
+                    for b in range(n_bands):
+                        oh0 = b * band
+                        rows = min(band, g.out_h - oh0)
+                        pack_band(x + n * s_n + (grp * cg + ci0) * s_c, s_c, s_h, s_w, n_ci,
+                                  &g, oh0 * g.stride_h, rows + halo, &s, buf)
+                        pack_grad_band(go + (n * groups + grp) * og * plane, og, plane,
+                                       g.out_w, oh0, rows, s.row_len, g_len, buf + g_at)
+                        if floating is float:
+                            if not all_finite_f(buf, n_ci * s.chan_len):
+                                bad += 1
+                            weight_rows_f(buf, tap_off, n_ci * kk, buf + g_at, g_len, og,
+                                          rows * s.row_len, dw_unit, cg * kk)
+                        else:
+                            if not all_finite_d(buf, n_ci * s.chan_len):
+                                bad += 1
+                            weight_rows_d(buf, tap_off, n_ci * kk, buf + g_at, g_len, og,
+                                          rows * s.row_len, dw_unit, cg * kk)
+        free(buf)
+    n_nonfinite[0] = bad
+    return n_failed
+
+
+def direct_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray dw, Py_ssize_t groups,
+                  tuple geom, tuple split, int n_threads):
+    """dw = the weight gradient of conv2d(x, w, groups), NCHW, by direct
+    accumulation. x (N, C, H, W) any strides; go C-contiguous (N, C_out, Ho,
+    Wo); dw C-contiguous (C_out, C/groups*kh*kw), overwritten; split: (output
+    rows, input channels) per band and work unit. Returns False (dw then
+    undefined) when x holds a NaN or an infinity: the kernels multiply
+    inputs in dropped lanes by zero, which is only nothing for finite ones."""
+    cdef Py_ssize_t band = split[0], ci_chunk = split[1]
+    cdef Geometry g
+    (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
+     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
+    cdef cnp.npy_intp* st = cnp.PyArray_STRIDES(x)
+    cdef Py_ssize_t n_images = x.shape[0], cg = x.shape[1] // groups
+    cdef Py_ssize_t og = go.shape[1] // groups
+    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t span = DIRECT_NV * direct_vector_elements(item)
+    cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
+    cdef DirectShape s
+    s.row_len = g.out_w + (g.kernel_w - 1) * g.dilation_w // g.stride_w
+    s.phase_len = (band + halo) * s.row_len
+    s.chan_len = g.stride_h * g.stride_w * s.phase_len
+    cdef Py_ssize_t g_len = (band * s.row_len + span - 1) // span * span
+    cdef ptrdiff_t* tap_off = <ptrdiff_t*> malloc(ci_chunk * kk * sizeof(ptrdiff_t))
+    if tap_off == NULL:
+        raise MemoryError("conv2d_weight: could not allocate the tap offsets")
+    cdef Py_ssize_t c, i, j, di, dj
+    for c in range(ci_chunk):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                di = i * g.dilation_h
+                dj = j * g.dilation_w
+                tap_off[(c * g.kernel_h + i) * g.kernel_w + j] = (
+                    c * s.chan_len
+                    + (di % g.stride_h * g.stride_w + dj % g.stride_w) * s.phase_len
+                    + di // g.stride_h * s.row_len + dj // g.stride_w)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef void* gp = cnp.PyArray_DATA(go)
+    cdef void* wp = cnp.PyArray_DATA(dw)
+    cdef Py_ssize_t n_failed, n_nonfinite = 0
+    with nogil:
+        memset(wp, 0, dw.shape[0] * cg * kk * item)
+        if cnp.PyArray_TYPE(dw) == cnp.NPY_FLOAT32:
+            n_failed = direct_weight_impl(
+                <float*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
+                <float*> gp, <float*> wp, n_images, groups, cg, og, g, band, ci_chunk, s,
+                g_len, tap_off, n_threads, &n_nonfinite)
+        else:
+            n_failed = direct_weight_impl(
+                <double*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
+                <double*> gp, <double*> wp, n_images, groups, cg, og, g, band, ci_chunk, s,
+                g_len, tap_off, n_threads, &n_nonfinite)
+    free(tap_off)
+    if n_failed:
+        raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")
+    return n_nonfinite == 0

@@ -4,6 +4,7 @@
  *   DT      the element type (float or double)
  *   DVEC    elements per vector (1 when the compiler has no vector extensions)
  *   DCO     output channels per register block (the most this ISA's registers hold)
+ *   DWCO, DWT  output channels x taps per register block of the weight gradient
  *   DFN(x)  the name of function x in this instance
  *   DTARGET function attributes (an ISA target) or nothing
  */
@@ -118,4 +119,86 @@ static DTARGET void DFN(direct_rows)(const DT* packed, const ptrdiff_t* tap_off,
         }
         co += done;
     }
+}
+
+/* ---- weight gradient ---- */
+
+/* co output channels (constants after inlining) x nt taps of the weight
+ * gradient: dw[c][k] += sum over grid positions p < n_vec * DVEC of
+ * g[c][p] * packed[p + tap_off[k]]. Sums in registers, lane by lane, then
+ * added up in lane order: deterministic. */
+static inline __attribute__((always_inline)) DTARGET void
+DFN(wblock)(const int co, const int nt, const DT* packed, const ptrdiff_t* tap_off,
+            const DT* g, ptrdiff_t g_len, ptrdiff_t n_vec, DT* dw, ptrdiff_t dw_stride)
+{
+    DFN(vec) acc[DWCO][DWT];
+    for (int c = 0; c < co; c++)
+        for (int k = 0; k < nt; k++)
+            memset(&acc[c][k], 0, sizeof(acc[c][k]));
+    for (ptrdiff_t v = 0; v < n_vec; v++) {
+        const ptrdiff_t p = v * DVEC;
+        DFN(vec) gv[DWCO];
+        for (int c = 0; c < co; c++)
+            gv[c] = *(const DFN(uvec)*)(g + c * g_len + p);
+        for (int k = 0; k < nt; k++) {
+            DFN(vec) xv = *(const DFN(uvec)*)(packed + p + tap_off[k]);
+            for (int c = 0; c < co; c++)
+                acc[c][k] += gv[c] * xv;
+        }
+    }
+    for (int c = 0; c < co; c++)
+        for (int k = 0; k < nt; k++) {
+            DT lanes[DVEC], sum = 0;
+            memcpy(lanes, &acc[c][k], sizeof(lanes));
+            for (int l = 0; l < DVEC; l++)
+                sum += lanes[l];
+            dw[c * dw_stride + k] += sum;
+        }
+}
+
+/* The weight gradient's share of one band: dw[o][t] += sum over grid
+ * positions p < n_pos of g[o][p] * packed[p + tap_off[t]], for o < n_out,
+ * t < n_taps. g: the band of grad_output in grid layout (g_len per output
+ * channel, zero in the dropped columns and past n_pos up to a whole vector);
+ * packed: the input band as for the forward kernel. Positions go in chunks
+ * that keep a register block's rows of g and packed in L1. */
+static DTARGET void DFN(weight_rows)(const DT* packed, const ptrdiff_t* tap_off,
+                                     ptrdiff_t n_taps, const DT* g, ptrdiff_t g_len,
+                                     ptrdiff_t n_out, ptrdiff_t n_pos, DT* dw,
+                                     ptrdiff_t dw_stride)
+{
+    for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DIRECT_WCHUNK) {
+        ptrdiff_t n_vec = ((n_pos - p0 < DIRECT_WCHUNK ? n_pos - p0 : DIRECT_WCHUNK)
+                           + DVEC - 1) / DVEC;
+        const DT* pk = packed + p0;
+        for (ptrdiff_t o = 0; o < n_out;) {
+            const DT* go = g + o * g_len + p0;
+            DT* dwo = dw + o * dw_stride;
+            int co = n_out - o >= DWCO ? DWCO : 1;
+            ptrdiff_t t = 0;
+            if (co == DWCO) {
+                for (; t + DWT <= n_taps; t += DWT)
+                    DFN(wblock)(DWCO, DWT, pk, tap_off + t, go, g_len, n_vec, dwo + t, dw_stride);
+                for (; t < n_taps; t++)
+                    DFN(wblock)(DWCO, 1, pk, tap_off + t, go, g_len, n_vec, dwo + t, dw_stride);
+            } else {
+                for (; t + DWT <= n_taps; t += DWT)
+                    DFN(wblock)(1, DWT, pk, tap_off + t, go, g_len, n_vec, dwo + t, dw_stride);
+                for (; t < n_taps; t++)
+                    DFN(wblock)(1, 1, pk, tap_off + t, go, g_len, n_vec, dwo + t, dw_stride);
+            }
+            o += co;
+        }
+    }
+}
+
+/* Whether n values are all finite (a NaN or inf turns the sum of x - x into
+ * NaN): the weight gradient multiplies dropped lanes' inputs by zero, which
+ * is only nothing when they are finite. */
+static DTARGET int DFN(all_finite)(const DT* x, ptrdiff_t n)
+{
+    DT sum = 0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        sum += x[i] - x[i];
+    return sum == 0;
 }

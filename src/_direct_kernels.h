@@ -37,6 +37,9 @@ typedef struct {
  * of any instance's register block (the grid scratch holds that many). */
 #define DIRECT_NV 4
 #define DIRECT_MAX_CO 6
+/* Grid positions per chunk of the weight gradient (a multiple of every
+ * instance's vector). */
+#define DIRECT_WCHUNK 1024
 /* Bytes of grid per output channel (DIRECT_MAX_CO of them stay in L1). */
 #define DIRECT_GRID_BYTES 4096
 
@@ -58,6 +61,8 @@ typedef struct {
 
 /* ---- one instance per (type, ISA) ---- */
 #define DCO 3
+#define DWCO 2
+#define DWT 5
 #define DT float
 #define DVEC (DIRECT_VECTOR_EXT ? DIRECT_BYTES / 4 : 1)
 #define DTARGET
@@ -75,10 +80,15 @@ typedef struct {
 #undef DFN
 #undef DTARGET
 #undef DCO
+#undef DWCO
+#undef DWT
 
 #if DIRECT_X86_DISPATCH
-/* 16 registers: 3 channels x 4 vectors of sums + 4 of inputs */
+/* 16 registers: 3 channels x 4 vectors of sums + 4 of inputs; weight
+ * gradient: 2 channels x 5 taps of sums + 2 of grad_output + 1 of input */
 #define DCO 3
+#define DWCO 2
+#define DWT 5
 #define DTARGET __attribute__((target("avx2,fma")))
 #define DT float
 #define DVEC 8
@@ -96,9 +106,14 @@ typedef struct {
 #undef DFN
 #undef DTARGET
 #undef DCO
+#undef DWCO
+#undef DWT
 
-/* 32 registers: 6 channels x 4 vectors of sums + 4 of inputs */
+/* 32 registers: 6 channels x 4 vectors of sums + 4 of inputs; weight
+ * gradient: 4 channels x 6 taps of sums + 4 of grad_output + 1 of input */
 #define DCO 6
+#define DWCO 4
+#define DWT 6
 #define DTARGET __attribute__((target("avx512f,avx2,fma")))
 #define DT float
 #define DVEC 16
@@ -116,6 +131,8 @@ typedef struct {
 #undef DFN
 #undef DTARGET
 #undef DCO
+#undef DWCO
+#undef DWT
 #endif
 
 /* 0: baseline, 1: AVX2+FMA, 2: AVX-512 (x86-64 only). */
@@ -193,5 +210,38 @@ static void direct_rows_##SUF(const DT_* packed, const ptrdiff_t* tap_off,      
 
 DIRECT_DISPATCH(f, float)
 DIRECT_DISPATCH(d, double)
+
+#define DIRECT_WEIGHT_DISPATCH(SUF, DT_)                                                  \
+static void weight_rows_##SUF(const DT_* packed, const ptrdiff_t* tap_off, ptrdiff_t n_taps, \
+                              const DT_* g, ptrdiff_t g_len, ptrdiff_t n_out,              \
+                              ptrdiff_t n_pos, DT_* dw, ptrdiff_t dw_stride)               \
+{                                                                                          \
+    DIRECT_WEIGHT_DISPATCH_X86(SUF)                                                        \
+    weight_rows_##SUF##_base(packed, tap_off, n_taps, g, g_len, n_out, n_pos, dw, dw_stride); \
+}                                                                                          \
+static int all_finite_##SUF(const DT_* x, ptrdiff_t n)                                     \
+{                                                                                          \
+    return all_finite_##SUF##_base(x, n);                                                  \
+}
+
+#if DIRECT_X86_DISPATCH
+#define DIRECT_WEIGHT_DISPATCH_X86(SUF)                                                   \
+    switch (direct_isa_level()) {                                                         \
+    case 2:                                                                               \
+        weight_rows_##SUF##_avx512(packed, tap_off, n_taps, g, g_len, n_out, n_pos, dw,   \
+                                   dw_stride);                                            \
+        return;                                                                           \
+    case 1:                                                                               \
+        weight_rows_##SUF##_avx2(packed, tap_off, n_taps, g, g_len, n_out, n_pos, dw,     \
+                                 dw_stride);                                              \
+        return;                                                                           \
+    default: break;                                                                       \
+    }
+#else
+#define DIRECT_WEIGHT_DISPATCH_X86(SUF)
+#endif
+
+DIRECT_WEIGHT_DISPATCH(f, float)
+DIRECT_WEIGHT_DISPATCH(d, double)
 
 #endif

@@ -157,15 +157,17 @@ def kernel_threads(request, monkeypatch, restore_threads):
 
 @pytest.fixture(params=["auto", "gemm", "direct", "direct-1row"])
 def conv_path(request, monkeypatch):
-    """The forward kernel NCHW conv2d uses: the planner's choice, the blocked
-    GEMM always, or the direct kernels always (with the planner's bands of
-    output rows, or bands of one row). NHWC always runs the GEMM (or the
-    NHWC depthwise kernel)."""
+    """The kernels NCHW conv2d and its gradients use: the planner's choice,
+    the blocked GEMM always, or the direct kernels always (with the planner's
+    bands of output rows, or bands of one row). NHWC always runs the GEMM (or
+    the NHWC depthwise kernel)."""
     from fastim2col import _plan
     if request.param == "gemm":
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
+        monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: False)
     elif request.param.startswith("direct"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: True)
+        monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)
         if request.param == "direct-1row":
             monkeypatch.setattr(_plan, "DIRECT_BAND_BYTES", 0)
     return request.param

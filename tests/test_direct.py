@@ -21,15 +21,16 @@ def isa_level(request):
 
 @pytest.fixture
 def always_direct(monkeypatch):
+    """Every NCHW conv2d, input and weight gradient in the direct kernels;
+    returns the names of the kernels called, in order."""
     calls = []
-    real = _direct.direct_forward
-
-    def spy(*args):
-        calls.append(args[5])   # the geometry
-        return real(*args)
-
+    for name in ("direct_forward", "direct_weight"):
+        def spy(*args, _real=getattr(_direct, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(_direct, name, spy)
     monkeypatch.setattr(_plan, "use_direct", lambda *args: True)
-    monkeypatch.setattr(_direct, "direct_forward", spy)
+    monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)
     return calls
 
 
@@ -60,7 +61,13 @@ def test_every_isa_matches_reference(isa_level, always_direct, rng, x_shape, w_s
         got = F.conv2d(x, w, bias, **kwargs)
         expected = R.conv2d(as64(x), as64(w), None if bias is None else as64(bias), **kwargs)
         assert_close(got, expected, dtype)
-    assert len(always_direct) == 2
+    g = rand(rng, got.shape, dtype)
+    assert_close(F.grad.conv2d_weight(x, w.shape, g, **kwargs),
+                 R.conv2d_weight_grad(as64(x), w.shape, as64(g), **kwargs), dtype)
+    expected_input = R.conv2d_input_grad(x.shape, as64(w), as64(g), **kwargs)
+    assert_close(F.grad.conv2d_input(x.shape, w, g, **kwargs), expected_input, dtype)
+    assert always_direct.count("direct_forward") >= 2
+    assert always_direct.count("direct_weight") == 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -80,6 +87,37 @@ def test_bitwise_identical_whatever_threads_and_bands(always_direct, monkeypatch
     for r in results[1:]:
         assert np.array_equal(r, results[0])
     assert_close(results[0], R.conv2d(as64(x), as64(w), as64(b), padding=1, groups=4), dtype)
+    g = rand(rng, results[0].shape, dtype)
+    grads = []
+    for band_bytes in (_plan.DIRECT_BAND_BYTES, 0):
+        monkeypatch.setattr(_plan, "DIRECT_BAND_BYTES", band_bytes)
+        for threads in (1, 2, 3):
+            F.set_num_threads(threads)
+            grads.append(F.grad.conv2d_weight(x, w.shape, g, padding=1, groups=4))
+    # the band height sets the order of each weight's sum: same bits per band
+    for gw in grads[1:3]:
+        assert np.array_equal(gw, grads[0])
+    for gw in grads[4:]:
+        assert np.array_equal(gw, grads[3])
+    expected = R.conv2d_weight_grad(as64(x), w.shape, as64(g), padding=1, groups=4)
+    for gw in (grads[0], grads[3]):
+        assert_close(gw, expected, dtype)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_weight_gradient_with_nonfinite_input(always_direct, rng, value):
+    """The direct weight gradient multiplies inputs in dropped lanes by zero;
+    an infinity there would make a NaN out of nothing. Such inputs go to the
+    GEMM path: weights whose true sum never meets the value stay finite."""
+    x = rand(rng, (2, 4, 9, 11))
+    x[1, 2, 4, -1] = value      # the last column: tap j = 0 never reads it
+    w = rand(rng, (6, 2, 3, 3))
+    g = rand(rng, (2, 6, 7, 9))
+    got = F.grad.conv2d_weight(x, w.shape, g, groups=2)
+    expected = R.conv2d_weight_grad(x, w.shape, g, groups=2)
+    assert np.array_equal(np.isfinite(got), np.isfinite(expected))
+    assert np.isfinite(got[:, :, :, 0]).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10, equal_nan=True)
 
 
 def test_band_too_large_falls_back_to_gemm(monkeypatch, rng):
