@@ -59,51 +59,32 @@ typedef struct {
 #define DIRECT_X86_DISPATCH 0
 #endif
 
-/* ---- one instance per (type, ISA) ---- */
+/* ---- one instance per (type, ISA): _direct_types.h includes _direct_impl.h
+ * for float and double, given DISA (the names' suffix), DISA_BYTES (bytes
+ * per vector), DTARGET, and the register blocks DCO, DWCO x DWT ---- */
+#define DIRECT_CAT_(a, b, c) a##b##c
+#define DIRECT_CAT(a, b, c) DIRECT_CAT_(a, b, c)
+
+/* 16 registers (SSE2, AVX2): 3 channels x 4 vectors of sums + 4 of inputs;
+ * weight gradient: 2 channels x 5 taps of sums + 2 of grad_output + 1 input */
 #define DCO 3
 #define DWCO 2
 #define DWT 5
-#define DT float
-#define DVEC (DIRECT_VECTOR_EXT ? DIRECT_BYTES / 4 : 1)
+#define DISA base
+#define DISA_BYTES DIRECT_BYTES
 #define DTARGET
-#define DFN(x) x##_f_base
-#include "_direct_impl.h"
-#undef DT
-#undef DVEC
-#undef DFN
-#define DT double
-#define DVEC (DIRECT_VECTOR_EXT ? DIRECT_BYTES / 8 : 1)
-#define DFN(x) x##_d_base
-#include "_direct_impl.h"
-#undef DT
-#undef DVEC
-#undef DFN
+#include "_direct_types.h"
+#undef DISA
+#undef DISA_BYTES
 #undef DTARGET
-#undef DCO
-#undef DWCO
-#undef DWT
 
 #if DIRECT_X86_DISPATCH
-/* 16 registers: 3 channels x 4 vectors of sums + 4 of inputs; weight
- * gradient: 2 channels x 5 taps of sums + 2 of grad_output + 1 of input */
-#define DCO 3
-#define DWCO 2
-#define DWT 5
+#define DISA avx2
+#define DISA_BYTES 32
 #define DTARGET __attribute__((target("avx2,fma")))
-#define DT float
-#define DVEC 8
-#define DFN(x) x##_f_avx2
-#include "_direct_impl.h"
-#undef DT
-#undef DVEC
-#undef DFN
-#define DT double
-#define DVEC 4
-#define DFN(x) x##_d_avx2
-#include "_direct_impl.h"
-#undef DT
-#undef DVEC
-#undef DFN
+#include "_direct_types.h"
+#undef DISA
+#undef DISA_BYTES
 #undef DTARGET
 #undef DCO
 #undef DWCO
@@ -114,26 +95,17 @@ typedef struct {
 #define DCO 6
 #define DWCO 4
 #define DWT 6
+#define DISA avx512
+#define DISA_BYTES 64
 #define DTARGET __attribute__((target("avx512f,avx2,fma")))
-#define DT float
-#define DVEC 16
-#define DFN(x) x##_f_avx512
-#include "_direct_impl.h"
-#undef DT
-#undef DVEC
-#undef DFN
-#define DT double
-#define DVEC 8
-#define DFN(x) x##_d_avx512
-#include "_direct_impl.h"
-#undef DT
-#undef DVEC
-#undef DFN
+#include "_direct_types.h"
+#undef DISA
+#undef DISA_BYTES
 #undef DTARGET
+#endif
 #undef DCO
 #undef DWCO
 #undef DWT
-#endif
 
 /* 0: baseline, 1: AVX2+FMA, 2: AVX-512 (x86-64 only). */
 static int direct_detect_isa(void)
