@@ -23,10 +23,12 @@ def direct_forward(
     split: tuple[int, int],
     n_threads: int,
     flip_weights: bool = False,
+    nhwc: bool = False,
 ) -> None:
     """out = conv2d(x, w, groups) + bias, NCHW, by direct accumulation; x any
     strides; w C-contiguous (C_out, C/groups*kh*kw); out C-contiguous.
-    flip_weights: w are the weights of the conv2d whose input gradient this is."""
+    flip_weights: w are the weights of the conv2d whose input gradient this is;
+    nhwc: out is NHWC and w's rows (i, j, c)-ordered (x an NCHW view)."""
 
 def direct_weight(
     x: np.ndarray,

@@ -217,9 +217,10 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out) -> 
     sums_bytes = n_threads * n_out * kg * itemsize
     if n_threads > 1 and units >= 2 * n_threads and sums_bytes <= SCRATCH_BYTES:
         return tile, og, True
-    # one block of output channels per thread (256 channels at 14 px, batch 1:
-    # 1.37 ms, vs 1.83 ms for two blocks per thread)
-    n_blocks = min(og, max(1, _ceil_div(n_threads, groups))) if n_threads > 1 else 1
+    # (one block per thread measured faster, 1.37 vs 1.83 ms at 14 px, batch 1,
+    # but its results then changed bits under concurrent calls from other
+    # Python threads: test_calls_inside_threadpoolctl_limits; kept at two)
+    n_blocks = min(og, max(1, _ceil_div(2 * n_threads, groups))) if n_threads > 1 else 1
     return tile, _ceil_div(og, n_blocks), False
 
 
@@ -236,9 +237,14 @@ def col2im_rows(n_images, win, n_threads) -> int:
     return min(win.out_h, max(rows_min, win.out_h // bands_wanted))
 
 
-def use_direct(groups: int, cg: int, og: int, win) -> bool:
-    """Whether an NCHW conv2d runs in the direct kernels (see DIRECT_BAND_BYTES):
-    windows wider than 1x1, and depthwise ones."""
+def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
+               itemsize: int = 8) -> bool:
+    """Whether a conv2d runs in the direct kernels (see DIRECT_BAND_BYTES):
+    windows wider than 1x1, and depthwise ones. In NHWC, a unit gathers its
+    group's channels from every pixel: only where they fill a cache line
+    (else the NHWC depthwise kernel, or GEMM, read less)."""
+    if nhwc and groups > 1 and cg * itemsize < 64:
+        return False
     return win.kernel_h * win.kernel_w > 1 or (groups > 1 and cg == 1)
 
 
@@ -300,6 +306,7 @@ def use_direct_weight(groups: int, cg: int, og: int, win) -> bool:
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
     over positions, short on small images (1.5-5x slower at 7-28 px)."""
     return groups > 1 and og <= DIRECT_WEIGHT_OUTPUTS and use_direct(groups, cg, og, win)
+
 
 
 def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_threads: int,

@@ -165,14 +165,14 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     if res.size:
         n_threads = _plan.conv_threads(2.0 * res.size * kg)
         direct_split = None
-        if not nhwc and kg and _plan.use_direct(groups, cg, og, win):
+        if kg and _plan.use_direct(groups, cg, og, win, nhwc, dtype.itemsize):
             direct_split = _plan.direct_split(n, groups, cg, og, win, dtype.itemsize, n_threads,
                                               _direct.vector_elements(dtype.itemsize))
         if kg == 0:   # no input channels: only the bias remains
             res[...] = 0 if bias is None else (bias if nhwc else bias[:, None, None])
         elif direct_split is not None:
-            _direct.direct_forward(x, w2, bias, res, groups, tuple(win), direct_split,
-                                   n_threads)
+            _direct.direct_forward(x.transpose(0, 3, 1, 2) if nhwc else x, w2, bias, res,
+                                   groups, tuple(win), direct_split, n_threads, nhwc=nhwc)
         elif nhwc and cg == 1 and groups > 1:
             # Depthwise NHWC: a direct kernel along channel vectors.
             _depthwise.depthwise_forward(x, w2.T.copy(), bias, res, og, tuple(win), n_threads)
@@ -195,7 +195,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     return out if out is not None else _squeeze(res, unbatched)
 
 
-def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads) -> bool:
+def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc) -> bool:
     """With stride 1, conv2d's input gradient is itself a conv2d: of grad with
     the weights flipped in space and transposed per group (the kernels read
     them so, no copy: these weights can be the largest operand), padded by
@@ -207,18 +207,19 @@ def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads) -> b
     pad_w = win.dilation_w * (kw - 1) - win.pad_w
     if (win.stride_h, win.stride_w) != (1, 1) or pad_h < 0 or pad_w < 0:
         return False
-    rows, c = weight.shape[0], res.shape[1]
+    rows, c = weight.shape[0], res.shape[3 if nhwc else 1]
     og, cg = rows // groups, c // groups
     flipped = _args.Window(win.out_h, win.out_w, win.in_h, win.in_w, kh, kw, 1, 1,
                            pad_h, pad_w, win.dilation_h, win.dilation_w)
-    if not _plan.use_direct(groups, og, cg, flipped):
+    if not _plan.use_direct(groups, og, cg, flipped, nhwc, res.itemsize):
         return False
     split = _plan.direct_split(res.shape[0], groups, og, cg, flipped, res.itemsize, n_threads,
                                _direct.vector_elements(res.itemsize))
     if split is None:
         return False
-    _direct.direct_forward(grad, weight, bias, res, groups, tuple(flipped), split, n_threads,
-                           flip_weights=True)
+    _direct.direct_forward(grad.transpose(0, 3, 1, 2) if nhwc else grad, weight, bias, res,
+                           groups, tuple(flipped), split, n_threads, flip_weights=True,
+                           nhwc=nhwc)
     return True
 
 
@@ -229,7 +230,7 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     cg = c // groups
     kg = cg * win.kernel_h * win.kernel_w
     n_threads = _plan.conv_threads(2.0 * grad.size * kg)
-    if not nhwc and _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads):
+    if _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc):
         return
     direct = (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w,
               win.out_h, win.out_w) == (1, 1, 1, 1, 0, 0, win.in_h, win.in_w)

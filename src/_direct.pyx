@@ -28,7 +28,8 @@ cnp.import_array()
 
 cdef extern from "_direct_kernels.h" nogil:
     ctypedef struct DirectShape:
-        ptrdiff_t og, n_taps, w_stride, out_w, out_plane, row_len, phase_len, chan_len
+        ptrdiff_t og, n_taps, w_stride, out_w, out_c, out_row, out_col
+        ptrdiff_t row_len, phase_len, chan_len
         ptrdiff_t img_packed, img_out, grid_rows, grid_len
     int DIRECT_NV, DIRECT_MAX_CO, DIRECT_GRID_BYTES
     void direct_rows_f(const float* packed, const ptrdiff_t* tap_off, const ptrdiff_t* w_off,
@@ -172,7 +173,7 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
                 chunk_bias = bias
                 if bias != NULL:
                     chunk_bias = bias + co0
-                dst = out + n0 * s.img_out + co0 * s.out_plane + oh0 * s.out_w
+                dst = out + n0 * s.img_out + co0 * s.out_c + oh0 * s.out_row
                 if floating is float:
                     direct_rows_f(buf, tap_off, w_off, w_chunk, chunk_bias, buf + grid_at,
                                   dst, n_img, rows, n_out, &s)
@@ -186,7 +187,7 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
 
 def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
                    Py_ssize_t groups, tuple geom, tuple split, int n_threads,
-                   bint flip_weights=False):
+                   bint flip_weights=False, bint nhwc=False):
     """out = conv2d(x, w, groups) + bias, NCHW, by direct accumulation.
     x (N, C, H, W) any strides; w C-contiguous (C_out, C/groups*kh*kw);
     out C-contiguous (N, C_out, Ho, Wo); split: (output rows, output channels,
@@ -194,7 +195,10 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
 
     flip_weights: w holds the weights of the conv2d whose input gradient this
     is, (C, C_out/groups*kh*kw): they are read flipped in space and
-    transposed per group (never copied)."""
+    transposed per group (never copied).
+
+    nhwc: out is (N, Ho, Wo, C_out) and w's rows are ordered (i, j, c) (x
+    stays an NCHW view: pass the NHWC array transposed)."""
     cdef Py_ssize_t band = split[0], chunk = split[1], per_unit = split[2]
     cdef Geometry g
     (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
@@ -206,19 +210,22 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
     cdef Py_ssize_t span = DIRECT_NV * direct_vector_elements(item)   # one register block
     cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
     cdef DirectShape s
-    s.og = out.shape[1] // groups
+    s.og = (out.shape[3] if nhwc else out.shape[1]) // groups
     s.n_taps = cg * kk
+    cdef Py_ssize_t c_out = out.shape[3] if nhwc else out.shape[1]
     s.out_w = g.out_w
-    s.out_plane = g.out_h * g.out_w
+    s.out_c = 1 if nhwc else g.out_h * g.out_w
+    s.out_row = g.out_w * c_out if nhwc else g.out_w
+    s.out_col = c_out if nhwc else 1
     s.row_len = g.out_w + (g.kernel_w - 1) * g.dilation_w // g.stride_w
     s.phase_len = (band + halo) * s.row_len
     s.chan_len = g.stride_h * g.stride_w * s.phase_len
     s.img_packed = cg * s.chan_len
-    s.img_out = out.shape[1] * s.out_plane
+    s.img_out = c_out * g.out_h * g.out_w
     s.grid_rows = max(1, min(band, DIRECT_GRID_BYTES // item // s.row_len))
     s.grid_len = (s.grid_rows * s.row_len + span - 1) // span * span
     # w_off[t]: tap t's weight, from its output channel's first one
-    s.w_stride = kk if flip_weights else s.n_taps
+    s.w_stride = (1 if nhwc else kk) if flip_weights else s.n_taps
     cdef ptrdiff_t* tap_off = <ptrdiff_t*> malloc(2 * s.n_taps * sizeof(ptrdiff_t))
     if tap_off == NULL:
         raise MemoryError("conv2d: could not allocate the tap offsets")
@@ -236,7 +243,15 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
                     + di // g.stride_h * s.row_len + dj // g.stride_w)
                 # flipped: the forward weight w[c][o][kh-1-i][kw-1-j] of (o = this
                 # output channel, c = this tap's channel), w being (c, o, i, j)-major
-                w_off[t] = c * s.og * kk + (kk - 1 - i * g.kernel_w - j) if flip_weights else t
+                # (NCHW) or (c, i, j, o)-major (NHWC)
+                if flip_weights and nhwc:
+                    w_off[t] = c * kk * s.og + (kk - 1 - i * g.kernel_w - j) * s.og
+                elif flip_weights:
+                    w_off[t] = c * s.og * kk + (kk - 1 - i * g.kernel_w - j)
+                elif nhwc:
+                    w_off[t] = (i * g.kernel_w + j) * cg + c
+                else:
+                    w_off[t] = t
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* wp = cnp.PyArray_DATA(w)
     cdef void* bp = NULL if bias is None else cnp.PyArray_DATA(bias)

@@ -73,7 +73,8 @@ DFN(channels)(const int co, const DT* packed, const ptrdiff_t* tap_off, const pt
  *   bias: n_out values or NULL;
  *   grid: scratch of DIRECT_MAX_CO x s->grid_len elements;
  *   out: the first output channel of the first image, at the band's first
- *        row; image m's at out + m * s->img_out.
+ *        row; image m's at out + m * s->img_out; channels, rows and columns
+ *        s->out_c, s->out_row and s->out_col apart (NCHW or NHWC).
  * Output row r, column q is grid position r * row_len + q: every tap reads
  * the packed band at grid position + its offset, so runs of grid positions
  * are contiguous vector loads. Columns q >= out_w (the grid is row_len wide)
@@ -110,11 +111,22 @@ static DTARGET void DFN(direct_rows)(const DT* packed, const ptrdiff_t* tap_off,
                 else
                     DFN(channels)(1, band, tap_off, w_off, n_taps, wc, w_stride, bc, grid,
                                   s->grid_len, n_pos);
-                DT* dst = out + m * s->img_out + co * s->out_plane + r0 * s->out_w;
-                for (ptrdiff_t c = 0; c < done; c++)
+                DT* dst = out + m * s->img_out + co * s->out_c + r0 * s->out_row;
+                if (s->out_col == 1) {          /* NCHW: rows of one channel */
+                    for (ptrdiff_t c = 0; c < done; c++)
+                        for (ptrdiff_t r = 0; r < rows; r++)
+                            memcpy(dst + c * s->out_c + r * s->out_row,
+                                   grid + c * s->grid_len + r * row_len,
+                                   s->out_w * sizeof(DT));
+                } else {                        /* NHWC: the block's channels side by side */
                     for (ptrdiff_t r = 0; r < rows; r++)
-                        memcpy(dst + c * s->out_plane + r * s->out_w,
-                               grid + c * s->grid_len + r * row_len, s->out_w * sizeof(DT));
+                        for (ptrdiff_t q = 0; q < s->out_w; q++) {
+                            DT* d = dst + r * s->out_row + q * s->out_col;
+                            const DT* src = grid + r * row_len + q;
+                            for (ptrdiff_t c = 0; c < done; c++)
+                                d[c * s->out_c] = src[c * s->grid_len];
+                        }
+                }
             }
         }
         co += done;

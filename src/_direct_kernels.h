@@ -21,7 +21,8 @@ typedef struct {
     ptrdiff_t og;          /* output channels per group */
     ptrdiff_t n_taps;      /* input channels per group x kh x kw */
     ptrdiff_t w_stride;    /* weights: elements from one output channel to the next */
-    ptrdiff_t out_w, out_plane;   /* output row length, out_h * out_w */
+    ptrdiff_t out_w;       /* output row length */
+    ptrdiff_t out_c, out_row, out_col;   /* out: strides of channels, rows, columns */
     ptrdiff_t row_len;     /* packed and grid: elements per row of one phase */
     ptrdiff_t phase_len;   /* packed: one (row phase, column phase) plane; reads
                               past its end (dropped lanes) land in the next

@@ -126,7 +126,8 @@ def test_band_too_large_falls_back_to_gemm(monkeypatch, rng):
     monkeypatch.setattr(_plan, "DIRECT_MAX_BAND_BYTES", 1024)
     used = []
     real = _direct.direct_forward
-    monkeypatch.setattr(_direct, "direct_forward", lambda *a: used.append(a) or real(*a))
+    monkeypatch.setattr(_direct, "direct_forward",
+                        lambda *a, **kw: used.append(a) or real(*a, **kw))
     x, w = rand(rng, (1, 4, 40, 30)), rand(rng, (4, 1, 3, 3))
     got = F.conv2d(x, w, padding=1, dilation=(12, 1), groups=4)
     assert_close(got, R.conv2d(x, w, padding=1, dilation=(12, 1), groups=4), np.float64)
