@@ -20,7 +20,7 @@ def direct_forward(
     out: np.ndarray,
     groups: int,
     geom: tuple[int, ...],
-    split: tuple[int, int],
+    split: tuple[int, int, int],
     n_threads: int,
     flip_weights: bool = False,
     nhwc: bool = False,
