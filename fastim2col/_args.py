@@ -28,9 +28,13 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def pair(value, name: str, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a pair."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]   # a 0-d array is its scalar
-    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+    if type(value) is int:   # the common cases first: no ABC checks (microseconds)
+        result = (value, value)
+    elif type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int:
+        result = value
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+        return pair(value[()], name, minimum)   # a 0-d array is its scalar
+    elif isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
         result = (int(value), int(value))
     elif (isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2
           and all(isinstance(v, (numbers.Integral, np.integer))
