@@ -30,6 +30,7 @@ TILE_ALIGN = 16
 DIRECT_BAND_BYTES = 1024 * 1024       # per-thread scratch: stays in L2
 DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
 DIRECT_MAX_CO = 6                     # as in src/_direct_kernels.h
+DIRECT_GRID_BYTES = 4096              # as in src/_direct_kernels.h
 DIRECT_MIN_POSITIONS = 256            # 4 register blocks of 16 floats
 DIRECT_WEIGHT_CHANNELS = 32           # input channels per weight-gradient band, at most
 DIRECT_WEIGHT_OUTPUTS = 32
@@ -248,6 +249,15 @@ def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
     return win.kernel_h * win.kernel_w > 1 or (groups > 1 and cg == 1)
 
 
+def _direct_band_geometry(win, vector_elements: int) -> tuple[int, int, int]:
+    """(elements of one register block, packed row length, extra input rows
+    per phase plane) of the direct kernels' bands, as src/_direct.pyx lays
+    them out."""
+    return (4 * vector_elements,
+            win.out_w + (win.kernel_w - 1) * win.dilation_w // win.stride_w,
+            (win.kernel_h - 1) * win.dilation_h // win.stride_h)
+
+
 def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: int,
                  n_threads: int, vector_elements: int) -> tuple[int, int, int] | None:
     """(output rows, output channels, images) per work unit of the direct
@@ -263,13 +273,12 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     finer while they keep DIRECT_MIN_POSITIONS output positions (the kernels
     compute whole register blocks), then output channels are split in
     multiples of the widest register block."""
-    span = 4 * vector_elements                      # one register block
-    row_len = win.out_w + (win.kernel_w - 1) * win.dilation_w // win.stride_w
-    halo = (win.kernel_h - 1) * win.dilation_h // win.stride_h
+    span, row_len, halo = _direct_band_geometry(win, vector_elements)
     planes = cg * win.stride_h * win.stride_w
     per_row = planes * row_len * itemsize
     fixed = (planes * halo * row_len + span + row_len) * itemsize
-    fixed += DIRECT_MAX_CO * (max(row_len * itemsize, 4096) + span * itemsize)   # the grid
+    fixed += DIRECT_MAX_CO * (max(row_len * itemsize, DIRECT_GRID_BYTES)
+                              + span * itemsize)   # the grid
     if fixed + per_row > DIRECT_MAX_BAND_BYTES:
         return None
     band = max(1, min(win.out_h, (DIRECT_BAND_BYTES - fixed) // per_row))
@@ -317,9 +326,7 @@ def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_thr
     on the threads: each weight's sum then runs in the same order (the same
     bits) whatever the thread count. Units split the input channels of each
     group until there are two per thread."""
-    span = 4 * vector_elements
-    row_len = win.out_w + (win.kernel_w - 1) * win.dilation_w // win.stride_w
-    halo = (win.kernel_h - 1) * win.dilation_h // win.stride_h
+    span, row_len, halo = _direct_band_geometry(win, vector_elements)
     cap = min(cg, DIRECT_WEIGHT_CHANNELS)
     planes = cap * win.stride_h * win.stride_w
     per_row = (planes + og) * row_len * itemsize

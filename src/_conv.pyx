@@ -19,7 +19,7 @@ from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, calloc, free
 
 from _blas cimport gemm_rm
-from _openmp cimport omp_get_thread_num
+from _openmp cimport new_thread_keys, omp_get_thread_num
 from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
 
 cnp.import_array()
@@ -110,11 +110,9 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
     cdef const floating* cols
     cdef floating* dst
     cdef int tid
-    cdef Py_ssize_t* last_key = <Py_ssize_t*> malloc(n_threads * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* last_key = new_thread_keys(n_threads)
     if last_key == NULL:
         return 1
-    for tid in range(n_threads):
-        last_key[tid] = -1
     buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
     with parallel(num_threads=n_threads):
         buf = NULL
@@ -184,11 +182,9 @@ cdef Py_ssize_t forward_images(const floating* x, const floating* w, const float
     cdef floating* dst
     cdef floating bias_r
     cdef int tid
-    cdef Py_ssize_t* last_key = <Py_ssize_t*> malloc(n_threads * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* last_key = new_thread_keys(n_threads)
     if last_key == NULL:
         return 1
-    for tid in range(n_threads):
-        last_key[tid] = -1
     with parallel(num_threads=n_threads):
         buf = <floating*> malloc(kg * tile * sizeof(floating))
         tbuf = NULL

@@ -20,7 +20,7 @@ from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
-from _openmp cimport omp_get_thread_num
+from _openmp cimport new_thread_keys, omp_get_thread_num
 from _unroll cimport Geometry
 
 cnp.import_array()
@@ -114,6 +114,32 @@ cdef void pack_band(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h, Py_ssize_
                        (s.phase_len - n_rows * s.row_len) * sizeof(floating))
 
 
+cdef void band_layout(const Geometry* g, Py_ssize_t band, DirectShape* s) noexcept nogil:
+    # Lengths of a packed band of `band` output rows (see pack_band): a row
+    # of a phase plane, a plane, a channel's stride_h x stride_w planes.
+    cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
+    s.row_len = g.out_w + (g.kernel_w - 1) * g.dilation_w // g.stride_w
+    s.phase_len = (band + halo) * s.row_len
+    s.chan_len = g.stride_h * g.stride_w * s.phase_len
+
+
+cdef void fill_tap_offsets(ptrdiff_t* tap_off, Py_ssize_t n_channels, const Geometry* g,
+                           const DirectShape* s) noexcept nogil:
+    # tap (c, i, j) reads the packed band at grid position + tap_off[t],
+    # t = (c * kh + i) * kw + j: channel c's planes, the phase plane of its
+    # row and column offsets, and the whole rows and columns left over.
+    cdef Py_ssize_t c, i, j, di, dj
+    for c in range(n_channels):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                di = i * g.dilation_h
+                dj = j * g.dilation_w
+                tap_off[(c * g.kernel_h + i) * g.kernel_w + j] = (
+                    c * s.chan_len
+                    + (di % g.stride_h * g.stride_w + dj % g.stride_w) * s.phase_len
+                    + di // g.stride_h * s.row_len + dj // g.stride_w)
+
+
 cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t s_c,
                                     Py_ssize_t s_h, Py_ssize_t s_w, const floating* w,
                                     const floating* bias, floating* out, Py_ssize_t n_images,
@@ -140,11 +166,9 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
     cdef const floating* chunk_bias
     cdef const floating* w_chunk
     cdef int tid
-    cdef Py_ssize_t* last_key = <Py_ssize_t*> malloc(n_threads * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* last_key = new_thread_keys(n_threads)
     if last_key == NULL:
         return 1
-    for tid in range(n_threads):
-        last_key[tid] = -1
     buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
     with parallel(num_threads=n_threads):
         # calloc: the tail, and any slot a unit leaves unpacked, read as zeros
@@ -208,7 +232,6 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
     cdef Py_ssize_t n_images = x.shape[0], cg = x.shape[1] // groups
     cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
     cdef Py_ssize_t span = DIRECT_NV * direct_vector_elements(item)   # one register block
-    cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
     cdef DirectShape s
     s.og = (out.shape[3] if nhwc else out.shape[1]) // groups
     s.n_taps = cg * kk
@@ -217,9 +240,7 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
     s.out_c = 1 if nhwc else g.out_h * g.out_w
     s.out_row = g.out_w * c_out if nhwc else g.out_w
     s.out_col = c_out if nhwc else 1
-    s.row_len = g.out_w + (g.kernel_w - 1) * g.dilation_w // g.stride_w
-    s.phase_len = (band + halo) * s.row_len
-    s.chan_len = g.stride_h * g.stride_w * s.phase_len
+    band_layout(&g, band, &s)
     s.img_packed = cg * s.chan_len
     s.img_out = c_out * g.out_h * g.out_w
     s.grid_rows = max(1, min(band, DIRECT_GRID_BYTES // item // s.row_len))
@@ -230,17 +251,12 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
     if tap_off == NULL:
         raise MemoryError("conv2d: could not allocate the tap offsets")
     cdef ptrdiff_t* w_off = tap_off + s.n_taps
-    cdef Py_ssize_t c, i, j, di, dj, t
+    fill_tap_offsets(tap_off, cg, &g, &s)
+    cdef Py_ssize_t c, i, j, t
     for c in range(cg):
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
                 t = (c * g.kernel_h + i) * g.kernel_w + j
-                di = i * g.dilation_h
-                dj = j * g.dilation_w
-                tap_off[t] = (
-                    c * s.chan_len
-                    + (di % g.stride_h * g.stride_w + dj % g.stride_w) * s.phase_len
-                    + di // g.stride_h * s.row_len + dj // g.stride_w)
                 # flipped: the forward weight w[c][o][kh-1-i][kw-1-j] of (o = this
                 # output channel, c = this tap's channel), w being (c, o, i, j)-major
                 # (NCHW) or (c, i, j, o)-major (NHWC)
@@ -363,25 +379,13 @@ def direct_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray dw, Py_ssize_t grou
     cdef Py_ssize_t og = go.shape[1] // groups
     cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
     cdef Py_ssize_t span = DIRECT_NV * direct_vector_elements(item)
-    cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
     cdef DirectShape s
-    s.row_len = g.out_w + (g.kernel_w - 1) * g.dilation_w // g.stride_w
-    s.phase_len = (band + halo) * s.row_len
-    s.chan_len = g.stride_h * g.stride_w * s.phase_len
+    band_layout(&g, band, &s)
     cdef Py_ssize_t g_len = (band * s.row_len + span - 1) // span * span
     cdef ptrdiff_t* tap_off = <ptrdiff_t*> malloc(ci_chunk * kk * sizeof(ptrdiff_t))
     if tap_off == NULL:
         raise MemoryError("conv2d_weight: could not allocate the tap offsets")
-    cdef Py_ssize_t c, i, j, di, dj
-    for c in range(ci_chunk):
-        for i in range(g.kernel_h):
-            for j in range(g.kernel_w):
-                di = i * g.dilation_h
-                dj = j * g.dilation_w
-                tap_off[(c * g.kernel_h + i) * g.kernel_w + j] = (
-                    c * s.chan_len
-                    + (di % g.stride_h * g.stride_w + dj % g.stride_w) * s.phase_len
-                    + di // g.stride_h * s.row_len + dj // g.stride_w)
+    fill_tap_offsets(tap_off, ci_chunk, &g, &s)
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* gp = cnp.PyArray_DATA(go)
     cdef void* wp = cnp.PyArray_DATA(dw)

@@ -1,3 +1,5 @@
+from libc.stdlib cimport malloc
+
 # OpenMP runtime calls that also compile without OpenMP (as scikit-learn's
 # _openmp_helpers.pxd does): a compiler without it builds a correct,
 # single-threaded library, and prange loops then run serially.
@@ -15,3 +17,15 @@ cdef extern from *:
     bint FASTIM2COL_OPENMP
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil
+
+
+cdef inline Py_ssize_t* new_thread_keys(int n_threads) noexcept nogil:
+    # One key per thread naming what its buffer holds, all -1 (nothing yet),
+    # for kernels that skip refilling a buffer a thread's next unit shares;
+    # NULL when out of memory. The caller frees it.
+    cdef Py_ssize_t* keys = <Py_ssize_t*> malloc(n_threads * sizeof(Py_ssize_t))
+    cdef int t
+    if keys != NULL:
+        for t in range(n_threads):
+            keys[t] = -1
+    return keys
