@@ -92,20 +92,25 @@ def numpy_conv2d(x, w, stride, padding, groups):
     return out
 
 
-def bare_gemm(layer: Layer, batch: int, dtype) -> dict:
-    """The BLAS GEMM conv2d reduces to, (C_out x C*kh*kw) by (C*kh*kw x N*Ho*Wo)
-    (once per group), with SciPy's BLAS, operands prepared in Fortran order so
-    no call copies. Both orientations (C = A B and C^T = B^T A^T) are returned:
-    their speeds differ, and the faster one is the baseline."""
+def bare_gemm(layer: Layer, batch: int, dtype, op: str = "conv2d") -> dict:
+    """The BLAS GEMM an op reduces to (once per group), with SciPy's BLAS,
+    operands prepared in Fortran order so no call copies. With K_g = C/groups
+    * kh * kw and P = N*Ho*Wo output positions, the shapes (m x k by k x n):
+    conv2d (C_out/groups x K_g) by (K_g x P); conv2d_input (K_g x C_out/groups)
+    by (C_out/groups x P); conv2d_weight (C_out/groups x P) by (P x K_g).
+    Both orientations (C = A B and C^T = B^T A^T) are returned: their speeds
+    differ, and the faster one is the baseline."""
     from scipy.linalg import blas
     gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
-    k = layer.c_in // layer.groups * layer.kernel ** 2
+    kg = layer.c_in // layer.groups * layer.kernel ** 2
     cols = batch * layer.out_size() ** 2
     og = layer.c_out // layer.groups
+    m, k, n = {"conv2d": (og, kg, cols), "conv2d_input": (kg, og, cols),
+               "conv2d_weight": (og, cols, kg)}[op]
     rng = np.random.default_rng(1)
-    a = np.asfortranarray(rng.standard_normal((og, k)).astype(dtype))
-    b = np.asfortranarray(rng.standard_normal((k, cols)).astype(dtype))
-    c = np.asfortranarray(np.empty((og, cols), dtype=dtype))
+    a = np.asfortranarray(rng.standard_normal((m, k)).astype(dtype))
+    b = np.asfortranarray(rng.standard_normal((k, n)).astype(dtype))
+    c = np.asfortranarray(np.empty((m, n), dtype=dtype))
     at, bt, ct = (np.asfortranarray(m.T) for m in (a, b, c))
 
     def ab():
@@ -362,7 +367,7 @@ def _bench_fns(fastim2col, torch, layer, batch, dtype, args, peers):
                                                 out=out)
         result_bytes = x.nbytes
     if op.startswith("conv2d"):
-        fns.update(bare_gemm(layer, batch, dtype))
+        fns.update(bare_gemm(layer, batch, dtype, op))
     x_nchw = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     w_nchw = w if layout == "NCHW" else np.ascontiguousarray(w.transpose(0, 3, 1, 2))
     if "torch" in peers:

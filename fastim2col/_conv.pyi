@@ -49,5 +49,6 @@ def conv2d_grad_weight(
     per_thread_sums: bool,
     n_threads: int,
     images_per_tile: int = 1,
+    by_channels: bool = False,
 ) -> None:
     """gw = the weight gradient of conv2d."""

@@ -10,6 +10,8 @@ Kernels take these numbers as given. The rules:
 """
 from __future__ import annotations
 
+import math
+
 TILE_BYTES = 1024 * 1024
 # Below this much work per thread, starting and joining a thread team costs
 # more than it saves (and on a busy machine a descheduled worker stalls the
@@ -32,6 +34,14 @@ DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
 DIRECT_MAX_CO = 6                     # as in src/_direct_kernels.h
 DIRECT_GRID_BYTES = 4096              # as in src/_direct_kernels.h
 DIRECT_MIN_POSITIONS = 256            # 4 register blocks of 16 floats
+# The input gradient reads its weights flipped and transposed in place: a
+# register block's weights are then short runs a weight row apart, a new page
+# every kh*kw taps, read again by every block. Past this many bytes of weights
+# per group the TLB misses cost more than the direct kernels save (512
+# channels at 7 px, batch 8: 29.4 ms direct vs 18.0 ms GEMM + fold in float64,
+# 10.2 vs 8.6 ms in float32; at 14 px, 256 channels, 4.7 MB of float64
+# weights, direct stays faster: 16.0 vs 21.3 ms): GEMM + fold there.
+DIRECT_FLIPPED_WEIGHT_BYTES = 8 * 1024 * 1024
 DIRECT_WEIGHT_CHANNELS = 32           # input channels per weight-gradient band, at most
 DIRECT_WEIGHT_OUTPUTS = 32
 
@@ -202,6 +212,62 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct)
         n_blocks = min(cg, _ceil_div(2 * n_threads, units))
         block = _ceil_div(cg, n_blocks)
     return tile, block
+
+
+GRAD_WEIGHT_PART_BYTES = 1024 * 1024   # a channel unit's part of gw: stays in L2
+MIN_CHUNK_COLUMNS = 64                  # narrower GEMMs lose speed
+MIN_UNEVEN_CHUNK = 8                    # uneven chunks at least this wide (balance)
+MIN_IMAGE_TILE = 512                    # positions per GEMM before images are batched
+# With this many images per thread or more, tiles of positions into per-thread
+# sums (grad_weight) win in float64 (8 images, 2 threads, 14 px: 15.4 vs
+# 17.4 ms) and about tie in float32: the channel split is for fewer images.
+CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD = 2
+
+
+def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_threads,
+                         direct) -> tuple[int, int, int] | None:
+    """(tile, input channels per unit, images per tile) for the NCHW weight
+    gradient split by input channels (src/_conv.pyx grad_weight_channels).
+
+    Used for fewer than CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD images per thread
+    (else None). Units are (group, chunk of input channels), their count a
+    multiple of the threads; chunks are cut finer while a unit's part of gw would not stay in
+    L2 across its GEMMs (and stay at least MIN_CHUNK_COLUMNS wide). Small
+    images are batched, several whole images per GEMM, so that no GEMM sums
+    over fewer than MIN_IMAGE_TILE positions where the batch allows.
+    None where the channels do not split into even, wide enough chunks (the
+    stem's 3 channels, 1x1 layers with few channels): grad_weight() then.
+    """
+    if n_images >= CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD * n_threads:
+        return None
+
+    def gemms_per_unit(chunk):
+        if direct:
+            return n_images
+        return n_images * _ceil_div(n_pos, gemm_tile(chunk * taps, n_pos, itemsize, n_threads))
+
+    n_chunks = min(cg, max(1, n_threads // math.gcd(groups, n_threads)))
+    while n_chunks < cg:
+        chunk = _ceil_div(cg, n_chunks)
+        if gemms_per_unit(chunk) <= 1 or og * chunk * taps * itemsize <= GRAD_WEIGHT_PART_BYTES:
+            break
+        if _ceil_div(cg, 2 * n_chunks) * taps < MIN_CHUNK_COLUMNS:
+            break
+        n_chunks *= 2
+    chunk = _ceil_div(cg, n_chunks)
+    if chunk * taps < MIN_CHUNK_COLUMNS or (cg % chunk and chunk < MIN_UNEVEN_CHUNK):
+        return None
+    per_tile = 1
+    if not direct and n_images > 1 and n_pos < MIN_IMAGE_TILE:
+        per_tile = max(1, min(n_images, _ceil_div(MIN_IMAGE_TILE, n_pos),
+                              TILE_BYTES // (chunk * taps * n_pos * itemsize)))
+    if direct:
+        tile = n_pos
+    elif per_tile > 1:
+        tile = per_tile * n_pos
+    else:
+        tile = gemm_tile(chunk * taps, n_pos, itemsize, n_threads)
+    return tile, chunk, per_tile
 
 
 def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out) -> tuple[int, int, bool]:

@@ -209,6 +209,8 @@ def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc
         return False
     rows, c = weight.shape[0], res.shape[3 if nhwc else 1]
     og, cg = rows // groups, c // groups
+    if og * cg * kh * kw * res.itemsize > _plan.DIRECT_FLIPPED_WEIGHT_BYTES:
+        return False
     flipped = _args.Window(win.out_h, win.out_w, win.in_h, win.in_w, kh, kw, 1, 1,
                            pad_h, pad_w, win.dilation_h, win.dilation_w)
     if not _plan.use_direct(groups, og, cg, flipped, nhwc, res.itemsize):

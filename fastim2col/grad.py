@@ -100,6 +100,42 @@ def _direct_weight_gradient(x, go, res, groups, win, n_threads) -> bool:
     return _direct.direct_weight(x, go, res, groups, tuple(win), split, n_threads)
 
 
+def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
+    """The weight gradient by unrolled tiles and GEMM (src/_conv.pyx): split by
+    input channels (NCHW, where they split evenly), else by tiles of positions
+    into per-thread sums, or by blocks of output channels."""
+    n, c, c_out, groups = dims
+    cg, og = c // groups, c_out // groups
+    taps = win.kernel_h * win.kernel_w
+    kg, n_pos = cg * taps, win.out_h * win.out_w
+    itemsize = res.itemsize
+    direct = _is_direct(x, win, nhwc, cg)
+    # Few images: position tiles would be few too (per-thread sums of the
+    # whole gw for a thin share of the work, or blocks of output channels
+    # that each unroll every tile again): split by input channels instead.
+    by_channels = None if nhwc else _plan.grad_weight_channels(
+        n, groups, og, cg, taps, n_pos, itemsize, n_threads, direct)
+    if by_channels is not None:
+        tile, block, per_tile = by_channels
+        sums = False
+        _plan.check_scratch(n_threads, block * taps * tile, og * tile, itemsize=itemsize)
+    else:
+        per_tile = _plan.grad_weight_images(n, groups, og, kg, n_pos, itemsize, n_threads,
+                                            c_out, direct) or 1
+        if per_tile > 1:
+            tile, block, sums = per_tile * n_pos, og, True
+            _plan.check_scratch(n_threads, (kg + og) * tile, c_out * kg, itemsize=itemsize)
+        else:
+            tile, block, sums = _plan.grad_weight(n, groups, og, kg, n_pos, itemsize,
+                                                  n_threads, c_out)
+            _plan.check_scratch(n_threads, kg * tile, (c_out * kg) if sums else 0,
+                                itemsize=itemsize)
+    with blas_single_threaded:
+        _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),
+                                 (tile, block), nhwc, direct, sums, n_threads, per_tile,
+                                 by_channels is not None)
+
+
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1,
                   groups: int = 1, *, layout: Layout = "NCHW",
@@ -137,20 +173,5 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
                                                              n_threads):
             pass
         else:
-            direct = _is_direct(x, win, nhwc, cg)
-            per_tile = _plan.grad_weight_images(n, groups, og, kg, n_pos, dtype.itemsize,
-                                                n_threads, c_out, direct) or 1
-            if per_tile > 1:
-                tile, block, sums = per_tile * n_pos, og, True
-                _plan.check_scratch(n_threads, (kg + og) * tile, c_out * kg,
-                                    itemsize=dtype.itemsize)
-            else:
-                tile, block, sums = _plan.grad_weight(n, groups, og, kg, n_pos, dtype.itemsize,
-                                                      n_threads, c_out)
-                _plan.check_scratch(n_threads, kg * tile, (c_out * kg) if sums else 0,
-                                    itemsize=dtype.itemsize)
-            with blas_single_threaded:
-                _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), (n, c, c_out, groups),
-                                         tuple(win), (tile, block), nhwc, direct, sums,
-                                         n_threads, per_tile)
+            _gemm_weight_gradient(x, go, res, (n, c, c_out, groups), win, nhwc, n_threads)
     return res

@@ -570,6 +570,91 @@ cdef Py_ssize_t grad_weight_images(const floating* x, const floating* go, floati
     return n_failed
 
 
+cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floating* gw,
+                                     Conv cv, Geometry g, Py_ssize_t per_tile,
+                                     int n_threads) noexcept nogil:
+    # NCHW weight gradient split by input channels: a unit (group, chunk of
+    # cv.block input channels) owns the columns of gw those channels make
+    # (contiguous, (c, i, j) order) and sums into them over every image and
+    # tile itself: each input element is unrolled once, no per-thread sums,
+    # no reduction, and the unit's part of gw (sized by the planner) stays in
+    # cache across its GEMMs. per_tile > 1: tiles of that many whole images
+    # (small images; their grad_output rows are gathered into a buffer);
+    # else tiles of cv.tile positions of one image. Every element of gw is
+    # summed by one unit in a fixed order: deterministic for a split.
+    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t og = cv.n_out // cv.groups
+    cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * taps
+    cdef Py_ssize_t n_chunks = (cg + cv.block - 1) // cv.block
+    cdef Py_ssize_t n_units = cv.groups * n_chunks
+    cdef Py_ssize_t width = per_tile * n_pos if per_tile > 1 else cv.tile
+    cdef Py_ssize_t n_steps_img = (n_pos + cv.tile - 1) // cv.tile
+    cdef Py_ssize_t u, grp, c0, n_ch, nk, n0, n_in, t, p0, p1, i, r, q, ld
+    cdef Py_ssize_t n_failed = 0
+    cdef floating beta
+    cdef floating* buf = NULL
+    cdef floating* gbuf = NULL
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* cols
+    cdef const floating* x_chunk
+    with parallel(num_threads=n_threads):
+        buf = NULL
+        gbuf = NULL
+        if not cv.direct:
+            buf = <floating*> malloc(cv.block * taps * width * sizeof(floating))
+        if per_tile > 1:
+            gbuf = <floating*> malloc(og * width * sizeof(floating))
+        for u in prange(n_units, schedule='static'):
+            if (not cv.direct and buf == NULL) or (per_tile > 1 and gbuf == NULL):
+                n_failed += 1
+            else:
+                grp = u // n_chunks
+                c0 = (u % n_chunks) * cv.block
+                n_ch = min(cg, c0 + cv.block) - c0
+                nk = n_ch * taps
+                dst = gw + grp * og * kg + c0 * taps
+                beta = 0   # the first GEMM of a unit overwrites: no zeroing pass
+                if per_tile > 1:
+                    for t in range((cv.n_images + per_tile - 1) // per_tile):
+                        n0 = t * per_tile
+                        n_in = min(per_tile, cv.n_images - n0)
+                        for i in range(n_in):
+                            x_chunk = x + (n0 + i) * cv.s_n + (grp * cg + c0) * cv.s_c
+                            unroll_nchw(x_chunk, cv.s_c, cv.s_h, cv.s_w, n_ch, &g, 0, n_pos,
+                                        buf + i * n_pos, n_in * n_pos)
+                            for r in range(og):
+                                src = go + ((n0 + i) * cv.n_out + grp * og + r) * n_pos
+                                for q in range(n_pos):
+                                    gbuf[r * n_in * n_pos + i * n_pos + q] = src[q]
+                        gemm_rm(False, True, og, nk, n_in * n_pos, 1, gbuf, n_in * n_pos,
+                                buf, n_in * n_pos, beta, dst, kg)
+                        beta = 1
+                else:
+                    for n0 in range(cv.n_images):
+                        x_chunk = x + n0 * cv.s_n + (grp * cg + c0) * cv.s_c
+                        for t in range(n_steps_img):
+                            p0 = t * cv.tile
+                            p1 = min(n_pos, p0 + cv.tile)
+                            if cv.direct:
+                                cols = x_chunk + p0
+                                ld = cv.s_c
+                            else:
+                                unroll_nchw(x_chunk, cv.s_c, cv.s_h, cv.s_w, n_ch, &g, p0, p1,
+                                            buf, p1 - p0)
+                                cols = buf
+                                ld = p1 - p0
+                            src = go + (n0 * cv.n_out + grp * og) * n_pos + p0
+                            gemm_rm(False, True, og, nk, p1 - p0, 1, src, n_pos, cols, ld,
+                                    beta, dst, kg)
+                            beta = 1
+        free(buf)
+        free(gbuf)
+    return n_failed
+
+
 cdef inline void* data(cnp.ndarray a):
     return NULL if a is None else cnp.PyArray_DATA(a)
 
@@ -634,9 +719,12 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
 
 def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shape,
                        tuple geom, tuple split, bint nhwc, bint direct,
-                       bint per_thread_sums, int n_threads, Py_ssize_t images_per_tile=1):
+                       bint per_thread_sums, int n_threads, Py_ssize_t images_per_tile=1,
+                       bint by_channels=False):
     """gw = d/dw <conv2d(x, w), go>; x any strides, go/gw C-contiguous.
-    images_per_tile > 1: tiles of that many whole images, per-thread sums."""
+    by_channels (NCHW): units own chunks of split[1] input channels
+    (grad_weight_channels; images_per_tile > 1: tiles of whole images).
+    Else images_per_tile > 1: tiles of that many whole images, per-thread sums."""
     cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* xp = data(x)
@@ -644,7 +732,13 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
     cdef void* gwp = data(gw)
     cdef Py_ssize_t failed
     with nogil:
-        if images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+        if by_channels and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+            failed = grad_weight_channels(<float*> xp, <float*> gop, <float*> gwp, cv, g,
+                                          images_per_tile, n_threads)
+        elif by_channels:
+            failed = grad_weight_channels(<double*> xp, <double*> gop, <double*> gwp, cv, g,
+                                          images_per_tile, n_threads)
+        elif images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight_images(<float*> xp, <float*> gop, <float*> gwp, cv, g,
                                         images_per_tile, n_threads)
         elif images_per_tile > 1:

@@ -155,16 +155,24 @@ def kernel_threads(request, monkeypatch, restore_threads):
     return request.param
 
 
-@pytest.fixture(params=["auto", "gemm", "direct", "direct-1row"])
+@pytest.fixture(params=["auto", "gemm", "gemm-channels", "direct", "direct-1row"])
 def conv_path(request, monkeypatch):
     """The kernels NCHW conv2d and its gradients use: the planner's choice,
-    the blocked GEMM always, or the direct kernels always (with the planner's
-    bands of output rows, or bands of one row). NHWC always runs the GEMM (or
-    the NHWC depthwise kernel)."""
+    the blocked GEMM always (gemm-channels: with the weight gradient split by
+    input channels whatever the shape, into many small chunks, images batched
+    per GEMM), or the direct kernels always (with the planner's bands of output
+    rows, or bands of one row). NHWC always runs the GEMM (or the NHWC
+    depthwise kernel)."""
     from fastim2col import _plan
-    if request.param == "gemm":
+    if request.param.startswith("gemm"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: False)
+    if request.param == "gemm-channels":
+        monkeypatch.setattr(_plan, "CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD", 10**9)
+        monkeypatch.setattr(_plan, "MIN_CHUNK_COLUMNS", 1)
+        monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)
+        monkeypatch.setattr(_plan, "GRAD_WEIGHT_PART_BYTES", 1)
+        monkeypatch.setattr(_plan, "MIN_IMAGE_TILE", 40)   # 1 to n images a tile
     elif request.param.startswith("direct"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: True)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)

@@ -257,3 +257,28 @@ def test_zero_size_image_with_padding(rng, layout, x_shape):
     gw = conv2d_weight(img_to(x, layout), weight_to(w, layout).shape, img_to(g, layout), **kw)
     assert_close(gw, weight_to(R.conv2d_weight_grad(x, w.shape, g, padding=(1, 2)), layout),
                  np.float64, tol=0)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_channel_split_plan(n_threads, dtype):
+    """The channel split of the weight gradient: used for few images, units a
+    multiple of the threads, a unit's part of gw within budget where it runs
+    several GEMMs, wide chunks; not for the stem's 3 channels."""
+    from fastim2col import _plan
+    item = np.dtype(dtype).itemsize
+    for c, size in [(64, 56), (128, 28), (256, 14), (512, 7)]:
+        for n in (1, 2 * n_threads - 1, 2 * n_threads):
+            plan = _plan.grad_weight_channels(n, 1, c, c, 9, size * size, item, n_threads,
+                                              False)
+            if n >= 2 * n_threads or -(-c // n_threads) * 9 < _plan.MIN_CHUNK_COLUMNS:
+                assert plan is None   # many images, or chunks too narrow
+                continue
+            tile, chunk, per_tile = plan
+            n_chunks = -(-c // chunk)
+            assert n_chunks % n_threads == 0 or n_chunks == c
+            assert chunk * 9 >= _plan.MIN_CHUNK_COLUMNS
+            n_gemms = -(-n // per_tile) * (1 if per_tile > 1 else -(-size * size // tile))
+            assert n_gemms == 1 or c * chunk * 9 * item <= _plan.GRAD_WEIGHT_PART_BYTES
+            assert 1 <= per_tile <= n and (per_tile == 1 or tile == per_tile * size * size)
+    assert _plan.grad_weight_channels(1, 1, 64, 3, 49, 112 * 112, 4, 2, False) is None
