@@ -91,7 +91,8 @@ static DTARGET void DFN(direct_rows)(const DT* packed, const ptrdiff_t* tap_off,
         ptrdiff_t left = n_out - co, done;
         /* constant channel counts, so that each call is its own unrolled,
          * all-in-registers loop nest */
-        done = left >= DCO ? DCO : (DCO > 4 && left >= 4) ? 4 : left >= 2 ? 2 : 1;
+        done = left >= DCO ? DCO : (DCO > 4 && left >= 4) ? 4 : (DCO > 3 && left == 3) ? 3
+             : left >= 2 ? 2 : 1;
         const DT* wc = w + co * w_stride;
         const DT* bc = bias != NULL ? bias + co : NULL;
         for (ptrdiff_t m = 0; m < n_img; m++) {
@@ -101,6 +102,9 @@ static DTARGET void DFN(direct_rows)(const DT* packed, const ptrdiff_t* tap_off,
                 ptrdiff_t n_pos = rows * row_len;
                 if (done == DCO)
                     DFN(channels)(DCO, band, tap_off, w_off, n_taps, wc, w_stride, bc, grid,
+                                  s->grid_len, n_pos);
+                else if (done == 3)   /* 3 channels (RGB): one pass, not 2 + 1 */
+                    DFN(channels)(3, band, tap_off, w_off, n_taps, wc, w_stride, bc, grid,
                                   s->grid_len, n_pos);
                 else if (done == 4)
                     DFN(channels)(4, band, tap_off, w_off, n_taps, wc, w_stride, bc, grid,
