@@ -49,6 +49,6 @@ def conv2d_grad_weight(
     per_thread_sums: bool,
     n_threads: int,
     images_per_tile: int = 1,
-    by_channels: bool = False,
+    by_channels: int = 0,
 ) -> None:
     """gw = the weight gradient of conv2d."""

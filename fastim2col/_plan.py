@@ -222,12 +222,15 @@ MIN_IMAGE_TILE = 512                    # positions per GEMM before images are b
 # sums (grad_weight) win in float64 (8 images, 2 threads, 14 px: 15.4 vs
 # 17.4 ms) and about tie in float32: the channel split is for fewer images.
 CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD = 2
+CHANNEL_SPLIT_TRANSPOSED_OUTPUTS = 64
 
 
 def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_threads,
-                         direct) -> tuple[int, int, int] | None:
-    """(tile, input channels per unit, images per tile) for the NCHW weight
-    gradient split by input channels (src/_conv.pyx grad_weight_channels).
+                         direct) -> tuple[int, int, int, bool] | None:
+    """(tile, input channels per unit, images per tile, transposed GEMMs?) for
+    the NCHW weight gradient split by input channels (src/_conv.pyx
+    grad_weight_channels; transposed for groups of at most
+    CHANNEL_SPLIT_TRANSPOSED_OUTPUTS output channels).
 
     Used for fewer than CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD images per thread
     (else None). Units are (group, chunk of input channels), their count a
@@ -267,7 +270,7 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
         tile = per_tile * n_pos
     else:
         tile = gemm_tile(chunk * taps, n_pos, itemsize, n_threads)
-    return tile, chunk, per_tile
+    return tile, chunk, per_tile, og <= CHANNEL_SPLIT_TRANSPOSED_OUTPUTS
 
 
 def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out) -> tuple[int, int, bool]:

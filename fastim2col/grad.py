@@ -116,10 +116,11 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
     by_channels = None if nhwc else _plan.grad_weight_channels(
         n, groups, og, cg, taps, n_pos, itemsize, n_threads, direct)
     if by_channels is not None:
-        tile, block, per_tile = by_channels
+        tile, block, per_tile, transposed = by_channels
         sums = False
         _plan.check_scratch(n_threads, block * taps * tile, og * tile, itemsize=itemsize)
     else:
+        transposed = False
         per_tile = _plan.grad_weight_images(n, groups, og, kg, n_pos, itemsize, n_threads,
                                             c_out, direct) or 1
         if per_tile > 1:
@@ -133,7 +134,7 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
     with blas_single_threaded:
         _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),
                                  (tile, block), nhwc, direct, sums, n_threads, per_tile,
-                                 by_channels is not None)
+                                 0 if by_channels is None else 1 + int(transposed))
 
 
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,

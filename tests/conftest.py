@@ -160,7 +160,7 @@ def conv_path(request, monkeypatch):
     """The kernels NCHW conv2d and its gradients use: the planner's choice,
     the blocked GEMM always (gemm-channels: with the weight gradient split by
     input channels whatever the shape, into many small chunks, images batched
-    per GEMM), or the direct kernels always (with the planner's bands of output
+    per GEMM, GEMMs in both orientations), or the direct kernels always (with the planner's bands of output
     rows, or bands of one row). NHWC always runs the GEMM (or the NHWC
     depthwise kernel)."""
     from fastim2col import _plan
@@ -173,6 +173,8 @@ def conv_path(request, monkeypatch):
         monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)
         monkeypatch.setattr(_plan, "GRAD_WEIGHT_PART_BYTES", 1)
         monkeypatch.setattr(_plan, "MIN_IMAGE_TILE", 40)   # 1 to n images a tile
+        # both GEMM orientations: transposed for groups of up to 4 outputs
+        monkeypatch.setattr(_plan, "CHANNEL_SPLIT_TRANSPOSED_OUTPUTS", 4)
     elif request.param.startswith("direct"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: True)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)

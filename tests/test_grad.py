@@ -274,7 +274,8 @@ def test_weight_gradient_channel_split_plan(n_threads, dtype):
             if n >= 2 * n_threads or -(-c // n_threads) * 9 < _plan.MIN_CHUNK_COLUMNS:
                 assert plan is None   # many images, or chunks too narrow
                 continue
-            tile, chunk, per_tile = plan
+            tile, chunk, per_tile, transposed = plan
+            assert transposed == (c <= _plan.CHANNEL_SPLIT_TRANSPOSED_OUTPUTS)
             n_chunks = -(-c // chunk)
             assert n_chunks % n_threads == 0 or n_chunks == c
             assert chunk * 9 >= _plan.MIN_CHUNK_COLUMNS
