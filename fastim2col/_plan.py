@@ -214,14 +214,10 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct)
     return tile, block
 
 
-GRAD_WEIGHT_PART_BYTES = 1024 * 1024   # a channel unit's part of gw: stays in L2
+GRAD_WEIGHT_PART_BYTES = 2 * 1024 * 1024   # a channel unit's part of gw (L2: 2 MiB here)
 MIN_CHUNK_COLUMNS = 64                  # narrower GEMMs lose speed
 MIN_UNEVEN_CHUNK = 8                    # uneven chunks at least this wide (balance)
 MIN_IMAGE_TILE = 512                    # positions per GEMM before images are batched
-# With this many images per thread or more, tiles of positions into per-thread
-# sums (grad_weight) win in float64 (8 images, 2 threads, 14 px: 15.4 vs
-# 17.4 ms) and about tie in float32: the channel split is for fewer images.
-CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD = 2
 CHANNEL_SPLIT_TRANSPOSED_OUTPUTS = 64
 
 
@@ -230,20 +226,16 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
     """(tile, input channels per unit, images per tile, transposed GEMMs?) for
     the NCHW weight gradient split by input channels (src/_conv.pyx
     grad_weight_channels; transposed for groups of at most
-    CHANNEL_SPLIT_TRANSPOSED_OUTPUTS output channels).
+    CHANNEL_SPLIT_TRANSPOSED_OUTPUTS output channels, one image a tile).
 
-    Used for fewer than CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD images per thread
-    (else None). Units are (group, chunk of input channels), their count a
-    multiple of the threads; chunks are cut finer while a unit's part of gw would not stay in
+    Units are (group, chunk of input channels), their count a multiple of
+    the threads; chunks are cut finer while a unit's part of gw would not stay in
     L2 across its GEMMs (and stay at least MIN_CHUNK_COLUMNS wide). Small
     images are batched, several whole images per GEMM, so that no GEMM sums
     over fewer than MIN_IMAGE_TILE positions where the batch allows.
     None where the channels do not split into even, wide enough chunks (the
     stem's 3 channels, 1x1 layers with few channels): grad_weight() then.
     """
-    if n_images >= CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD * n_threads:
-        return None
-
     def gemms_per_unit(chunk):
         if direct:
             return n_images
@@ -270,7 +262,7 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
         tile = per_tile * n_pos
     else:
         tile = gemm_tile(chunk * taps, n_pos, itemsize, n_threads)
-    return tile, chunk, per_tile, og <= CHANNEL_SPLIT_TRANSPOSED_OUTPUTS
+    return tile, chunk, per_tile, per_tile == 1 and og <= CHANNEL_SPLIT_TRANSPOSED_OUTPUTS
 
 
 def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out) -> tuple[int, int, bool]:

@@ -110,9 +110,10 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
     kg, n_pos = cg * taps, win.out_h * win.out_w
     itemsize = res.itemsize
     direct = _is_direct(x, win, nhwc, cg)
-    # Few images: position tiles would be few too (per-thread sums of the
-    # whole gw for a thin share of the work, or blocks of output channels
-    # that each unroll every tile again): split by input channels instead.
+    # NCHW: split by input channels where they split evenly (no per-thread
+    # sums of the whole gw to reduce, no tile unrolled twice); measured
+    # faster than tiles of positions into per-thread sums on every ResNet
+    # 3x3 layer, batch 1 and 8, float32 and float64.
     by_channels = None if nhwc else _plan.grad_weight_channels(
         n, groups, og, cg, taps, n_pos, itemsize, n_threads, direct)
     if by_channels is not None:

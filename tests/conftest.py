@@ -168,7 +168,6 @@ def conv_path(request, monkeypatch):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: False)
     if request.param == "gemm-channels":
-        monkeypatch.setattr(_plan, "CHANNEL_SPLIT_MAX_IMAGES_PER_THREAD", 10**9)
         monkeypatch.setattr(_plan, "MIN_CHUNK_COLUMNS", 1)
         monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)
         monkeypatch.setattr(_plan, "GRAD_WEIGHT_PART_BYTES", 1)
