@@ -225,8 +225,9 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
                          direct) -> tuple[int, int, int, bool] | None:
     """(tile, input channels per unit, images per tile, transposed GEMMs?) for
     the NCHW weight gradient split by input channels (src/_conv.pyx
-    grad_weight_channels; transposed for groups of at most
-    CHANNEL_SPLIT_TRANSPOSED_OUTPUTS output channels, one image a tile).
+    grad_weight_channels, transposed for groups of at most
+    CHANNEL_SPLIT_TRANSPOSED_OUTPUTS output channels; with several images a
+    tile, grad_weight_channels_images).
 
     Units are (group, chunk of input channels), their count a multiple of
     the threads; chunks are cut finer while a unit's part of gw would not stay in
@@ -254,8 +255,11 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
         return None
     per_tile = 1
     if not direct and n_images > 1 and n_pos < MIN_IMAGE_TILE:
+        # within TILE_BYTES per thread, and the set's grad_output rows (all
+        # groups', gathered once) within TILE_SCRATCH_BYTES
         per_tile = max(1, min(n_images, _ceil_div(MIN_IMAGE_TILE, n_pos),
-                              TILE_BYTES // (chunk * taps * n_pos * itemsize)))
+                              TILE_BYTES // (chunk * taps * n_pos * itemsize),
+                              TILE_SCRATCH_BYTES // (groups * og * n_pos * itemsize)))
     if direct:
         tile = n_pos
     elif per_tile > 1:

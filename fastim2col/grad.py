@@ -119,7 +119,10 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
     if by_channels is not None:
         tile, block, per_tile, transposed = by_channels
         sums = False
-        _plan.check_scratch(n_threads, block * taps * tile, og * tile, itemsize=itemsize)
+        # per thread: the unrolled chunk and the transposed part; shared: the
+        # gathered grad_output rows of a set of images
+        _plan.check_scratch(n_threads, block * taps * (tile + og), c_out * tile,
+                            itemsize=itemsize)
     else:
         transposed = False
         per_tile = _plan.grad_weight_images(n, groups, og, kg, n_pos, itemsize, n_threads,
@@ -145,8 +148,10 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
     """Gradient of ``conv2d`` with respect to its weight, like ``torch.nn.grad.conv2d_weight``.
 
     weight_size: ``(C_out, C_in/groups, kh, kw)`` (NHWC: ``(C_out, kh, kw, C_in/groups)``).
-    Tiles of the unrolled input are GEMMed against grad_output and summed per
-    thread, then reduced in a fixed order (deterministic for a thread count).
+    Tiles of the unrolled input are GEMMed against grad_output; each weight
+    is summed by one work unit in a fixed order, or (where the channels do
+    not split evenly among the threads) in per-thread sums reduced in thread
+    order: the same bits on every call with the same thread count.
     """
     nhwc = _args.check_layout(layout)
     x = _args.as_array(input, "input")
