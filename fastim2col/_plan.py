@@ -214,10 +214,15 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct)
     return tile, block
 
 
-GRAD_WEIGHT_PART_BYTES = 2 * 1024 * 1024   # a channel unit's part of gw (L2: 2 MiB here)
+# A channel unit's part of gw, and its unrolled set of images: wide chunks
+# keep the GEMMs wide (512 channels at 7 px, batch 8, 2 threads: 7.2 ms with
+# chunks of 256 channels over sets of 4 images, 9.4 ms with 64 over 8 in
+# float32; 14.5 vs 17.3 ms in float64; other ResNet layers within noise).
+GRAD_WEIGHT_PART_BYTES = 8 * 1024 * 1024
 MIN_CHUNK_COLUMNS = 64                  # narrower GEMMs lose speed
 MIN_UNEVEN_CHUNK = 8                    # uneven chunks at least this wide (balance)
 MIN_IMAGE_TILE = 512                    # positions per GEMM before images are batched
+CHANNEL_TILE_BYTES = 2 * 1024 * 1024
 CHANNEL_SPLIT_TRANSPOSED_OUTPUTS = 64
 
 
@@ -230,10 +235,11 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
     tile, grad_weight_channels_images).
 
     Units are (group, chunk of input channels), their count a multiple of
-    the threads; chunks are cut finer while a unit's part of gw would not stay in
-    L2 across its GEMMs (and stay at least MIN_CHUNK_COLUMNS wide). Small
-    images are batched, several whole images per GEMM, so that no GEMM sums
-    over fewer than MIN_IMAGE_TILE positions where the batch allows.
+    the threads; chunks are cut finer while a unit's part of gw exceeds
+    GRAD_WEIGHT_PART_BYTES across several GEMMs (and stay at least
+    MIN_CHUNK_COLUMNS wide). Small images are batched, several whole images
+    per GEMM, so that no GEMM sums over fewer than MIN_IMAGE_TILE positions
+    where the batch allows.
     None where the channels do not split into even, wide enough chunks (the
     stem's 3 channels, 1x1 layers with few channels): grad_weight() then.
     """
@@ -255,10 +261,10 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
         return None
     per_tile = 1
     if not direct and n_images > 1 and n_pos < MIN_IMAGE_TILE:
-        # within TILE_BYTES per thread, and the set's grad_output rows (all
-        # groups', gathered once) within TILE_SCRATCH_BYTES
+        # within CHANNEL_TILE_BYTES per thread, and the set's grad_output
+        # rows (all groups', gathered once) within TILE_SCRATCH_BYTES
         per_tile = max(1, min(n_images, _ceil_div(MIN_IMAGE_TILE, n_pos),
-                              TILE_BYTES // (chunk * taps * n_pos * itemsize),
+                              CHANNEL_TILE_BYTES // (chunk * taps * n_pos * itemsize),
                               TILE_SCRATCH_BYTES // (groups * og * n_pos * itemsize)))
     if direct:
         tile = n_pos
