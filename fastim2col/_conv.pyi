@@ -50,5 +50,6 @@ def conv2d_grad_weight(
     n_threads: int,
     images_per_tile: int = 1,
     by_channels: int = 0,
+    sums_transposed: bool = False,
 ) -> None:
     """gw = the weight gradient of conv2d."""

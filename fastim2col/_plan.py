@@ -223,7 +223,9 @@ MIN_CHUNK_COLUMNS = 64                  # narrower GEMMs lose speed
 MIN_UNEVEN_CHUNK = 8                    # uneven chunks at least this wide (balance)
 MIN_IMAGE_TILE = 512                    # positions per GEMM before images are batched
 CHANNEL_TILE_BYTES = 2 * 1024 * 1024
-CHANNEL_SPLIT_TRANSPOSED_OUTPUTS = 64
+# Weight-gradient GEMMs of groups with at most this many output channels run
+# in the transposed orientation (OpenBLAS is faster with them as its M).
+TRANSPOSED_GEMM_OUTPUTS = 64
 
 
 def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_threads,
@@ -231,7 +233,7 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
     """(tile, input channels per unit, images per tile, transposed GEMMs?) for
     the NCHW weight gradient split by input channels (src/_conv.pyx
     grad_weight_channels, transposed for groups of at most
-    CHANNEL_SPLIT_TRANSPOSED_OUTPUTS output channels; with several images a
+    TRANSPOSED_GEMM_OUTPUTS output channels; with several images a
     tile, grad_weight_channels_images).
 
     Units are (group, chunk of input channels), their count a multiple of
@@ -272,7 +274,7 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
         tile = per_tile * n_pos
     else:
         tile = gemm_tile(chunk * taps, n_pos, itemsize, n_threads)
-    return tile, chunk, per_tile, per_tile == 1 and og <= CHANNEL_SPLIT_TRANSPOSED_OUTPUTS
+    return tile, chunk, per_tile, per_tile == 1 and og <= TRANSPOSED_GEMM_OUTPUTS
 
 
 def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out) -> tuple[int, int, bool]:

@@ -135,10 +135,12 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
                                                   n_threads, c_out)
             _plan.check_scratch(n_threads, kg * tile, (c_out * kg) if sums else 0,
                                 itemsize=itemsize)
+            transposed = sums and not nhwc and og <= _plan.TRANSPOSED_GEMM_OUTPUTS
     with blas_single_threaded:
         _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),
                                  (tile, block), nhwc, direct, sums, n_threads, per_tile,
-                                 0 if by_channels is None else 1 + int(transposed))
+                                 0 if by_channels is None else 1 + int(transposed),
+                                 by_channels is None and transposed)
 
 
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,

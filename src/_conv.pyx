@@ -412,7 +412,7 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
 
 cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                             Conv cv, Geometry g, bint per_thread_sums,
-                            int n_threads) noexcept nogil:
+                            bint transposed, int n_threads) noexcept nogil:
     # gw_g = sum over images and tiles of go_tile @ unrolled_tile^T.
     # per_thread_sums: units (image, group, tile) add into one private
     #   (n_out, K_g) sum per thread, reduced in thread order at the end.
@@ -420,6 +420,9 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
     #   of gw and loop over images and tiles themselves (re-unrolling a tile
     #   per block: chosen when there are few images and tiles).
     # Both are deterministic for a given thread count (static schedule).
+    # transposed (NCHW, per-thread sums): each group's sums are (K_g x og),
+    # GEMMs in the orientation OpenBLAS runs faster for thin groups (see
+    # grad_weight_channels), transposed in the reduction.
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -465,6 +468,10 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                     src = go + (n * n_pos + p0) * cv.n_out + grp * og
                     gemm_rm(True, False, og, kg, p1 - p0, 1, src, cv.n_out,
                             cols, ld, 1, dst, kg)
+                elif transposed:
+                    src = go + (n * cv.n_out + grp * og) * n_pos + p0
+                    gemm_rm(False, True, kg, og, p1 - p0, 1, cols, ld, src, n_pos,
+                            1, dst, og)
                 else:
                     src = go + (n * cv.n_out + grp * og) * n_pos + p0
                     gemm_rm(False, True, og, kg, p1 - p0, 1, src, n_pos,
@@ -489,7 +496,18 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                             gemm_rm(False, True, m1 - m0, kg, p1 - p0, 1, src, n_pos,
                                     cols, ld, 1, gw + m0 * kg, kg)
         free(buf)
-    if per_thread_sums:
+    if per_thread_sums and transposed:
+        # Reduce in thread order, a row of gw (output channel m0) per
+        # iteration: gw[m0, j] = sums[., group, j, m0 within the group].
+        for m0 in prange(cv.n_out, nogil=True, num_threads=n_threads, schedule='static'):
+            grp = m0 // og
+            for k in range(kg):
+                total = 0
+                for tid in range(n_threads):
+                    total = total + sums[tid * size + grp * og * kg + k * og + m0 - grp * og]
+                gw[m0 * kg + k] = total
+        free(sums)
+    elif per_thread_sums:
         # Reduce in thread order: the same thread count sums the same way.
         for k in prange(size, nogil=True, num_threads=n_threads, schedule='static'):
             total = 0
@@ -777,12 +795,13 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
 def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shape,
                        tuple geom, tuple split, bint nhwc, bint direct,
                        bint per_thread_sums, int n_threads, Py_ssize_t images_per_tile=1,
-                       int by_channels=0):
+                       int by_channels=0, bint sums_transposed=False):
     """gw = d/dw <conv2d(x, w), go>; x any strides, go/gw C-contiguous.
     by_channels (NCHW) 1, or 2 for GEMMs of the transposed orientation: units
     own chunks of split[1] input channels (grad_weight_channels;
     images_per_tile > 1: sets of whole images, grad_weight_channels_images,
-    never transposed).
+    never transposed). sums_transposed (NCHW, per_thread_sums, one image a
+    tile): grad_weight's per-thread sums in the transposed orientation.
     Else images_per_tile > 1: tiles of that many whole images, per-thread sums."""
     cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
@@ -811,9 +830,9 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
                                         images_per_tile, n_threads)
         elif cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight(<float*> xp, <float*> gop, <float*> gwp, cv, g,
-                                 per_thread_sums, n_threads)
+                                 per_thread_sums, sums_transposed, n_threads)
         else:
             failed = grad_weight(<double*> xp, <double*> gop, <double*> gwp, cv, g,
-                                 per_thread_sums, n_threads)
+                                 per_thread_sums, sums_transposed, n_threads)
     if failed:
         raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")

@@ -173,7 +173,7 @@ def conv_path(request, monkeypatch):
         monkeypatch.setattr(_plan, "GRAD_WEIGHT_PART_BYTES", 1)
         monkeypatch.setattr(_plan, "MIN_IMAGE_TILE", 40)   # 1 to n images a tile
         # both GEMM orientations: transposed for groups of up to 4 outputs
-        monkeypatch.setattr(_plan, "CHANNEL_SPLIT_TRANSPOSED_OUTPUTS", 4)
+        monkeypatch.setattr(_plan, "TRANSPOSED_GEMM_OUTPUTS", 4)
     elif request.param.startswith("direct"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: True)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)

@@ -274,7 +274,7 @@ def test_weight_gradient_channel_split_plan(n_threads, dtype):
                 assert plan is None   # chunks too narrow
                 continue
             tile, chunk, per_tile, transposed = plan
-            assert transposed == (per_tile == 1 and c <= _plan.CHANNEL_SPLIT_TRANSPOSED_OUTPUTS)
+            assert transposed == (per_tile == 1 and c <= _plan.TRANSPOSED_GEMM_OUTPUTS)
             n_chunks = -(-c // chunk)
             assert n_chunks % n_threads == 0 or n_chunks == c
             assert chunk * 9 >= _plan.MIN_CHUNK_COLUMNS
