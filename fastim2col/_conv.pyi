@@ -49,7 +49,7 @@ def conv2d_grad_weight(
     per_thread_sums: bool,
     n_threads: int,
     images_per_tile: int = 1,
-    by_channels: int = 0,
-    sums_transposed: bool = False,
+    by_channels: bool = False,
+    transposed: bool = False,
 ) -> None:
     """gw = the weight gradient of conv2d."""

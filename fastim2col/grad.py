@@ -139,8 +139,7 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
     with blas_single_threaded:
         _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),
                                  (tile, block), nhwc, direct, sums, n_threads, per_tile,
-                                 0 if by_channels is None else 1 + int(transposed),
-                                 by_channels is None and transposed)
+                                 by_channels is not None, transposed)
 
 
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,

@@ -410,6 +410,30 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
     return n_failed
 
 
+cdef void reduce_thread_sums(floating* sums, Py_ssize_t n_threads, Py_ssize_t n_out,
+                             Py_ssize_t og, Py_ssize_t kg, bint transposed,
+                             floating* gw) noexcept nogil:
+    # gw (n_out, kg) = the sum over threads of their sums, in thread order
+    # (the same thread count sums the same way), a row of gw per iteration.
+    # Each thread's sums are (n_out, kg), or transposed per group of og
+    # output channels, (kg, og). Frees sums.
+    cdef Py_ssize_t size = n_out * kg
+    cdef Py_ssize_t m, grp, k, tid, at
+    cdef floating total
+    for m in prange(n_out, nogil=True, num_threads=n_threads, schedule='static'):
+        grp = m // og
+        for k in range(kg):
+            if transposed:
+                at = grp * og * kg + k * og + m - grp * og
+            else:
+                at = m * kg + k
+            total = 0
+            for tid in range(n_threads):
+                total = total + sums[tid * size + at]
+            gw[m * kg + k] = total
+    free(sums)
+
+
 cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                             Conv cv, Geometry g, bint per_thread_sums,
                             bint transposed, int n_threads) noexcept nogil:
@@ -430,12 +454,11 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
     cdef Py_ssize_t n_tiles = (n_pos + cv.tile - 1) // cv.tile
     cdef Py_ssize_t n_blocks = (og + cv.block - 1) // cv.block
     cdef Py_ssize_t size = cv.n_out * kg
-    cdef Py_ssize_t n_units, u, n, grp, t, b, p0, p1, m0, m1, ld, k, tid
+    cdef Py_ssize_t n_units, u, n, grp, t, b, p0, p1, m0, m1, ld, k
     cdef Py_ssize_t n_failed = 0
     cdef floating* buf
     cdef floating* sums = NULL
     cdef floating* dst
-    cdef floating total
     cdef const floating* cols
     cdef const floating* src
     if per_thread_sums:
@@ -496,25 +519,8 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                             gemm_rm(False, True, m1 - m0, kg, p1 - p0, 1, src, n_pos,
                                     cols, ld, 1, gw + m0 * kg, kg)
         free(buf)
-    if per_thread_sums and transposed:
-        # Reduce in thread order, a row of gw (output channel m0) per
-        # iteration: gw[m0, j] = sums[., group, j, m0 within the group].
-        for m0 in prange(cv.n_out, nogil=True, num_threads=n_threads, schedule='static'):
-            grp = m0 // og
-            for k in range(kg):
-                total = 0
-                for tid in range(n_threads):
-                    total = total + sums[tid * size + grp * og * kg + k * og + m0 - grp * og]
-                gw[m0 * kg + k] = total
-        free(sums)
-    elif per_thread_sums:
-        # Reduce in thread order: the same thread count sums the same way.
-        for k in prange(size, nogil=True, num_threads=n_threads, schedule='static'):
-            total = 0
-            for tid in range(n_threads):
-                total = total + sums[tid * size + k]
-            gw[k] = total
-        free(sums)
+    if per_thread_sums:
+        reduce_thread_sums(sums, n_threads, cv.n_out, og, kg, transposed, gw)
     return n_failed
 
 
@@ -536,12 +542,11 @@ cdef Py_ssize_t grad_weight_images(const floating* x, const floating* go, floati
     cdef Py_ssize_t n_sets = (cv.n_images + per_tile - 1) // per_tile
     cdef Py_ssize_t n_units = n_sets * cv.groups
     cdef Py_ssize_t size = cv.n_out * kg
-    cdef Py_ssize_t u, grp, n0, n_in, width, i, r, q, k, tid
+    cdef Py_ssize_t u, grp, n0, n_in, width, i, r, q
     cdef Py_ssize_t n_failed = 0
     cdef floating* buf = NULL
     cdef floating* gbuf = NULL
     cdef floating* dst
-    cdef floating total
     cdef const floating* src
     cdef floating* sums = <floating*> calloc(n_threads * size, sizeof(floating))
     if sums == NULL:
@@ -580,12 +585,7 @@ cdef Py_ssize_t grad_weight_images(const floating* x, const floating* go, floati
                             1, dst, kg)
         free(buf)
         free(gbuf)
-    for k in prange(size, nogil=True, num_threads=n_threads, schedule='static'):
-        total = 0
-        for tid in range(n_threads):
-            total = total + sums[tid * size + k]
-        gw[k] = total
-    free(sums)
+    reduce_thread_sums(sums, n_threads, cv.n_out, og, kg, False, gw)
     return n_failed
 
 
@@ -795,13 +795,12 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
 def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shape,
                        tuple geom, tuple split, bint nhwc, bint direct,
                        bint per_thread_sums, int n_threads, Py_ssize_t images_per_tile=1,
-                       int by_channels=0, bint sums_transposed=False):
+                       bint by_channels=False, bint transposed=False):
     """gw = d/dw <conv2d(x, w), go>; x any strides, go/gw C-contiguous.
-    by_channels (NCHW) 1, or 2 for GEMMs of the transposed orientation: units
-    own chunks of split[1] input channels (grad_weight_channels;
-    images_per_tile > 1: sets of whole images, grad_weight_channels_images,
-    never transposed). sums_transposed (NCHW, per_thread_sums, one image a
-    tile): grad_weight's per-thread sums in the transposed orientation.
+    by_channels (NCHW): units own chunks of split[1] input channels
+    (grad_weight_channels; images_per_tile > 1: sets of whole images,
+    grad_weight_channels_images). transposed (NCHW, one image a tile, by
+    channels or per-thread sums): GEMMs in the transposed orientation.
     Else images_per_tile > 1: tiles of that many whole images, per-thread sums."""
     cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
@@ -818,10 +817,10 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
                                                  cv, g, images_per_tile, n_threads)
         elif by_channels and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight_channels(<float*> xp, <float*> gop, <float*> gwp, cv, g,
-                                          by_channels > 1, n_threads)
+                                          transposed, n_threads)
         elif by_channels:
             failed = grad_weight_channels(<double*> xp, <double*> gop, <double*> gwp, cv, g,
-                                          by_channels > 1, n_threads)
+                                          transposed, n_threads)
         elif images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight_images(<float*> xp, <float*> gop, <float*> gwp, cv, g,
                                         images_per_tile, n_threads)
@@ -830,9 +829,9 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
                                         images_per_tile, n_threads)
         elif cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight(<float*> xp, <float*> gop, <float*> gwp, cv, g,
-                                 per_thread_sums, sums_transposed, n_threads)
+                                 per_thread_sums, transposed, n_threads)
         else:
             failed = grad_weight(<double*> xp, <double*> gop, <double*> gwp, cv, g,
-                                 per_thread_sums, sums_transposed, n_threads)
+                                 per_thread_sums, transposed, n_threads)
     if failed:
         raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")
