@@ -277,25 +277,48 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
     return tile, chunk, per_tile, per_tile == 1 and og <= TRANSPOSED_GEMM_OUTPUTS
 
 
-def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out) -> tuple[int, int, bool]:
+def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
+                direct=False) -> tuple[int, int, bool]:
     """(tile, block of output channels, per-thread sums?) for the weight gradient."""
-    tile = gemm_tile(kg, n_pos, itemsize, n_threads)
     outer = n_images * groups
+    if direct:
+        # Nothing is unrolled (1x1 stride 1): no tile buffer to bound, so
+        # whole images, cut only so that the units are a multiple of the
+        # threads (1x1, 64 -> 256 channels at 56 px, batch 1, float32: 0.58
+        # ms in 2 tiles of 1568 positions into per-thread sums, 0.69 ms in
+        # blocks of 64 output channels; float64 batch 8: 9.6 ms in whole
+        # images, 9.8 ms in tiles of 1568).
+        per_image = n_threads // math.gcd(outer, n_threads)
+        tile = _ceil_div(n_pos, max(1, min(per_image, n_pos // MIN_GEMM_TILE)))
+    else:
+        tile = gemm_tile(kg, n_pos, itemsize, n_threads)
     units = outer * _ceil_div(n_pos, tile)
-    if n_threads > 1 and 2 * n_threads <= units < 8 * n_threads and units % n_threads:
+    if not direct and n_threads > 1 and 2 * n_threads <= units < 8 * n_threads and units % n_threads:
         # a multiple of the threads: 7 tiles on 2 threads leave one idle for a
         # seventh of the call (3x3, 64 channels, 56 px, batch 1: 1.50 ms with
         # 8 tiles, 1.70 ms with 7)
         tile = _ceil_div(n_pos, _ceil_div(_ceil_div(units, n_threads) * n_threads, outer))
         units = outer * _ceil_div(n_pos, tile)
     sums_bytes = n_threads * n_out * kg * itemsize
-    if n_threads > 1 and units >= 2 * n_threads and sums_bytes <= SCRATCH_BYTES:
+    if n_threads > 1 and units >= (n_threads if direct else 2 * n_threads) \
+            and sums_bytes <= SCRATCH_BYTES:
         return tile, og, True
     # (one block per thread measured faster, 1.37 vs 1.83 ms at 14 px, batch 1,
     # but its results then changed bits under concurrent calls from other
     # Python threads: test_calls_inside_threadpoolctl_limits; kept at two)
     n_blocks = min(og, max(1, _ceil_div(2 * n_threads, groups))) if n_threads > 1 else 1
     return tile, _ceil_div(og, n_blocks), False
+
+
+def transposed_sums(og, kg, itemsize) -> bool:
+    """Whether per-thread weight-gradient sums run their GEMMs transposed,
+    (K_g x og) with og as OpenBLAS's M: for thin groups (see
+    TRANSPOSED_GEMM_OUTPUTS), and in float64 where og > K_g (dgemm runs
+    faster with the larger side as M there; sgemm does not: 1x1, 64 -> 256
+    channels at 56 px, batch 8: float64 8.75 vs 9.6 ms, float32 3.97 vs
+    3.60 ms; the same in a C loop of the GEMMs alone for 64 -> 128/256/512
+    and 128 -> 256/512 channels)."""
+    return og <= TRANSPOSED_GEMM_OUTPUTS or (itemsize == 8 and og > kg)
 
 
 def im2col_tile(n_units_outer, n_pos, n_threads) -> int:

@@ -132,10 +132,10 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
             _plan.check_scratch(n_threads, (kg + og) * tile, c_out * kg, itemsize=itemsize)
         else:
             tile, block, sums = _plan.grad_weight(n, groups, og, kg, n_pos, itemsize,
-                                                  n_threads, c_out)
+                                                  n_threads, c_out, direct)
             _plan.check_scratch(n_threads, kg * tile, (c_out * kg) if sums else 0,
                                 itemsize=itemsize)
-            transposed = sums and not nhwc and og <= _plan.TRANSPOSED_GEMM_OUTPUTS
+            transposed = sums and not nhwc and _plan.transposed_sums(og, kg, itemsize)
     with blas_single_threaded:
         _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),
                                  (tile, block), nhwc, direct, sums, n_threads, per_tile,

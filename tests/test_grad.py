@@ -282,3 +282,44 @@ def test_weight_gradient_channel_split_plan(n_threads, dtype):
             assert n_gemms == 1 or c * chunk * 9 * item <= _plan.GRAD_WEIGHT_PART_BYTES
             assert 1 <= per_tile <= n and (per_tile == 1 or tile == per_tile * size * size)
     assert _plan.grad_weight_channels(1, 1, 64, 3, 49, 112 * 112, 4, 2, False) is None
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 16])
+def test_weight_gradient_direct_plan(n_threads):
+    """1x1 stride-1 weight gradients (nothing unrolled) that do not split by
+    channels: whole images, cut so that the units are a multiple of the
+    threads, into per-thread sums wherever there are units for every thread."""
+    from fastim2col import _plan
+    for n, n_pos in [(1, 3136), (2, 3136), (3, 784), (8, 3136), (1, 100)]:
+        tile, block, sums = _plan.grad_weight(n, 1, 256, 64, n_pos, 4, n_threads, 256, True)
+        units = n * -(-n_pos // tile)
+        assert tile == n_pos or tile >= _plan.MIN_GEMM_TILE
+        if n_pos // _plan.MIN_GEMM_TILE >= n_threads:   # no tile floor in the way
+            assert units % n_threads == 0
+        assert sums == (n_threads > 1 and units >= n_threads)
+        assert block == 256 or not sums
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_images", [1, 2])
+@pytest.mark.parametrize("c_out", [12, 72])
+def test_weight_gradient_direct_sums(rng, kernel_threads, monkeypatch, dtype, n_images, c_out):
+    """The 1x1 weight gradient in tiles of images into per-thread sums, GEMMs
+    in both orientations (float64 with more outputs than inputs transposed,
+    float32 with more than TRANSPOSED_GEMM_OUTPUTS not), against the
+    reference."""
+    from fastim2col import _plan, grad
+    seen = []
+    plan = _plan.grad_weight
+    monkeypatch.setattr(_plan, "grad_weight", lambda *a: seen.append(plan(*a)) or seen[-1])
+    monkeypatch.setattr(_plan, "TRANSPOSED_GEMM_OUTPUTS", 8)
+    x = rng.standard_normal((n_images, 8, 20, 20)).astype(dtype)
+    g = rng.standard_normal((n_images, c_out, 20, 20)).astype(dtype)
+    got = grad.conv2d_weight(x, (c_out, 8, 1, 1), g)
+    assert_close(got, R.conv2d_weight_grad(as64(x), (c_out, 8, 1, 1), as64(g)), dtype)
+    assert _plan.transposed_sums(c_out, 8, np.dtype(dtype).itemsize) == \
+        (dtype == np.float64 and c_out > 8)
+    tile, _, sums = seen[-1]
+    assert sums == (kernel_threads > 1)
+    if kernel_threads > 1 and n_images == 1:
+        assert tile < 400   # the one image cut into a tile per thread
