@@ -44,6 +44,15 @@ DIRECT_MIN_POSITIONS = 256            # 4 register blocks of 16 floats
 DIRECT_FLIPPED_WEIGHT_BYTES = 8 * 1024 * 1024
 DIRECT_WEIGHT_CHANNELS = 32           # input channels per weight-gradient band, at most
 DIRECT_WEIGHT_OUTPUTS = 32
+# Ungrouped layers: the direct weight gradient beats unroll + GEMM where the
+# GEMM is thin (few output channels) and the input has channels enough to
+# split (float64, 3x3, 2 threads, direct / GEMM time: 64 -> 64 channels at
+# 56 px 0.84-0.96, VGG's at 224 px 0.89-0.95, at 14 px 0.90-0.92, 7 px 1.06;
+# 128 outputs 1.02-1.19; 3 or 8 input channels up to 1.75. float32 only up to
+# 32 outputs: 0.72-0.94 there, 1.11-1.17 with 64).
+DIRECT_WEIGHT_OUTPUTS_F64 = 64
+DIRECT_WEIGHT_MIN_CHANNELS = 16
+DIRECT_WEIGHT_MIN_POSITIONS = 196
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -404,13 +413,21 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     return band, chunk, per_unit
 
 
-def use_direct_weight(groups: int, cg: int, og: int, win) -> bool:
+def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8) -> bool:
     """Whether an NCHW weight gradient runs in the direct kernels: only where
-    per-group GEMMs are thin (groups of at most DIRECT_WEIGHT_OUTPUTS output
-    channels: ResNeXt, depthwise; measured 0.55-0.7x the GEMM path there).
-    Elsewhere the GEMM path wins: the direct weight gradient is a reduction
-    over positions, short on small images (1.5-5x slower at 7-28 px)."""
-    return groups > 1 and og <= DIRECT_WEIGHT_OUTPUTS and use_direct(groups, cg, og, win)
+    per-group GEMMs are thin: groups of at most DIRECT_WEIGHT_OUTPUTS output
+    channels (ResNeXt, depthwise; measured 0.55-0.7x the GEMM path there),
+    ungrouped layers with at most that many (float64: DIRECT_WEIGHT_OUTPUTS_F64)
+    and at least DIRECT_WEIGHT_MIN_CHANNELS input channels over at least
+    DIRECT_WEIGHT_MIN_POSITIONS output positions. Elsewhere the GEMM path
+    wins: the direct weight gradient is a reduction over positions, short on
+    small images (1.5-5x slower at 7-28 px with many output channels)."""
+    if groups == 1:
+        outputs = DIRECT_WEIGHT_OUTPUTS_F64 if itemsize == 8 else DIRECT_WEIGHT_OUTPUTS
+        return (og <= outputs and cg >= DIRECT_WEIGHT_MIN_CHANNELS
+                and win.out_h * win.out_w >= DIRECT_WEIGHT_MIN_POSITIONS
+                and use_direct(groups, cg, og, win))
+    return og <= DIRECT_WEIGHT_OUTPUTS and use_direct(groups, cg, og, win)
 
 
 

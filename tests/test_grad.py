@@ -323,3 +323,29 @@ def test_weight_gradient_direct_sums(rng, kernel_threads, monkeypatch, dtype, n_
     assert sums == (kernel_threads > 1)
     if kernel_threads > 1 and n_images == 1:
         assert tile < 400   # the one image cut into a tile per thread
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch, dtype):
+    """Ungrouped layers with few outputs (float64: up to 64, float32: up to
+    32) and at least 16 input channels over 14x14 or more positions get the
+    direct weight gradient; more outputs, fewer channels or positions, the
+    GEMM path. Each checked against the reference."""
+    from fastim2col import _plan, _direct, grad
+    item = np.dtype(dtype).itemsize
+    used = []
+    real = _direct.direct_weight
+    monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(True) or real(*a))
+    outputs = 64 if dtype == np.float64 else 32
+    for c, size, c_out, expect in [(16, 14, outputs, True), (16, 14, outputs + 8, False),
+                                   (8, 14, 16, False), (16, 13, 16, False),
+                                   (24, 20, 16, True)]:
+        used.clear()
+        x = rng.standard_normal((2, c, size, size)).astype(dtype)
+        g = rng.standard_normal((2, c_out, size, size)).astype(dtype)
+        got = grad.conv2d_weight(x, (c_out, c, 3, 3), g, padding=1)
+        assert_close(got, R.conv2d_weight_grad(as64(x), (c_out, c, 3, 3), as64(g), padding=1),
+                     dtype)
+        assert bool(used) == expect, (c, size, c_out)
+        win = F._args.window((size, size), 3, 1, 1, 1, allow_strings=False)
+        assert _plan.use_direct_weight(1, c, c_out, win, item) == expect
