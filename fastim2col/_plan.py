@@ -49,9 +49,12 @@ DIRECT_WEIGHT_OUTPUTS = 32
 # split (float64, 3x3, 2 threads, direct / GEMM time: 64 -> 64 channels at
 # 56 px 0.84-0.96, VGG's at 224 px 0.89-0.95, at 14 px 0.90-0.92, 7 px 1.06;
 # 128 outputs 1.02-1.19; 3 or 8 input channels up to 1.75. float32 only up to
-# 32 outputs: 0.72-0.94 there, 1.11-1.17 with 64).
+# 32 outputs: 0.72-0.94 there, 1.11-1.17 with 64). Every unit packs all of
+# the group's grad_output band, so units of few channels repeat that work:
+# at 16 threads (chunks of 2 channels) 64 channels at 56 px ran 1.14x, VGG's
+# 1.25x the GEMM path; hence chunks of at least 8 channels, two per thread.
 DIRECT_WEIGHT_OUTPUTS_F64 = 64
-DIRECT_WEIGHT_MIN_CHANNELS = 16
+DIRECT_WEIGHT_MIN_CHUNK = 8
 DIRECT_WEIGHT_MIN_POSITIONS = 196
 
 
@@ -319,15 +322,16 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
     return tile, _ceil_div(og, n_blocks), False
 
 
-def transposed_sums(og, kg, itemsize) -> bool:
+def transposed_sums(og, kg, itemsize, whole_images) -> bool:
     """Whether per-thread weight-gradient sums run their GEMMs transposed,
     (K_g x og) with og as OpenBLAS's M: for thin groups (see
-    TRANSPOSED_GEMM_OUTPUTS), and in float64 where og > K_g (dgemm runs
-    faster with the larger side as M there; sgemm does not: 1x1, 64 -> 256
-    channels at 56 px, batch 8: float64 8.75 vs 9.6 ms, float32 3.97 vs
-    3.60 ms; the same in a C loop of the GEMMs alone for 64 -> 128/256/512
-    and 128 -> 256/512 channels)."""
-    return og <= TRANSPOSED_GEMM_OUTPUTS or (itemsize == 8 and og > kg)
+    TRANSPOSED_GEMM_OUTPUTS), and in float64 where og > K_g over tiles of
+    whole images (dgemm runs faster with the larger side as M there; sgemm
+    does not: 1x1, 64 -> 256 channels at 56 px, batch 8: float64 8.75 vs
+    9.6 ms, float32 3.97 vs 3.60 ms; the same in a C loop of the GEMMs alone
+    for 64 -> 128/256/512 and 128 -> 256/512 channels. Over parts of an
+    image, batch 1, it gained nothing on 2 threads: not used there)."""
+    return og <= TRANSPOSED_GEMM_OUTPUTS or (itemsize == 8 and og > kg and whole_images)
 
 
 def im2col_tile(n_units_outer, n_pos, n_threads) -> int:
@@ -413,18 +417,20 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     return band, chunk, per_unit
 
 
-def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8) -> bool:
+def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
+                      n_threads: int = 1) -> bool:
     """Whether an NCHW weight gradient runs in the direct kernels: only where
     per-group GEMMs are thin: groups of at most DIRECT_WEIGHT_OUTPUTS output
     channels (ResNeXt, depthwise; measured 0.55-0.7x the GEMM path there),
     ungrouped layers with at most that many (float64: DIRECT_WEIGHT_OUTPUTS_F64)
-    and at least DIRECT_WEIGHT_MIN_CHANNELS input channels over at least
-    DIRECT_WEIGHT_MIN_POSITIONS output positions. Elsewhere the GEMM path
+    and input channels enough for two units a thread of DIRECT_WEIGHT_MIN_CHUNK
+    each, over at least DIRECT_WEIGHT_MIN_POSITIONS output positions.
+    Elsewhere the GEMM path
     wins: the direct weight gradient is a reduction over positions, short on
     small images (1.5-5x slower at 7-28 px with many output channels)."""
     if groups == 1:
         outputs = DIRECT_WEIGHT_OUTPUTS_F64 if itemsize == 8 else DIRECT_WEIGHT_OUTPUTS
-        return (og <= outputs and cg >= DIRECT_WEIGHT_MIN_CHANNELS
+        return (og <= outputs and cg >= DIRECT_WEIGHT_MIN_CHUNK * 2 * n_threads
                 and win.out_h * win.out_w >= DIRECT_WEIGHT_MIN_POSITIONS
                 and use_direct(groups, cg, og, win))
     return og <= DIRECT_WEIGHT_OUTPUTS and use_direct(groups, cg, og, win)

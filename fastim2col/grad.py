@@ -91,7 +91,7 @@ def _direct_weight_gradient(x, go, res, groups, win, n_threads) -> bool:
     """The weight gradient by the direct kernels, where the planner picks
     them (NCHW, thin groups) and x is finite; False (nothing done) else."""
     c_out, cg = res.shape[0], res.shape[1]
-    if not _plan.use_direct_weight(groups, cg, c_out // groups, win, res.itemsize):
+    if not _plan.use_direct_weight(groups, cg, c_out // groups, win, res.itemsize, n_threads):
         return False
     split = _plan.direct_weight_split(groups, cg, c_out // groups, win, res.itemsize, n_threads,
                                       _direct.vector_elements(res.itemsize))
@@ -135,7 +135,8 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
                                                   n_threads, c_out, direct)
             _plan.check_scratch(n_threads, kg * tile, (c_out * kg) if sums else 0,
                                 itemsize=itemsize)
-            transposed = sums and not nhwc and _plan.transposed_sums(og, kg, itemsize)
+            transposed = sums and not nhwc and _plan.transposed_sums(og, kg, itemsize,
+                                                                     tile == n_pos)
     with blas_single_threaded:
         _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),
                                  (tile, block), nhwc, direct, sums, n_threads, per_tile,

@@ -301,13 +301,13 @@ def test_weight_gradient_direct_plan(n_threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_images", [1, 2])
+@pytest.mark.parametrize("n_images", [1, 3])
 @pytest.mark.parametrize("c_out", [12, 72])
 def test_weight_gradient_direct_sums(rng, kernel_threads, monkeypatch, dtype, n_images, c_out):
     """The 1x1 weight gradient in tiles of images into per-thread sums, GEMMs
-    in both orientations (float64 with more outputs than inputs transposed,
-    float32 with more than TRANSPOSED_GEMM_OUTPUTS not), against the
-    reference."""
+    in both orientations (float64 with more outputs than inputs over whole
+    images transposed, float32 with more than TRANSPOSED_GEMM_OUTPUTS not),
+    against the reference."""
     from fastim2col import _plan, grad
     seen = []
     plan = _plan.grad_weight
@@ -317,29 +317,32 @@ def test_weight_gradient_direct_sums(rng, kernel_threads, monkeypatch, dtype, n_
     g = rng.standard_normal((n_images, c_out, 20, 20)).astype(dtype)
     got = grad.conv2d_weight(x, (c_out, 8, 1, 1), g)
     assert_close(got, R.conv2d_weight_grad(as64(x), (c_out, 8, 1, 1), as64(g)), dtype)
-    assert _plan.transposed_sums(c_out, 8, np.dtype(dtype).itemsize) == \
-        (dtype == np.float64 and c_out > 8)
     tile, _, sums = seen[-1]
     assert sums == (kernel_threads > 1)
     if kernel_threads > 1 and n_images == 1:
         assert tile < 400   # the one image cut into a tile per thread
+    if kernel_threads == 3 and n_images == 3:
+        assert tile == 400  # a whole image a unit
+    assert _plan.transposed_sums(c_out, 8, np.dtype(dtype).itemsize, tile == 400) == \
+        (dtype == np.float64 and c_out > 8 and tile == 400)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch, dtype):
     """Ungrouped layers with few outputs (float64: up to 64, float32: up to
-    32) and at least 16 input channels over 14x14 or more positions get the
-    direct weight gradient; more outputs, fewer channels or positions, the
-    GEMM path. Each checked against the reference."""
+    32) and at least 16 input channels a thread over 14x14 or more positions
+    get the direct weight gradient; more outputs, fewer channels or
+    positions, the GEMM path. Each checked against the reference."""
     from fastim2col import _plan, _direct, grad
     item = np.dtype(dtype).itemsize
     used = []
     real = _direct.direct_weight
     monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(True) or real(*a))
     outputs = 64 if dtype == np.float64 else 32
-    for c, size, c_out, expect in [(16, 14, outputs, True), (16, 14, outputs + 8, False),
-                                   (8, 14, 16, False), (16, 13, 16, False),
-                                   (24, 20, 16, True)]:
+    need = 2 * _plan.DIRECT_WEIGHT_MIN_CHUNK * kernel_threads
+    for c, size, c_out, expect in [(need, 14, outputs, True), (need, 14, outputs + 8, False),
+                                   (need - 1, 14, 16, False), (need, 13, 16, False),
+                                   (need + 8, 20, 16, True)]:
         used.clear()
         x = rng.standard_normal((2, c, size, size)).astype(dtype)
         g = rng.standard_normal((2, c_out, size, size)).astype(dtype)
@@ -348,4 +351,4 @@ def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch,
                      dtype)
         assert bool(used) == expect, (c, size, c_out)
         win = F._args.window((size, size), 3, 1, 1, 1, allow_strings=False)
-        assert _plan.use_direct_weight(1, c, c_out, win, item) == expect
+        assert _plan.use_direct_weight(1, c, c_out, win, item, kernel_threads) == expect
