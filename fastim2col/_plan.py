@@ -51,8 +51,9 @@ DIRECT_WEIGHT_OUTPUTS = 32
 # 128 outputs 1.02-1.19; 3 or 8 input channels up to 1.75. float32 only up to
 # 32 outputs: 0.72-0.94 there, 1.11-1.17 with 64). Every unit packs all of
 # the group's grad_output band, so units of few channels repeat that work:
-# at 16 threads (chunks of 2 channels) 64 channels at 56 px ran 1.14x, VGG's
-# 1.25x the GEMM path; hence chunks of at least 8 channels, two per thread.
+# at 16 threads (chunks of 2 channels) 64 channels at 56 px ran 1.14x (batch
+# 16; 0.21x at batch 1), VGG's 1.25x the GEMM path (batch 1); hence chunks of
+# at least 8 channels, two per thread.
 DIRECT_WEIGHT_OUTPUTS_F64 = 64
 DIRECT_WEIGHT_MIN_CHUNK = 8
 DIRECT_WEIGHT_MIN_POSITIONS = 196
@@ -425,9 +426,9 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
     ungrouped layers with at most that many (float64: DIRECT_WEIGHT_OUTPUTS_F64)
     and input channels enough for two units a thread of DIRECT_WEIGHT_MIN_CHUNK
     each, over at least DIRECT_WEIGHT_MIN_POSITIONS output positions.
-    Elsewhere the GEMM path
-    wins: the direct weight gradient is a reduction over positions, short on
-    small images (1.5-5x slower at 7-28 px with many output channels)."""
+    Elsewhere the GEMM path wins: the direct weight gradient is a reduction
+    over positions, short on small images (1.5-5x slower at 7-28 px with many
+    output channels)."""
     if groups == 1:
         outputs = DIRECT_WEIGHT_OUTPUTS_F64 if itemsize == 8 else DIRECT_WEIGHT_OUTPUTS
         return (og <= outputs and cg >= DIRECT_WEIGHT_MIN_CHUNK * 2 * n_threads

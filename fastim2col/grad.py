@@ -89,7 +89,8 @@ def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
 
 def _direct_weight_gradient(x, go, res, groups, win, n_threads) -> bool:
     """The weight gradient by the direct kernels, where the planner picks
-    them (NCHW, thin groups) and x is finite; False (nothing done) else."""
+    them (NCHW, thin GEMMs: see _plan.use_direct_weight) and x is finite;
+    False (nothing done) else."""
     c_out, cg = res.shape[0], res.shape[1]
     if not _plan.use_direct_weight(groups, cg, c_out // groups, win, res.itemsize, n_threads):
         return False
