@@ -1,0 +1,107 @@
+"""A/B of a planner change: an earlier commit's Python side (fastim2col/_plan.py,
+functional.py, grad.py) against the working tree's, in one process, on the
+same compiled kernels. Timings alternate warmed-up blocks (fastim2col._bench
+.timed_blocks), so the two sides see the same machine state; results are
+checked to agree first.
+
+    python -P tools/ab_planner.py --base HEAD~1 --op conv2d_weight \\
+        --layers resnet_1x1_56,resnet_3x3_56 --dtype float32,float64 --batch 1,8
+
+Only valid where the kernels' signatures did not change between the two
+commits (the old Python code calls the current compiled modules).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import fastim2col
+from fastim2col import _bench
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = ("_plan", "functional", "grad")   # in import order
+
+
+def load_old(base: str):
+    """The base commit's planner, functional and grad modules, loaded as
+    fastim2col._ab_<name>, importing each other instead of the current ones."""
+    tmp = Path(tempfile.mkdtemp(prefix="ab_planner_"))
+    loaded = {}
+    for name in MODULES:
+        src = subprocess.run(["git", "show", f"{base}:fastim2col/{name}.py"], cwd=ROOT,
+                             check=True, capture_output=True, text=True).stdout
+        for dep in MODULES:
+            src = src.replace(f"from . import {dep}\n", f"from . import _ab_{dep} as {dep}\n")
+            src = src.replace(f"from .{dep} import", f"from ._ab_{dep} import")
+            src = src.replace(f"from . import _args, {dep}", f"from . import _args\nfrom . import _ab_{dep} as {dep}")
+        path = tmp / f"_ab_{name}.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(f"fastim2col._ab_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        setattr(fastim2col, f"_ab_{name}", module)
+        spec.loader.exec_module(module)
+        loaded[name] = module
+    return loaded
+
+
+def call(op, side, x, w, go, layer, out, layout):
+    s, p, g = layer.stride, layer.padding, layer.groups
+    if op == "conv2d":
+        return side["functional"].conv2d(x, w, None, s, p, 1, g, layout=layout, out=out)
+    if op == "conv2d_input":
+        return side["grad"].conv2d_input(x.shape, w, go, s, p, 1, g, layout=layout, out=out)
+    return side["grad"].conv2d_weight(x, w.shape, go, s, p, 1, g, layout=layout, out=out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="HEAD")
+    ap.add_argument("--op", choices=["conv2d", "conv2d_input", "conv2d_weight"],
+                    default="conv2d_weight")
+    ap.add_argument("--layers", default="resnet_1x1_56")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--batch", default="1")
+    ap.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    sides = {"old": load_old(args.base),
+             "new": {"functional": fastim2col.functional, "grad": fastim2col.grad}}
+    fastim2col.set_num_threads(args.threads)
+    print(f"{args.op}, {args.layout}, {args.threads} thread(s): old = {args.base}, new = working "
+          f"tree; medians of {args.rounds} alternating rounds x {args.repeat} calls, ms")
+    with _bench._limits(args.threads):
+        for dt in args.dtype.split(","):
+            for batch in (int(b) for b in args.batch.split(",")):
+                for name in args.layers.split(","):
+                    layer = _bench.LAYERS[name]
+                    x, w = _bench.make_inputs(layer, batch, np.dtype(dt), args.layout)
+                    y = fastim2col.conv2d(x, w, None, layer.stride, layer.padding, 1,
+                                          layer.groups, layout=args.layout)
+                    go = np.random.default_rng(2).standard_normal(y.shape).astype(dt)
+                    result = {"conv2d": y, "conv2d_input": x, "conv2d_weight": w}[args.op]
+                    outs = {k: np.empty_like(result) for k in sides}
+                    fns = {k: (lambda k=k: call(args.op, sides[k], x, w, go, layer, outs[k],
+                                                args.layout)) for k in sides}
+                    got = {k: np.array(f(), copy=True) for k, f in fns.items()}
+                    tol = 1e-3 if dt == "float32" else 1e-9
+                    scale = max(1.0, float(np.abs(got["new"]).max()))
+                    if not np.allclose(got["old"], got["new"], rtol=tol, atol=tol * scale):
+                        print(f"{name} batch {batch} {dt}: old and new results differ")
+                        return 1
+                    t = _bench.timed_blocks(fns, rounds=args.rounds, repeat=args.repeat)
+                    print(f"{dt:8s} b{batch:<3d} {name:18s} old {t['old'] * 1e3:8.2f}  new "
+                          f"{t['new'] * 1e3:8.2f}  new/old {t['new'] / t['old']:.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
