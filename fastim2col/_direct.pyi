@@ -36,7 +36,7 @@ def direct_weight(
     dw: np.ndarray,
     groups: int,
     geom: tuple[int, ...],
-    split: tuple[int, int],
+    split: tuple[int, int, int],
     n_threads: int,
 ) -> bool:
     """dw = the weight gradient of conv2d(x, w, groups), NCHW, by direct

@@ -49,14 +49,19 @@ DIRECT_WEIGHT_OUTPUTS = 32
 # split (float64, 3x3, 2 threads, direct / GEMM time: 64 -> 64 channels at
 # 56 px 0.84-0.96, VGG's at 224 px 0.89-0.95, at 14 px 0.90-0.92, 7 px 1.06;
 # 128 outputs 1.02-1.19; 3 or 8 input channels up to 1.75. float32 only up to
-# 32 outputs: 0.72-0.94 there, 1.11-1.17 with 64). Every unit packs all of
-# the group's grad_output band, so units of few channels repeat that work:
-# at 16 threads (chunks of 2 channels) 64 channels at 56 px ran 1.14x (batch
-# 16; 0.21x at batch 1), VGG's 1.25x the GEMM path (batch 1); hence chunks of
-# at least 8 channels, two per thread.
+# 32 outputs: 0.72-0.94 there, 1.11-1.17 with 64). On 8 and 16 threads (16-core
+# VM, units split by input x output channels, see direct_weight_split): 64
+# channels at 56 px 0.20-0.95, VGG's 0.87-0.90; 128 outputs 1.23-1.24.
 DIRECT_WEIGHT_OUTPUTS_F64 = 64
-DIRECT_WEIGHT_MIN_CHUNK = 8
+DIRECT_WEIGHT_MIN_CHANNELS = 16
 DIRECT_WEIGHT_MIN_POSITIONS = 196
+# A unit re-packs its chunk's input band and its block's grad_output band:
+# with chunks of 2 channels (64 channels on 16 threads) the whole grad_output
+# band was packed 32 times, and the direct weight gradient ran 1.14-1.25x the
+# GEMM path (3x3 64 channels at 56 px batch 16, VGG's batch 1); split by
+# chunks of 8 channels x blocks of 16 outputs, 0.90-0.95x.
+DIRECT_WEIGHT_MIN_CHUNK = 8
+DIRECT_WEIGHT_MIN_BLOCK = 4           # output channels per unit: a register block (AVX-512)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -418,20 +423,19 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     return band, chunk, per_unit
 
 
-def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
-                      n_threads: int = 1) -> bool:
+def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8) -> bool:
     """Whether an NCHW weight gradient runs in the direct kernels: only where
     per-group GEMMs are thin: groups of at most DIRECT_WEIGHT_OUTPUTS output
     channels (ResNeXt, depthwise; measured 0.55-0.7x the GEMM path there),
     ungrouped layers with at most that many (float64: DIRECT_WEIGHT_OUTPUTS_F64)
-    and input channels enough for two units a thread of DIRECT_WEIGHT_MIN_CHUNK
-    each, over at least DIRECT_WEIGHT_MIN_POSITIONS output positions.
+    and at least DIRECT_WEIGHT_MIN_CHANNELS input channels over at least
+    DIRECT_WEIGHT_MIN_POSITIONS output positions.
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
     over positions, short on small images (1.5-5x slower at 7-28 px with many
     output channels)."""
     if groups == 1:
         outputs = DIRECT_WEIGHT_OUTPUTS_F64 if itemsize == 8 else DIRECT_WEIGHT_OUTPUTS
-        return (og <= outputs and cg >= DIRECT_WEIGHT_MIN_CHUNK * 2 * n_threads
+        return (og <= outputs and cg >= DIRECT_WEIGHT_MIN_CHANNELS
                 and win.out_h * win.out_w >= DIRECT_WEIGHT_MIN_POSITIONS
                 and use_direct(groups, cg, og, win))
     return og <= DIRECT_WEIGHT_OUTPUTS and use_direct(groups, cg, og, win)
@@ -439,13 +443,17 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
 
 
 def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_threads: int,
-                        vector_elements: int) -> tuple[int, int] | None:
-    """(output rows per band, input channels per work unit) for the direct
-    weight gradient (src/_direct.pyx), or None when one row's scratch would
-    exceed DIRECT_MAX_BAND_BYTES. The band depends on the shape alone, not
-    on the threads: each weight's sum then runs in the same order (the same
-    bits) whatever the thread count. Units split the input channels of each
-    group until there are two per thread."""
+                        vector_elements: int) -> tuple[int, int, int] | None:
+    """(output rows per band, input channels and output channels per work
+    unit) for the direct weight gradient (src/_direct.pyx), or None when one
+    row's scratch would exceed DIRECT_MAX_BAND_BYTES. The band depends on the
+    shape alone, not on the threads: each weight's sum then runs in the same
+    order (the same bits) whatever the thread count and split. Units split
+    each group's input channels until there are two per thread, in chunks of
+    at least DIRECT_WEIGHT_MIN_CHUNK channels, then its output channels into
+    blocks (a unit re-packs its chunk's input band and its block's
+    grad_output band: chunks of 2 channels re-packed the whole grad_output
+    band 32 times at 16 threads), then the channels further."""
     span, row_len, halo = _direct_band_geometry(win, vector_elements)
     cap = min(cg, DIRECT_WEIGHT_CHANNELS)
     planes = cap * win.stride_h * win.stride_w
@@ -454,7 +462,13 @@ def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_thr
     if fixed + per_row > DIRECT_MAX_BAND_BYTES:
         return None
     band = max(1, min(win.out_h, (DIRECT_BAND_BYTES - fixed) // per_row))
-    n_chunks = _ceil_div(cg, cap)
-    if groups * n_chunks < 2 * n_threads:
-        n_chunks = min(cg, _ceil_div(2 * n_threads, groups))
-    return band, _ceil_div(cg, n_chunks)
+    wanted = 2 * n_threads
+    n_chunks, n_blocks = _ceil_div(cg, cap), 1
+    if groups * n_chunks < wanted:
+        n_chunks = max(n_chunks, min(_ceil_div(wanted, groups), cg // DIRECT_WEIGHT_MIN_CHUNK))
+    if groups * n_chunks < wanted:
+        n_blocks = min(_ceil_div(og, DIRECT_WEIGHT_MIN_BLOCK),
+                       _ceil_div(wanted, groups * n_chunks))
+    if groups * n_chunks * n_blocks < wanted:
+        n_chunks = min(cg, _ceil_div(wanted, groups * n_blocks))
+    return band, _ceil_div(cg, n_chunks), _ceil_div(og, n_blocks)

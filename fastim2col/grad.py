@@ -92,7 +92,7 @@ def _direct_weight_gradient(x, go, res, groups, win, n_threads) -> bool:
     them (NCHW, thin GEMMs: see _plan.use_direct_weight) and x is finite;
     False (nothing done) else."""
     c_out, cg = res.shape[0], res.shape[1]
-    if not _plan.use_direct_weight(groups, cg, c_out // groups, win, res.itemsize, n_threads):
+    if not _plan.use_direct_weight(groups, cg, c_out // groups, win, res.itemsize):
         return False
     split = _plan.direct_weight_split(groups, cg, c_out // groups, win, res.itemsize, n_threads,
                                       _direct.vector_elements(res.itemsize))

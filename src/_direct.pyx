@@ -309,22 +309,26 @@ cdef Py_ssize_t direct_weight_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t
                                    Py_ssize_t s_h, Py_ssize_t s_w, const floating* go,
                                    floating* dw, Py_ssize_t n_images, Py_ssize_t groups,
                                    Py_ssize_t cg, Py_ssize_t og, Geometry g, Py_ssize_t band,
-                                   Py_ssize_t ci_chunk, DirectShape s, Py_ssize_t g_len,
-                                   const ptrdiff_t* tap_off, int n_threads,
+                                   Py_ssize_t ci_chunk, Py_ssize_t o_block, DirectShape s,
+                                   Py_ssize_t g_len, const ptrdiff_t* tap_off, int n_threads,
                                    Py_ssize_t* n_nonfinite) noexcept nogil:
-    # Units: (group, chunk of input channels): each sums its block of the
-    # weight gradient over every image and band, in that order, alone: no
-    # reduction between threads, the same bits whatever the thread count.
+    # Units: (group, chunk of input channels, block of output channels),
+    # block innermost: each sums its block of the weight gradient over every
+    # image and band, in that order, alone: no reduction between threads, and
+    # each weight's sum runs in the same order whatever the split, so the
+    # same bits whatever the thread count. A unit packs its chunk's input
+    # band and its block's grad_output band.
     cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
     cdef Py_ssize_t n_chunks = (cg + ci_chunk - 1) // ci_chunk
-    cdef Py_ssize_t n_units = groups * n_chunks
+    cdef Py_ssize_t n_blocks = (og + o_block - 1) // o_block
+    cdef Py_ssize_t n_units = groups * n_chunks * n_blocks
     cdef Py_ssize_t n_bands = (g.out_h + band - 1) // band
     cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
     cdef Py_ssize_t plane = g.out_h * g.out_w
     cdef Py_ssize_t tail = DIRECT_NV * direct_vector_elements(sizeof(floating)) + s.row_len
     cdef Py_ssize_t g_at = ci_chunk * s.chan_len + tail
-    cdef Py_ssize_t buf_elems = g_at + og * g_len
-    cdef Py_ssize_t u, grp, ci0, n_ci, n, b, oh0, rows, n_failed = 0, bad = 0
+    cdef Py_ssize_t buf_elems = g_at + o_block * g_len
+    cdef Py_ssize_t u, grp, ci0, n_ci, o0, n_o, n, b, oh0, rows, n_failed = 0, bad = 0
     cdef floating* buf
     cdef floating* dw_unit
     buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
@@ -334,27 +338,29 @@ cdef Py_ssize_t direct_weight_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t
             if buf == NULL:
                 n_failed += 1
             else:
-                grp = u // n_chunks
-                ci0 = (u % n_chunks) * ci_chunk
+                grp = u // (n_chunks * n_blocks)
+                ci0 = (u // n_blocks) % n_chunks * ci_chunk
                 n_ci = min(ci_chunk, cg - ci0)
-                dw_unit = dw + grp * og * cg * kk + ci0 * kk
+                o0 = u % n_blocks * o_block
+                n_o = min(o_block, og - o0)
+                dw_unit = dw + (grp * og + o0) * cg * kk + ci0 * kk
                 for n in range(n_images):
                     for b in range(n_bands):
                         oh0 = b * band
                         rows = min(band, g.out_h - oh0)
                         pack_band(x + n * s_n + (grp * cg + ci0) * s_c, s_c, s_h, s_w, n_ci,
                                   &g, oh0 * g.stride_h, rows + halo, &s, buf)
-                        pack_grad_band(go + (n * groups + grp) * og * plane, og, plane,
-                                       g.out_w, oh0, rows, s.row_len, g_len, buf + g_at)
+                        pack_grad_band(go + ((n * groups + grp) * og + o0) * plane, n_o,
+                                       plane, g.out_w, oh0, rows, s.row_len, g_len, buf + g_at)
                         if floating is float:
                             if not all_finite_f(buf, n_ci * s.chan_len):
                                 bad += 1
-                            weight_rows_f(buf, tap_off, n_ci * kk, buf + g_at, g_len, og,
+                            weight_rows_f(buf, tap_off, n_ci * kk, buf + g_at, g_len, n_o,
                                           rows * s.row_len, dw_unit, cg * kk)
                         else:
                             if not all_finite_d(buf, n_ci * s.chan_len):
                                 bad += 1
-                            weight_rows_d(buf, tap_off, n_ci * kk, buf + g_at, g_len, og,
+                            weight_rows_d(buf, tap_off, n_ci * kk, buf + g_at, g_len, n_o,
                                           rows * s.row_len, dw_unit, cg * kk)
         free(buf)
     n_nonfinite[0] = bad
@@ -365,11 +371,14 @@ def direct_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray dw, Py_ssize_t grou
                   tuple geom, tuple split, int n_threads):
     """dw = the weight gradient of conv2d(x, w, groups), NCHW, by direct
     accumulation. x (N, C, H, W) any strides; go C-contiguous (N, C_out, Ho,
-    Wo); dw C-contiguous (C_out, C/groups*kh*kw), overwritten; split: (output
-    rows, input channels) per band and work unit. Returns False (dw then
-    undefined) when x holds a NaN or an infinity: the kernels multiply
-    inputs in dropped lanes by zero, which is only nothing for finite ones."""
-    cdef Py_ssize_t band = split[0], ci_chunk = split[1]
+    Wo); dw C-contiguous (C_out, C/groups*kh*kw), overwritten; split:
+    (output rows per band, input channels and output channels per work unit).
+    Returns False (dw then undefined) when x holds a NaN or an infinity: the
+    kernels multiply inputs in dropped lanes by zero, which is only nothing
+    for finite ones."""
+    if len(split) != 3:
+        raise ValueError(f"direct_weight: split must be (band, ci_chunk, o_block), got {split!r}")
+    cdef Py_ssize_t band = split[0], ci_chunk = split[1], o_block = split[2]
     cdef Geometry g
     (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
      g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
@@ -395,13 +404,13 @@ def direct_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray dw, Py_ssize_t grou
         if cnp.PyArray_TYPE(dw) == cnp.NPY_FLOAT32:
             n_failed = direct_weight_impl(
                 <float*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
-                <float*> gp, <float*> wp, n_images, groups, cg, og, g, band, ci_chunk, s,
-                g_len, tap_off, n_threads, &n_nonfinite)
+                <float*> gp, <float*> wp, n_images, groups, cg, og, g, band, ci_chunk,
+                o_block, s, g_len, tap_off, n_threads, &n_nonfinite)
         else:
             n_failed = direct_weight_impl(
                 <double*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
-                <double*> gp, <double*> wp, n_images, groups, cg, og, g, band, ci_chunk, s,
-                g_len, tap_off, n_threads, &n_nonfinite)
+                <double*> gp, <double*> wp, n_images, groups, cg, og, g, band, ci_chunk,
+                o_block, s, g_len, tap_off, n_threads, &n_nonfinite)
     free(tap_off)
     if n_failed:
         raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")

@@ -330,16 +330,16 @@ def test_weight_gradient_direct_sums(rng, kernel_threads, monkeypatch, dtype, n_
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch, dtype):
     """Ungrouped layers with few outputs (float64: up to 64, float32: up to
-    32) and at least 16 input channels a thread over 14x14 or more positions
-    get the direct weight gradient; more outputs, fewer channels or
-    positions, the GEMM path. Each checked against the reference."""
+    32) and at least 16 input channels over 14x14 or more positions get the
+    direct weight gradient; more outputs, fewer channels or positions, the
+    GEMM path. Each checked against the reference."""
     from fastim2col import _plan, _direct, grad
     item = np.dtype(dtype).itemsize
     used = []
     real = _direct.direct_weight
     monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(True) or real(*a))
     outputs = 64 if dtype == np.float64 else 32
-    need = 2 * _plan.DIRECT_WEIGHT_MIN_CHUNK * kernel_threads
+    need = _plan.DIRECT_WEIGHT_MIN_CHANNELS
     for c, size, c_out, expect in [(need, 14, outputs, True), (need, 14, outputs + 8, False),
                                    (need - 1, 14, 16, False), (need, 13, 16, False),
                                    (need + 8, 20, 16, True)]:
@@ -351,4 +351,49 @@ def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch,
                      dtype)
         assert bool(used) == expect, (c, size, c_out)
         win = F._args.window((size, size), 3, 1, 1, 1, allow_strings=False)
-        assert _plan.use_direct_weight(1, c, c_out, win, item, kernel_threads) == expect
+        assert _plan.use_direct_weight(1, c, c_out, win, item) == expect
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 16])
+def test_direct_weight_split_plan(n_threads):
+    """The direct weight gradient's units: two per thread where the shape
+    has them, input channels in chunks of >= DIRECT_WEIGHT_MIN_CHUNK before
+    output channels are blocked, blocks of >= DIRECT_WEIGHT_MIN_BLOCK."""
+    from fastim2col import _plan
+    for groups, cg, og in [(1, 64, 64), (1, 256, 32), (1, 16, 16), (1, 3, 8), (32, 4, 4),
+                           (144, 1, 1), (2, 32, 64)]:
+        win = F._args.window((56, 56), 3, 1, 1, 1, allow_strings=False)
+        band, chunk, block = _plan.direct_weight_split(groups, cg, og, win, 8, n_threads, 8)
+        n_chunks, n_blocks = -(-cg // chunk), -(-og // block)
+        units = groups * n_chunks * n_blocks
+        assert units >= min(2 * n_threads, groups * cg * n_blocks)
+        widest = max(-(-cg // _plan.DIRECT_WEIGHT_CHANNELS), cg // _plan.DIRECT_WEIGHT_MIN_CHUNK)
+        if n_blocks > 1:   # only once chunks of the minimum width are too few
+            assert block >= min(og, _plan.DIRECT_WEIGHT_MIN_BLOCK)
+            assert groups * widest < 2 * n_threads
+        if groups == 1 and cg >= 2 * n_threads * _plan.DIRECT_WEIGHT_MIN_CHUNK:
+            assert n_blocks == 1 and chunk >= _plan.DIRECT_WEIGHT_MIN_CHUNK
+        assert band >= 1
+
+
+def test_direct_weight_gradient_blocks_same_bits(rng, monkeypatch, restore_threads):
+    """Split by input x output channels (16 threads on 64 channels), the
+    direct weight gradient gives the reference's values and the same bits as
+    one thread."""
+    from fastim2col import _plan, grad
+    monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)
+    monkeypatch.setattr(_plan, "MIN_FLOPS_PER_THREAD", 1)
+    splits = []
+    real = _plan.direct_weight_split
+    monkeypatch.setattr(_plan, "direct_weight_split",
+                        lambda *a: splits.append(real(*a)) or splits[-1])
+    x = rng.standard_normal((2, 64, 20, 20))
+    g = rng.standard_normal((2, 64, 20, 20))
+    got = {}
+    for n_threads in (1, 16):
+        F.set_num_threads(n_threads)
+        got[n_threads] = grad.conv2d_weight(x, (64, 64, 3, 3), g, padding=1)
+    _, chunk, block = splits[-1]
+    assert block < 64 and chunk >= _plan.DIRECT_WEIGHT_MIN_CHUNK
+    assert_close(got[16], R.conv2d_weight_grad(x, (64, 64, 3, 3), g, padding=1), np.float64)
+    assert np.array_equal(got[1], got[16])
