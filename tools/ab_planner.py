@@ -28,14 +28,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = ("_plan", "functional", "grad")   # in import order
 
 
-def load_old(base: str):
-    """The base commit's planner, functional and grad modules, loaded as
+def load_old(base: str, base_dir: str | None = None):
+    """The base commit's planner, functional and grad modules (or those in
+    base_dir: where there is no git, e.g. a copied tree), loaded as
     fastim2col._ab_<name>, importing each other instead of the current ones."""
     tmp = Path(tempfile.mkdtemp(prefix="ab_planner_"))
     loaded = {}
     for name in MODULES:
-        src = subprocess.run(["git", "show", f"{base}:fastim2col/{name}.py"], cwd=ROOT,
-                             check=True, capture_output=True, text=True).stdout
+        if base_dir is not None:
+            src = (Path(base_dir) / f"{name}.py").read_text()
+        else:
+            src = subprocess.run(["git", "show", f"{base}:fastim2col/{name}.py"], cwd=ROOT,
+                                 check=True, capture_output=True, text=True).stdout
         for dep in MODULES:
             src = src.replace(f"from . import {dep}\n", f"from . import _ab_{dep} as {dep}\n")
             src = src.replace(f"from .{dep} import", f"from ._ab_{dep} import")
@@ -63,6 +67,9 @@ def call(op, side, x, w, go, layer, out, layout):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="HEAD")
+    ap.add_argument("--base-dir", default=None,
+                    help="a folder holding the old _plan.py, functional.py and grad.py "
+                         "(instead of --base)")
     ap.add_argument("--op", choices=["conv2d", "conv2d_input", "conv2d_weight"],
                     default="conv2d_weight")
     ap.add_argument("--layers", default="resnet_1x1_56")
@@ -73,10 +80,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    sides = {"old": load_old(args.base),
+    sides = {"old": load_old(args.base, args.base_dir),
              "new": {"functional": fastim2col.functional, "grad": fastim2col.grad}}
     fastim2col.set_num_threads(args.threads)
-    print(f"{args.op}, {args.layout}, {args.threads} thread(s): old = {args.base}, new = working "
+    print(f"{args.op}, {args.layout}, {args.threads} thread(s): old = "
+          f"{args.base_dir or args.base}, new = working "
           f"tree; medians of {args.rounds} alternating rounds x {args.repeat} calls, ms")
     with _bench._limits(args.threads):
         for dt in args.dtype.split(","):
