@@ -318,21 +318,16 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
         # 8 tiles, 1.70 ms with 7)
         tile = _ceil_div(n_pos, _ceil_div(_ceil_div(units, n_threads) * n_threads, outer))
         units = outer * _ceil_div(n_pos, tile)
-    elif not direct and n_threads > 1 and units < 2 * n_threads:
-        # Fewer tiles than two a thread (many threads on one image): finer
-        # tiles, down to MIN_GEMM_TILE positions, into per-thread sums, where
-        # every thread gets one; blocks of output channels would each unroll
-        # every tile again (the stem at batch 1 on 16 threads: 32 blocks of
-        # 2 output channels, each unrolling the whole image).
-        tile = max(min(n_pos, MIN_GEMM_TILE), _ceil_div(n_pos, _ceil_div(2 * n_threads, outer)))
-        units = outer * _ceil_div(n_pos, tile)
-        min_units = n_threads
     sums_bytes = n_threads * n_out * kg * itemsize
     if n_threads > 1 and units >= min_units and sums_bytes <= SCRATCH_BYTES:
         return tile, og, True
     # (one block per thread measured faster, 1.37 vs 1.83 ms at 14 px, batch 1,
     # but its results then changed bits under concurrent calls from other
-    # Python threads: test_calls_inside_threadpoolctl_limits; kept at two)
+    # Python threads: test_calls_inside_threadpoolctl_limits; kept at two.
+    # Finer tiles into per-thread sums where tiles are fewer than two a
+    # thread took the stem at batch 1 on 16 threads from 6.3 to 0.72 ms, but
+    # failed that test too, 11 runs in 30, with the same plan and thread
+    # count as the sequential call: not kept, cause not found.)
     n_blocks = min(og, max(1, _ceil_div(2 * n_threads, groups))) if n_threads > 1 else 1
     return tile, _ceil_div(og, n_blocks), False
 

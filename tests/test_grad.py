@@ -398,18 +398,3 @@ def test_direct_weight_gradient_blocks_same_bits(rng, monkeypatch, restore_threa
     assert_close(got[16], R.conv2d_weight_grad(x, (64, 64, 3, 3), g, padding=1), np.float64)
     assert np.array_equal(got[1], got[16])
 
-
-@pytest.mark.parametrize("n_threads", [2, 3, 16])
-def test_weight_gradient_few_tiles_plan(n_threads):
-    """Fewer tiles than two a thread (one small image, many threads): finer
-    tiles (not below MIN_GEMM_TILE positions) into per-thread sums wherever
-    every thread gets one, instead of blocks of output channels that would
-    each unroll every tile again."""
-    from fastim2col import _plan
-    for kg, n_pos in [(147, 112 * 112), (576, 56 * 56), (27, 32 * 32), (27, 10 * 10)]:
-        tile, block, sums = _plan.grad_weight(1, 1, 64, kg, n_pos, 4, n_threads, 64)
-        units = -(-n_pos // tile)
-        assert tile == n_pos or tile >= _plan.MIN_GEMM_TILE
-        assert sums == (units >= n_threads)
-        if n_pos >= 2 * n_threads * _plan.MIN_GEMM_TILE:
-            assert units >= 2 * n_threads and sums
