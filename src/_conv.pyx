@@ -58,6 +58,39 @@ cdef Geometry make_geometry(tuple geom):
     return g
 
 
+cdef struct ChannelSplit:
+    # The NCHW weight gradient split by input channels (grad_weight_channels*):
+    # units (group, chunk of cv.block input channels), chunk innermost.
+    Py_ssize_t n_pos, cg, og, taps, kg, n_chunks, n_units
+
+
+cdef struct ChannelChunk:
+    Py_ssize_t grp, c0, n_ch
+
+
+cdef inline ChannelSplit channel_split(const Conv* cv, const Geometry* g) noexcept nogil:
+    cdef ChannelSplit cs
+    cs.n_pos = g.out_h * g.out_w
+    cs.cg = cv.n_channels // cv.groups
+    cs.og = cv.n_out // cv.groups
+    cs.taps = g.kernel_h * g.kernel_w
+    cs.kg = cs.cg * cs.taps
+    cs.n_chunks = (cs.cg + cv.block - 1) // cv.block
+    cs.n_units = cv.groups * cs.n_chunks
+    return cs
+
+
+cdef inline ChannelChunk channel_chunk(const ChannelSplit* cs, Py_ssize_t block,
+                                       Py_ssize_t u) noexcept nogil:
+    # Unit u's group and input channels [c0, c0 + n_ch). (Returned by value:
+    # a variable whose address is taken inside prange is shared, not private.)
+    cdef ChannelChunk ch
+    ch.grp = u // cs.n_chunks
+    ch.c0 = (u % cs.n_chunks) * block
+    ch.n_ch = min(cs.cg, ch.c0 + block) - ch.c0
+    return ch
+
+
 cdef inline Py_ssize_t tile_ld(const Conv* cv, const Geometry* g,
                                Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
     # Leading dimension of the matrix unrolled_tile returns. (Returned, not
@@ -605,15 +638,11 @@ cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floa
     # <= 64) OpenBLAS runs that orientation faster (64 -> 64 channels at
     # 56 px, batch 1: 1.38 vs 1.54 ms); with wide groups and few positions
     # the copy costs more than it saves.
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
-    cdef Py_ssize_t cg = cv.n_channels // cv.groups
-    cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
-    cdef Py_ssize_t kg = cg * taps
-    cdef Py_ssize_t n_chunks = (cg + cv.block - 1) // cv.block
-    cdef Py_ssize_t n_units = cv.groups * n_chunks
+    cdef ChannelSplit cs = channel_split(&cv, &g)
+    cdef Py_ssize_t n_pos = cs.n_pos, og = cs.og, taps = cs.taps, kg = cs.kg
     cdef Py_ssize_t n_steps_img = (n_pos + cv.tile - 1) // cv.tile
-    cdef Py_ssize_t u, grp, c0, n_ch, nk, n0, t, p0, p1, i, r, ld
+    cdef ChannelChunk ch
+    cdef Py_ssize_t u, nk, n0, t, p0, p1, i, r, ld
     cdef Py_ssize_t n_failed = 0
     cdef floating beta
     cdef floating* buf = NULL
@@ -629,18 +658,16 @@ cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floa
         part = NULL
         if transposed:
             part = <floating*> malloc(cv.block * taps * og * sizeof(floating))
-        for u in prange(n_units, schedule='static'):
+        for u in prange(cs.n_units, schedule='static'):
             if (not cv.direct and buf == NULL) or (transposed and part == NULL):
                 n_failed += 1
             else:
-                grp = u // n_chunks
-                c0 = (u % n_chunks) * cv.block
-                n_ch = min(cg, c0 + cv.block) - c0
-                nk = n_ch * taps
-                dst = gw + grp * og * kg + c0 * taps
+                ch = channel_chunk(&cs, cv.block, u)
+                nk = ch.n_ch * taps
+                dst = gw + ch.grp * og * kg + ch.c0 * taps
                 beta = 0   # the first GEMM of a unit overwrites: no zeroing pass
                 for n0 in range(cv.n_images):
-                    x_chunk = x + n0 * cv.s_n + (grp * cg + c0) * cv.s_c
+                    x_chunk = x + n0 * cv.s_n + (ch.grp * cs.cg + ch.c0) * cv.s_c
                     for t in range(n_steps_img):
                         p0 = t * cv.tile
                         p1 = min(n_pos, p0 + cv.tile)
@@ -648,11 +675,11 @@ cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floa
                             cols = x_chunk + p0
                             ld = cv.s_c
                         else:
-                            unroll_nchw(x_chunk, cv.s_c, cv.s_h, cv.s_w, n_ch, &g, p0, p1,
+                            unroll_nchw(x_chunk, cv.s_c, cv.s_h, cv.s_w, ch.n_ch, &g, p0, p1,
                                         buf, p1 - p0)
                             cols = buf
                             ld = p1 - p0
-                        src = go + (n0 * cv.n_out + grp * og) * n_pos + p0
+                        src = go + (n0 * cv.n_out + ch.grp * og) * n_pos + p0
                         if transposed:
                             gemm_rm(False, True, nk, og, p1 - p0, 1, cols, ld, src, n_pos,
                                     beta, part, og)
@@ -680,16 +707,12 @@ cdef Py_ssize_t grad_weight_channels_images(const floating* x, const floating* g
     # 512-channel 7 px layer copied 51 MB in float64, batch 8). A unit's
     # chunk of channels goes to the same thread in every set (static
     # schedule), its part of gw summed in set order: deterministic.
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
-    cdef Py_ssize_t cg = cv.n_channels // cv.groups
-    cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t taps = g.kernel_h * g.kernel_w
-    cdef Py_ssize_t kg = cg * taps
-    cdef Py_ssize_t n_chunks = (cg + cv.block - 1) // cv.block
-    cdef Py_ssize_t n_units = cv.groups * n_chunks
+    cdef ChannelSplit cs = channel_split(&cv, &g)
+    cdef Py_ssize_t n_pos = cs.n_pos, og = cs.og, taps = cs.taps, kg = cs.kg
     cdef Py_ssize_t n_sets = (cv.n_images + per_tile - 1) // per_tile
     cdef Py_ssize_t width = per_tile * n_pos
-    cdef Py_ssize_t set_, n0, n_in, r, i, u, grp, c0, n_ch, nk
+    cdef ChannelChunk ch
+    cdef Py_ssize_t set_, n0, n_in, r, i, u, nk
     cdef Py_ssize_t n_failed = 0
     cdef floating beta
     cdef floating* buf
@@ -708,21 +731,19 @@ cdef Py_ssize_t grad_weight_channels_images(const floating* x, const floating* g
         buf = NULL
         with parallel(num_threads=n_threads):
             buf = <floating*> malloc(cv.block * taps * width * sizeof(floating))
-            for u in prange(n_units, schedule='static'):
+            for u in prange(cs.n_units, schedule='static'):
                 if buf == NULL:
                     n_failed += 1
                 else:
-                    grp = u // n_chunks
-                    c0 = (u % n_chunks) * cv.block
-                    n_ch = min(cg, c0 + cv.block) - c0
-                    nk = n_ch * taps
+                    ch = channel_chunk(&cs, cv.block, u)
+                    nk = ch.n_ch * taps
                     for i in range(n_in):
-                        x_chunk = x + (n0 + i) * cv.s_n + (grp * cg + c0) * cv.s_c
-                        unroll_nchw(x_chunk, cv.s_c, cv.s_h, cv.s_w, n_ch, &g, 0, n_pos,
+                        x_chunk = x + (n0 + i) * cv.s_n + (ch.grp * cs.cg + ch.c0) * cv.s_c
+                        unroll_nchw(x_chunk, cv.s_c, cv.s_h, cv.s_w, ch.n_ch, &g, 0, n_pos,
                                     buf + i * n_pos, n_in * n_pos)
                     gemm_rm(False, True, og, nk, n_in * n_pos, 1,
-                            gbuf + grp * og * n_in * n_pos, n_in * n_pos, buf, n_in * n_pos,
-                            beta, gw + grp * og * kg + c0 * taps, kg)
+                            gbuf + ch.grp * og * n_in * n_pos, n_in * n_pos, buf, n_in * n_pos,
+                            beta, gw + ch.grp * og * kg + ch.c0 * taps, kg)
             free(buf)
         if n_failed:
             break

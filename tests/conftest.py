@@ -160,9 +160,9 @@ def conv_path(request, monkeypatch):
     """The kernels NCHW conv2d and its gradients use: the planner's choice,
     the blocked GEMM always (gemm-channels: with the weight gradient split by
     input channels whatever the shape, into many small chunks, images batched
-    per GEMM, GEMMs in both orientations), or the direct kernels always (with the planner's bands of output
-    rows, or bands of one row). NHWC always runs the GEMM (or the NHWC
-    depthwise kernel)."""
+    per GEMM, GEMMs in both orientations), or the direct kernels always (with
+    the planner's bands of output rows, or bands of one row). NHWC always
+    runs the GEMM (or the NHWC depthwise kernel)."""
     from fastim2col import _plan
     if request.param.startswith("gemm"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
