@@ -162,17 +162,29 @@ def peak_extra_mib(fn: Callable[[], object]) -> float | None:
 # before they sleep, and OpenMP pools spin too: a block that starts right
 # after another library's block would share the cores with those spinners.
 COOLDOWN_S = 0.25
+# After the cool-down a block's calls run slow for a while (this 2-core VM:
+# back-to-back calls of the 1x1 layer's input gradient at batch 8 took 8.7 ms
+# first, 4.5 ms after 100 ms and 4.3 after 200 ms; its bare GEMM 5.6 -> 3.6
+# ms within 40 ms; the stem's 15 -> 12 ms over 180 ms): a block warms up for
+# at least this long, so that both sides are timed in their steady state, as
+# in a training loop, not in the ramp after idling.
+WARMUP_S = 0.2
 
 
-def timed_blocks(fns: dict, rounds: int, repeat: int, warmup: int = 2) -> dict:
-    """Median seconds per call of each function, alternating warmed-up blocks
-    separated by a cool-down."""
+def timed_blocks(fns: dict, rounds: int, repeat: int, warmup: int = 2,
+                 warmup_s: float | None = None) -> dict:
+    """Median seconds per call of each function, alternating blocks separated
+    by a cool-down, each warmed up by at least `warmup` calls and `warmup_s`
+    seconds (default WARMUP_S)."""
+    warmup_s = WARMUP_S if warmup_s is None else warmup_s
     times: dict = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             time.sleep(COOLDOWN_S)
-            for _ in range(warmup):
+            start, calls = time.perf_counter(), 0
+            while calls < warmup or time.perf_counter() - start < warmup_s:
                 fn()
+                calls += 1
             for _ in range(repeat):
                 t0 = time.perf_counter()
                 fn()
