@@ -34,8 +34,10 @@ def conv2d_grad_input(
     direct: bool,
     n_threads: int,
     images_per_tile: int = 1,
+    transposed: bool = False,
 ) -> None:
-    """gx = the input gradient of conv2d (+ bias per channel of gx)."""
+    """gx = the input gradient of conv2d (+ bias per channel of gx);
+    transposed (NCHW): GEMMs with positions as their rows."""
 
 def conv2d_grad_weight(
     x: np.ndarray,

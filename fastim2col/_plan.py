@@ -232,6 +232,25 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct)
     return tile, block
 
 
+def grad_input_transposed(tile, rows, itemsize) -> bool:
+    """Whether the NCHW input gradient runs its GEMMs transposed, (positions x
+    rows) with the rows (a unit's input channels x taps) as OpenBLAS's M,
+    then folds (1x1: copies) from that layout: float64 where the rows are at
+    least twice the tile's positions (dgemm runs faster with the larger side
+    as M, by a margin only then).
+
+    Whole calls, 2 threads, transposed / as before: float64 3x3 512 channels
+    at 7 px 0.79 (batch 1) and 0.81 (batch 8); 3x3 stride 2 to 28/14/7 px
+    0.77-0.99; 1x1 2048 -> 512 channels at 7 px 0.79-0.89, 256 -> 1024 at
+    14 px batch 8 0.92; where the rows are under twice the tile it gained
+    nothing or lost (1.01-1.10; 1x1 64 -> 256 at 56 px 1.25-1.71, the stem
+    1.15-1.17). float32 never: sgemm was faster that way only on 1x1 layers
+    (0.80-0.94 in the bare GEMMs), and the copy out of the transposed tile
+    took all of it back (1.00-1.05), 1.03-1.16 elsewhere.
+    """
+    return itemsize == 8 and 2 * tile <= rows
+
+
 # A channel unit's part of gw, and its unrolled set of images: wide chunks
 # keep the GEMMs wide (512 channels at 7 px, batch 8, 2 threads: 7.2 ms with
 # chunks of 256 channels over sets of 4 images, 9.4 ms with 64 over 8 in

@@ -247,9 +247,11 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     else:
         split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct)
         _plan.check_scratch(n_threads, kg * split[0], itemsize=res.itemsize)
+    transposed = not nhwc and _plan.grad_input_transposed(
+        split[0], split[1] * win.kernel_h * win.kernel_w, res.itemsize)
     with blas_single_threaded:
         _conv.conv2d_grad_input(grad, weight, bias, res, (n, c, rows, groups), tuple(win),
-                                split, nhwc, direct, n_threads, per_tile)
+                                split, nhwc, direct, n_threads, per_tile, transposed)
 
 
 def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,

@@ -288,15 +288,32 @@ cdef void seed_with_bias(floating* gx, const floating* bias, const Conv* cv,
                 gx[u * plane + k] = bias[c] if bias != NULL else 0
 
 
+cdef inline void transpose_tile(const floating* src, Py_ssize_t n_pos, Py_ssize_t n_rows,
+                                floating* dst, Py_ssize_t ld_dst) noexcept nogil:
+    # dst[r * ld_dst + p] = src[p * n_rows + r]: a transposed 1x1 input
+    # gradient tile into NCHW. Runs of 64 positions keep their source lines
+    # in L1 while every row reads them.
+    cdef Py_ssize_t p0, p1, r, p
+    for p0 in range(0, n_pos, 64):
+        p1 = min(n_pos, p0 + 64)
+        for r in range(n_rows):
+            for p in range(p0, p1):
+                dst[r * ld_dst + p] = src[p * n_rows + r]
+
+
 cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating* bias,
-                           floating* gx, Conv cv, Geometry g, int n_threads) noexcept nogil:
+                           floating* gx, Conv cv, Geometry g, int n_threads,
+                           bint transposed) noexcept nogil:
     # gx = col2im(W^T go), a tile at a time. Units (image, group, block of
     # input channels, band of `tile` positions = whole output rows). Units of
     # different images/groups/channel blocks write disjoint elements; bands two
     # apart never reach the same input row (the planner sizes them so), so even
     # bands run first, then odd ones. Race-free and bitwise deterministic.
     # `bias` (conv_transpose2d) seeds gx instead of zeros. Here cv.n_channels
-    # is gx's channel count and cv.n_out go's.
+    # is gx's channel count and cv.n_out go's. transposed (NCHW): the GEMM
+    # writes the tile's transpose, (positions x rows), into buf (BLAS runs
+    # that orientation faster for some shapes: _plan.grad_input_transposed),
+    # folded (or, 1x1, copied) from there.
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -307,7 +324,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     cdef Py_ssize_t n_pairs = (n_tiles + 1) // 2
     cdef Py_ssize_t plane = g.in_h * g.in_w
     cdef Py_ssize_t image_size = plane * cv.n_channels
-    cdef Py_ssize_t n_units, u, n, grp, t, b, p0, p1, c0, c1, k, r, q, c
+    cdef Py_ssize_t n_units, u, n, grp, t, b, p0, p1, c0, c1, k, r, q, c, rows
     cdef Py_ssize_t n_failed = 0
     cdef int parity, n_phases
     cdef floating* buf
@@ -324,7 +341,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
         buf = NULL
         with parallel(num_threads=n_threads):
             buf = NULL
-            if not cv.direct:
+            if not cv.direct or transposed:
                 buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
             for u in prange(n_units, schedule='static'):
                 t = u % n_pairs
@@ -335,7 +352,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                 n = u // (n_pairs * n_blocks * cv.groups)
                 if t >= n_tiles:
                     pass
-                elif not cv.direct and buf == NULL:
+                elif (not cv.direct or transposed) and buf == NULL:
                     n_failed += 1
                 else:
                     p0 = t * cv.tile
@@ -361,19 +378,29 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                                       gx + n * image_size)
                     else:
                         src = src + grp * og * n_pos + p0
+                        rows = (c1 - c0) * kk
+                        if transposed:   # buf (positions x rows) = go^T W
+                            gemm_rm(True, False, p1 - p0, rows, og, 1, src, n_pos,
+                                    w + grp * og * kg + c0 * kk, kg, 0, buf, rows)
                         if cv.direct:
                             dst = gx + n * image_size + (grp * cg + c0) * plane + p0
-                            gemm_rm(True, False, c1 - c0, p1 - p0, og, 1,
-                                    w + grp * og * kg + c0, kg, src, n_pos, 0, dst, plane)
+                            if transposed:
+                                transpose_tile(buf, p1 - p0, rows, dst, plane)
+                            else:
+                                gemm_rm(True, False, rows, p1 - p0, og, 1,
+                                        w + grp * og * kg + c0, kg, src, n_pos, 0, dst, plane)
                             if bias != NULL:
                                 for r in range(c1 - c0):
                                     for q in range(p1 - p0):
                                         dst[r * plane + q] += bias[grp * cg + c0 + r]
+                        elif transposed:
+                            fold_nchw(buf, 1, rows, c1 - c0, &g, p0, p1,
+                                      gx + n * image_size + (grp * cg + c0) * plane)
                         else:
-                            gemm_rm(True, False, (c1 - c0) * kk, p1 - p0, og, 1,
+                            gemm_rm(True, False, rows, p1 - p0, og, 1,
                                     w + grp * og * kg + c0 * kk, kg, src, n_pos, 0,
                                     buf, p1 - p0)
-                            fold_nchw(buf, p1 - p0, c1 - c0, &g, p0, p1,
+                            fold_nchw(buf, p1 - p0, 1, c1 - c0, &g, p0, p1,
                                       gx + n * image_size + (grp * cg + c0) * plane)
             free(buf)
     return n_failed
@@ -381,12 +408,14 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
 
 cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                                   const floating* bias, floating* gx, Conv cv, Geometry g,
-                                  Py_ssize_t per_tile, int n_threads) noexcept nogil:
+                                  Py_ssize_t per_tile, int n_threads,
+                                  bint transposed) noexcept nogil:
     # grad_input() for small images: units (image group, group, block of
     # input channels) each compute W^T go for `per_tile` whole images in one
     # GEMM (weights packed once per several images), then fold every image's
     # columns. Units touch disjoint (image, channel) sets: no phases needed.
-    # NCHW gathers the images' grad_output rows into a (og x tile) buffer.
+    # NCHW gathers the images' grad_output rows into a (og x tile) buffer;
+    # transposed as in grad_input().
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -398,7 +427,7 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
     cdef Py_ssize_t n_units = n_sets * cv.groups * n_blocks
     cdef Py_ssize_t plane = g.in_h * g.in_w
     cdef Py_ssize_t image_size = plane * cv.n_channels
-    cdef Py_ssize_t u, grp, b, c0, c1, n0, n_in, width, i, r, q, k, c, n
+    cdef Py_ssize_t u, grp, b, c0, c1, n0, n_in, width, i, r, q, k, c, n, rows
     cdef Py_ssize_t n_failed = 0
     cdef floating* buf = NULL
     cdef floating* gbuf = NULL
@@ -433,11 +462,20 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                             src = go + ((n0 + i) * cv.n_out + grp * og + r) * n_pos
                             for q in range(n_pos):
                                 gbuf[r * width + i * n_pos + q] = src[q]
-                    gemm_rm(True, False, (c1 - c0) * kk, width, og, 1,
-                            w + grp * og * kg + c0 * kk, kg, gbuf, width, 0, buf, width)
+                    rows = (c1 - c0) * kk
+                    if transposed:
+                        gemm_rm(True, False, width, rows, og, 1, gbuf, width,
+                                w + grp * og * kg + c0 * kk, kg, 0, buf, rows)
+                    else:
+                        gemm_rm(True, False, rows, width, og, 1,
+                                w + grp * og * kg + c0 * kk, kg, gbuf, width, 0, buf, width)
                     for i in range(n_in):
-                        fold_nchw(buf + i * n_pos, width, c1 - c0, &g, 0, n_pos,
-                                  gx + (n0 + i) * image_size + (grp * cg + c0) * plane)
+                        if transposed:
+                            fold_nchw(buf + i * n_pos * rows, 1, rows, c1 - c0, &g, 0, n_pos,
+                                      gx + (n0 + i) * image_size + (grp * cg + c0) * plane)
+                        else:
+                            fold_nchw(buf + i * n_pos, width, 1, c1 - c0, &g, 0, n_pos,
+                                      gx + (n0 + i) * image_size + (grp * cg + c0) * plane)
         free(buf)
         free(gbuf)
     return n_failed
@@ -786,9 +824,13 @@ def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
 
 def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx,
                       tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
-                      int n_threads, Py_ssize_t images_per_tile=1):
+                      int n_threads, Py_ssize_t images_per_tile=1, bint transposed=False):
     """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx); all C-contiguous.
-    images_per_tile > 1: units of that many whole images (not direct)."""
+    images_per_tile > 1: units of that many whole images (not direct).
+    transposed (NCHW only): each GEMM in the orientation with positions as
+    its rows (see grad_input)."""
+    if transposed and nhwc:
+        raise ValueError("conv2d_grad_input: transposed GEMMs are for NCHW only")
     cdef Conv cv = make_conv(gx, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* gop = data(go)
@@ -799,16 +841,17 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
     with nogil:
         if images_per_tile > 1 and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input_images(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
-                                       cv, g, images_per_tile, n_threads)
+                                       cv, g, images_per_tile, n_threads, transposed)
         elif images_per_tile > 1:
             failed = grad_input_images(<double*> gop, <double*> wp, <double*> bp,
-                                       <double*> gxp, cv, g, images_per_tile, n_threads)
+                                       <double*> gxp, cv, g, images_per_tile, n_threads,
+                                       transposed)
         elif cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
-                                cv, g, n_threads)
+                                cv, g, n_threads, transposed)
         else:
             failed = grad_input(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
-                                cv, g, n_threads)
+                                cv, g, n_threads, transposed)
     if failed:
         raise MemoryError("conv2d_input: could not allocate the per-thread tile buffers")
 

@@ -79,7 +79,7 @@ cdef void col2im_nchw(const floating* cols, Py_ssize_t n_images,
                     schedule='static'):
         for k in range(plane):
             out[u * plane + k] = 0
-        fold_nchw(cols + u * kk * n_pos, n_pos, 1, &g, 0, n_pos, out + u * plane)
+        fold_nchw(cols + u * kk * n_pos, n_pos, 1, 1, &g, 0, n_pos, out + u * plane)
 
 
 cdef void col2im_nhwc(const floating* cols, Py_ssize_t n_images,

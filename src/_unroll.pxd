@@ -144,22 +144,28 @@ cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
             oh += 1
 
 
-cdef inline void fold_nchw(const floating* cols, Py_ssize_t ld_cols,
-                           Py_ssize_t n_channels, const Geometry* g,
-                           Py_ssize_t p_start, Py_ssize_t p_stop,
+cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
+                           Py_ssize_t p_stride, Py_ssize_t n_channels,
+                           const Geometry* g, Py_ssize_t p_start, Py_ssize_t p_stop,
                            floating* img) noexcept nogil:
-    """img[c, ih, iw] += cols[(c*kh + i)*kw + j, p - p_start]: unroll's adjoint.
+    """img[c, ih, iw] += cols[k*k_stride + (p - p_start)*p_stride], with
+    k = (c*kh + i)*kw + j: unroll's adjoint.
 
-    img is C-contiguous (n_channels, in_h, in_w).
+    cols is unroll's layout with p_stride 1 (k_stride its leading dimension),
+    or its transpose with k_stride 1 (p_stride the leading dimension: the
+    input gradient's GEMM in the orientation BLAS runs faster, see
+    fastim2col._plan.grad_input_transposed). img is C-contiguous
+    (n_channels, in_h, in_w).
     """
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
     cdef ColRange cols_ok
     cdef const floating* row
+    cdef const floating* src
     cdef floating* dst
     for c in range(n_channels):
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
-                row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * ld_cols
+                row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * k_stride
                 cols_ok = valid_out_cols(g, j)
                 lo = cols_ok.lo
                 hi = cols_ok.hi
@@ -174,8 +180,13 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t ld_cols,
                         b = max(a, min(seg_stop, hi))
                         iw0 = a * g.stride_w - g.pad_w + j * g.dilation_w
                         dst = img + (c * g.in_h + ih) * g.in_w + iw0
-                        for ow in range(b - a):
-                            dst[ow * g.stride_w] += row[t + (a - ow_first) + ow]
+                        src = row + (t + (a - ow_first)) * p_stride
+                        if p_stride == 1:   # kept apart: the compiler vectorizes it
+                            for ow in range(b - a):
+                                dst[ow * g.stride_w] += src[ow]
+                        else:
+                            for ow in range(b - a):
+                                dst[ow * g.stride_w] += src[ow * p_stride]
                     t += seg_stop - ow_first
                     ow_first = 0
                     oh += 1

@@ -161,8 +161,10 @@ def conv_path(request, monkeypatch):
     the blocked GEMM always (gemm-channels: with the weight gradient split by
     input channels whatever the shape, into many small chunks, images batched
     per GEMM, GEMMs in both orientations), or the direct kernels always (with
-    the planner's bands of output rows, or bands of one row). NHWC always
-    runs the GEMM (or the NHWC depthwise kernel)."""
+    the planner's bands of output rows, or bands of one row). gemm-channels
+    also runs every NCHW input gradient's GEMMs transposed (the planner does
+    so only in float64, for some shapes). NHWC always runs the GEMM (or the
+    NHWC depthwise kernel)."""
     from fastim2col import _plan
     if request.param.startswith("gemm"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
@@ -174,6 +176,7 @@ def conv_path(request, monkeypatch):
         monkeypatch.setattr(_plan, "MIN_IMAGE_TILE", 40)   # 1 to n images a tile
         # both GEMM orientations: transposed for groups of up to 4 outputs
         monkeypatch.setattr(_plan, "TRANSPOSED_GEMM_OUTPUTS", 4)
+        monkeypatch.setattr(_plan, "grad_input_transposed", lambda *args: True)
     elif request.param.startswith("direct"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: True)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)

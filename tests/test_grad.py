@@ -301,6 +301,53 @@ def test_weight_gradient_direct_plan(n_threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype):
+    """NCHW input gradients whose GEMMs run transposed (float64, rows of a
+    unit at least twice its positions) and those that do not, through every
+    kernel path that has the choice (unrolled tiles, whole images a unit,
+    1x1 with nothing to fold, and conv_transpose2d's bias on each), checked
+    against the reference; float32 transposed too, forced."""
+    from fastim2col import _conv, _plan
+    calls = []
+    real = _conv.conv2d_grad_input
+    monkeypatch.setattr(_conv, "conv2d_grad_input",
+                        lambda *a: calls.append(a) or real(*a))
+    item = np.dtype(dtype).itemsize
+    rule = _plan.grad_input_transposed
+    # (batch, channels, outputs, size, kernel, stride, padding): stride 2 keeps
+    # 3x3 layers off the direct kernels; batch 4 of 3x3 at 4 px runs whole
+    # images a unit; the last has positions enough not to transpose.
+    cases = [(1, 24, 8, 9, 3, 2, 1), (4, 32, 40, 8, 3, 2, 1), (2, 40, 16, 4, 1, 1, 0),
+             (1, 4, 8, 24, 1, 1, 0)]
+    for force in (None, True):
+        if force:
+            monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: True)
+        chosen = []
+        for n, c, o, size, k, s, p in cases:
+            x_shape, w_shape = (n, c, size, size), (o, c, k, k)
+            w = rng.standard_normal(w_shape).astype(dtype)
+            y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p).shape
+            g = rng.standard_normal(y_shape).astype(dtype)
+            calls.clear()
+            got = conv2d_input(x_shape, w, g, s, p)
+            assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p), dtype)
+            (tile, block), per_tile, transposed = calls[-1][6], calls[-1][10], calls[-1][11]
+            assert transposed == (force or (item == 8 and 2 * tile <= block * k * k))
+            chosen.append(transposed)
+            b = rng.standard_normal(c).astype(dtype)   # the adjoint, with a bias
+            calls.clear()
+            got = F.conv_transpose2d(g, w, b, s, p, output_padding=(size + 2 * p - k) % s)
+            assert_close(got, R.conv_transpose2d(as64(g), as64(w), as64(b), s, p,
+                                                 output_padding=(size + 2 * p - k) % s), dtype)
+            assert calls[-1][11] == transposed
+            if force is None and (n, size) == (4, 8):
+                assert per_tile > 1   # the whole-images kernel ran
+        if not force:   # the rule took both sides in float64 (the last case: not)
+            assert (any(chosen) and not chosen[-1]) if item == 8 else not any(chosen)
+    assert rule(10, 20, 8) and not rule(11, 20, 8) and not rule(10, 20, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_images", [1, 3])
 @pytest.mark.parametrize("c_out", [12, 72])
 def test_weight_gradient_direct_sums(rng, kernel_threads, monkeypatch, dtype, n_images, c_out):
