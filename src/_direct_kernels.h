@@ -194,6 +194,7 @@ static void weight_rows_##SUF(const DT_* packed, const ptrdiff_t* tap_off, ptrdi
 }                                                                                          \
 static int all_finite_##SUF(const DT_* x, ptrdiff_t n)                                     \
 {                                                                                          \
+    DIRECT_FINITE_DISPATCH_X86(SUF)                                                        \
     return all_finite_##SUF##_base(x, n);                                                  \
 }
 
@@ -210,8 +211,15 @@ static int all_finite_##SUF(const DT_* x, ptrdiff_t n)                          
         return;                                                                           \
     default: break;                                                                       \
     }
+#define DIRECT_FINITE_DISPATCH_X86(SUF)                                                   \
+    switch (direct_isa_level()) {                                                         \
+    case 2: return all_finite_##SUF##_avx512(x, n);                                       \
+    case 1: return all_finite_##SUF##_avx2(x, n);                                         \
+    default: break;                                                                       \
+    }
 #else
 #define DIRECT_WEIGHT_DISPATCH_X86(SUF)
+#define DIRECT_FINITE_DISPATCH_X86(SUF)
 #endif
 
 DIRECT_WEIGHT_DISPATCH(f, float)

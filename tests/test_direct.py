@@ -120,6 +120,24 @@ def test_weight_gradient_with_nonfinite_input(always_direct, rng, value):
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("where", [(0, 0, 0), (0, 1, 3), (1, 0, 8), (1, 3, 0), (1, 3, 8)])
+def test_nonfinite_found_anywhere_in_the_band(always_direct, rng, dtype, where):
+    """The finiteness check of each packed input band (vector sums, a scalar
+    tail) finds an infinity at any place in it: first, middle and last rows,
+    channels and images, both dtypes (float32 and float64 bands differ in
+    length by lanes)."""
+    n, c, r = where
+    x = rand(rng, (2, 4, 9, 11), dtype)
+    x[n, c, r, -1] = np.inf      # the last column: tap j = 0 never reads it
+    w = rand(rng, (6, 2, 3, 3), dtype)
+    g = rand(rng, (2, 6, 7, 9), dtype)
+    got = F.grad.conv2d_weight(x, w.shape, g, groups=2)
+    expected = R.conv2d_weight_grad(as64(x), w.shape, as64(g), groups=2)
+    assert np.array_equal(np.isfinite(got), np.isfinite(expected))
+    assert np.isfinite(got[:, :, :, 0]).all()
+
+
 def test_band_too_large_falls_back_to_gemm(monkeypatch, rng):
     """Where one output row's input band would exceed DIRECT_MAX_BAND_BYTES
     (huge dilations), the blocked GEMM computes the layer."""
