@@ -23,6 +23,7 @@ LAYOUTS = ("NCHW", "NHWC")
 _MAX_PARAM = 2**31 - 1
 # SciPy's cython_blas takes 32-bit ints for sizes and leading dimensions.
 BLAS_INT_MAX = 2**31 - 1
+_INTP_MAX = int(np.iinfo(np.intp).max)
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -130,6 +131,8 @@ def weight_dims(shape, nhwc: bool) -> tuple[int, int, int, int]:
 
 
 def positive_int(value, name: str) -> int:
+    if type(value) is int and value >= 1:   # the common case: no ABC checks
+        return value
     if not isinstance(value, (numbers.Integral, np.integer)) or isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < 1:
@@ -203,7 +206,7 @@ def check_size(shape, itemsize: int, name: str) -> None:
     total = itemsize
     for s in shape:
         total *= int(s)
-    if total > np.iinfo(np.intp).max:
+    if total > _INTP_MAX:
         raise ValueError(f"{name} of shape {tuple(shape)} is too large: {total} bytes "
                          "overflows the address space")
 
@@ -248,7 +251,9 @@ def shape_tuple(value, name: str, lengths: tuple[int, ...]) -> tuple[int, ...]:
         raise TypeError(f"{name} must be a tuple of {' or '.join(map(str, lengths))} ints, "
                         f"got {value!r}")
     for s in value:
-        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (numbers.Integral, np.integer)):
+        if type(s) is int:   # the common case first: no ABC checks (microseconds)
+            pass
+        elif isinstance(s, (bool, np.bool_)) or not isinstance(s, (numbers.Integral, np.integer)):
             raise TypeError(f"{name} must contain ints, got {value!r}")
         if s < 0:
             raise ValueError(f"{name} must contain non-negative ints, got {value!r}")
