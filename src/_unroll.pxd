@@ -29,6 +29,21 @@ cdef struct ColRange:
     Py_ssize_t lo, hi
 
 
+cdef enum:
+    # Kernel rows / columns whose valid ranges fold_nchw works out up front.
+    FOLD_MAX_TAPS = 32
+
+
+cdef inline ColRange valid_out_rows(const Geometry* g, Py_ssize_t i) noexcept nogil:
+    # Output rows oh in [lo, hi) whose kernel row i falls inside the image:
+    # 0 <= oh*stride_h - pad_h + i*dilation_h < in_h (as valid_out_cols).
+    cdef ColRange r
+    cdef Py_ssize_t offset = i * g.dilation_h - g.pad_h
+    r.lo = max(<Py_ssize_t> 0, ceil_div(-offset, g.stride_h))
+    r.hi = max(r.lo, min(g.out_h, ceil_div(g.in_h - offset, g.stride_h)))
+    return r
+
+
 cdef inline ColRange valid_out_cols(const Geometry* g, Py_ssize_t j) noexcept nogil:
     # Output columns ow in [lo, hi) whose kernel column j falls inside the
     # image: 0 <= ow*stride_w - pad_w + j*dilation_w < in_w.
@@ -158,17 +173,48 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
     (n_channels, in_h, in_w).
     """
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
-    cdef ColRange cols_ok
+    cdef Py_ssize_t oh_first = p_start // g.out_w, oh_lo, oh_hi
+    cdef ColRange cols_ok, rows_ok
     cdef const floating* row
     cdef const floating* src
     cdef floating* dst
+    # Whole output rows (every caller's tiles but partial ones): each tap
+    # adds a rectangle, no per-row bounds checks (small images have many
+    # short rows: the general loop below took a quarter of the time of a 7x7
+    # layer's input gradient). Each tap's valid rows and columns (two integer
+    # divisions each) are worked out once, not once per channel.
+    cdef bint whole_rows = p_start % g.out_w == 0 and p_stop % g.out_w == 0
+    cdef ColRange row_ranges[FOLD_MAX_TAPS]
+    cdef ColRange col_ranges[FOLD_MAX_TAPS]
+    cdef bint cached = g.kernel_h <= FOLD_MAX_TAPS and g.kernel_w <= FOLD_MAX_TAPS
+    if cached:
+        for i in range(g.kernel_h):
+            row_ranges[i] = valid_out_rows(g, i)
+        for j in range(g.kernel_w):
+            col_ranges[j] = valid_out_cols(g, j)
     for c in range(n_channels):
         for i in range(g.kernel_h):
+            rows_ok = row_ranges[i] if cached else valid_out_rows(g, i)
+            oh_lo = max(rows_ok.lo, oh_first)
+            oh_hi = min(rows_ok.hi, p_stop // g.out_w)
             for j in range(g.kernel_w):
                 row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * k_stride
-                cols_ok = valid_out_cols(g, j)
+                cols_ok = col_ranges[j] if cached else valid_out_cols(g, j)
                 lo = cols_ok.lo
                 hi = cols_ok.hi
+                if whole_rows:
+                    iw0 = lo * g.stride_w - g.pad_w + j * g.dilation_w
+                    for oh in range(oh_lo, oh_hi):
+                        ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                        dst = img + (c * g.in_h + ih) * g.in_w + iw0
+                        src = row + ((oh - oh_first) * g.out_w + lo) * p_stride
+                        if p_stride == 1:
+                            for ow in range(hi - lo):
+                                dst[ow * g.stride_w] += src[ow]
+                        else:
+                            for ow in range(hi - lo):
+                                dst[ow * g.stride_w] += src[ow * p_stride]
+                    continue
                 oh = p_start // g.out_w
                 ow_first = p_start - oh * g.out_w
                 t = 0
