@@ -301,6 +301,29 @@ def test_weight_gradient_direct_plan(n_threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_input_gradient_tiles_ending_mid_row(rng, monkeypatch, restore_threads, dtype,
+                                             transposed):
+    """The fold's general loop (tiles that start or end inside an output
+    row; the planner's tiles are whole rows, which take a rectangle per tap):
+    forced on one thread (bands of partial rows may share input rows, so
+    only one thread may run them), both layouts of the GEMM result."""
+    from fastim2col import _plan
+    F.set_num_threads(1)
+    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
+    monkeypatch.setattr(_plan, "grad_input", lambda *a: (a[4].out_w + 3, a[2]))
+    monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: transposed)
+    for x_shape, w_shape, s, p, d in [((2, 5, 13, 11), (4, 5, 3, 3), 1, 1, 1),
+                                      ((1, 3, 17, 15), (6, 3, 3, 2), 2, 2, 2)]:
+        w = rng.standard_normal(w_shape).astype(dtype)
+        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
+                           dilation=d).shape
+        g = rng.standard_normal(y_shape).astype(dtype)
+        got = conv2d_input(x_shape, w, g, s, p, d)
+        assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype):
     """NCHW input gradients whose GEMMs run transposed (float64, rows of a
     unit at least twice its positions) and those that do not, through every
