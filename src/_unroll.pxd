@@ -67,18 +67,56 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
     over [p_start, p_stop); rows of dst are ld_dst apart.
     """
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
-    cdef ColRange cols_ok
+    cdef Py_ssize_t oh_first = p_start // g.out_w, oh_last = p_stop // g.out_w
+    cdef ColRange cols_ok, rows_ok
     cdef Py_ssize_t step = g.stride_w * s_w
     cdef floating* row
     cdef floating* out
     cdef const floating* src
+    # Whole output rows: per tap, the rows in the padding are zeros and the
+    # others a zero head, a copy and a zero tail of known widths, with no
+    # per-row bounds work (rows of 7-14 outputs spent more time there than
+    # copying). Each tap's valid ranges are worked out once.
+    cdef bint whole_rows = p_start % g.out_w == 0 and p_stop % g.out_w == 0
+    cdef ColRange row_ranges[FOLD_MAX_TAPS]
+    cdef ColRange col_ranges[FOLD_MAX_TAPS]
+    cdef bint cached = g.kernel_h <= FOLD_MAX_TAPS and g.kernel_w <= FOLD_MAX_TAPS
+    if cached:
+        for i in range(g.kernel_h):
+            row_ranges[i] = valid_out_rows(g, i)
+        for j in range(g.kernel_w):
+            col_ranges[j] = valid_out_cols(g, j)
     for c in range(n_channels):
         for i in range(g.kernel_h):
+            rows_ok = row_ranges[i] if cached else valid_out_rows(g, i)
             for j in range(g.kernel_w):
                 row = dst + ((c * g.kernel_h + i) * g.kernel_w + j) * ld_dst
-                cols_ok = valid_out_cols(g, j)
+                cols_ok = col_ranges[j] if cached else valid_out_cols(g, j)
                 lo = cols_ok.lo
                 hi = cols_ok.hi
+                if whole_rows:
+                    # (a kernel column may lie wholly in the padding: lo > out_w)
+                    lo = min(lo, g.out_w)
+                    hi = min(hi, g.out_w)
+                    src = x + c * s_c + (j * g.dilation_w - g.pad_w) * s_w
+                    for oh in range(oh_first, oh_last):
+                        out = row + (oh - oh_first) * g.out_w
+                        if oh < rows_ok.lo or oh >= rows_ok.hi:
+                            for ow in range(g.out_w):
+                                out[ow] = 0
+                            continue
+                        ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                        for ow in range(lo):
+                            out[ow] = 0
+                        if step == 1:
+                            for ow in range(lo, hi):
+                                out[ow] = src[ih * s_h + ow]
+                        else:
+                            for ow in range(lo, hi):
+                                out[ow] = src[ih * s_h + ow * step]
+                        for ow in range(hi, g.out_w):
+                            out[ow] = 0
+                    continue
                 oh = p_start // g.out_w
                 ow_first = p_start - oh * g.out_w
                 t = 0

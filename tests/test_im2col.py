@@ -191,6 +191,24 @@ def test_zero_height_with_padding(layout):
 
 # --------------------------------------------------------------------------- NaN / inf
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile", [None, 3])
+def test_kernel_column_wholly_in_padding(kernel_threads, monkeypatch, rng, dtype, tile):
+    """A 2x2 input, kernel 2, dilation 6, padding 3: kernel column 0 reads
+    only padding, its first valid output column (3) lies past the 2-wide
+    output. Whole-row tiles (the default) and tiles ending mid-row (3
+    positions) give the reference's columns, and col2im its adjoint."""
+    from fastim2col import _plan
+    if tile is not None:
+        monkeypatch.setattr(_plan, "im2col_tile", lambda *a: tile)
+    x = rng.standard_normal((2, 3, 2, 2)).astype(dtype)
+    kwargs = dict(stride=1, padding=3, dilation=6)
+    cols = F.im2col(x, 2, **kwargs)
+    assert_close(cols, R.im2col(as64(x), 2, **kwargs), dtype)
+    back = F.col2im(cols, (2, 2), 2, **kwargs)
+    assert_close(back, R.col2im(as64(cols), (2, 2), 2, **kwargs), dtype)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_col2im_nonfinite_propagates(rng, layout, value):
