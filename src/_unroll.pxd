@@ -30,30 +30,62 @@ cdef struct ColRange:
 
 
 cdef enum:
-    # Kernel rows / columns whose valid ranges fold_nchw works out up front.
-    FOLD_MAX_TAPS = 32
+    # Kernel rows / columns whose valid ranges TapRanges holds (wider
+    # kernels: worked out per use).
+    MAX_CACHED_TAPS = 32
 
 
-cdef inline ColRange valid_out_rows(const Geometry* g, Py_ssize_t i) noexcept nogil:
-    # Output rows oh in [lo, hi) whose kernel row i falls inside the image:
-    # 0 <= oh*stride_h - pad_h + i*dilation_h < in_h (as valid_out_cols).
-    cdef ColRange r
-    cdef Py_ssize_t offset = i * g.dilation_h - g.pad_h
-    r.lo = max(<Py_ssize_t> 0, ceil_div(-offset, g.stride_h))
-    r.hi = max(r.lo, min(g.out_h, ceil_div(g.in_h - offset, g.stride_h)))
-    return r
-
-
-cdef inline ColRange valid_out_cols(const Geometry* g, Py_ssize_t j) noexcept nogil:
-    # Output columns ow in [lo, hi) whose kernel column j falls inside the
-    # image: 0 <= ow*stride_w - pad_w + j*dilation_w < in_w.
+cdef inline ColRange valid_out_range(Py_ssize_t offset, Py_ssize_t stride,
+                                     Py_ssize_t in_size, Py_ssize_t out_size) noexcept nogil:
+    # Outputs o in [lo, hi) with 0 <= o*stride + offset < in_size, offset
+    # being a kernel tap's k*dilation - pad (one dimension).
     # (Returned by value, not through pointers: a variable whose address is
     # taken inside prange is shared between threads, not private.)
     cdef ColRange r
-    cdef Py_ssize_t offset = j * g.dilation_w - g.pad_w
-    r.lo = max(<Py_ssize_t> 0, ceil_div(-offset, g.stride_w))
-    r.hi = max(r.lo, min(g.out_w, ceil_div(g.in_w - offset, g.stride_w)))
+    r.lo = max(<Py_ssize_t> 0, ceil_div(-offset, stride))
+    r.hi = max(r.lo, min(out_size, ceil_div(in_size - offset, stride)))
     return r
+
+
+cdef inline ColRange valid_out_rows(const Geometry* g, Py_ssize_t i) noexcept nogil:
+    # Output rows whose kernel row i falls inside the image.
+    return valid_out_range(i * g.dilation_h - g.pad_h, g.stride_h, g.in_h, g.out_h)
+
+
+cdef inline ColRange valid_out_cols(const Geometry* g, Py_ssize_t j) noexcept nogil:
+    # Output columns whose kernel column j falls inside the image.
+    return valid_out_range(j * g.dilation_w - g.pad_w, g.stride_w, g.in_w, g.out_w)
+
+
+cdef struct TapRanges:
+    # Each kernel row's valid output rows and each kernel column's valid
+    # output columns (two integer divisions each), worked out once per call
+    # of unroll_nchw / fold_nchw, not once per channel.
+    bint cached
+    ColRange rows[MAX_CACHED_TAPS]
+    ColRange cols[MAX_CACHED_TAPS]
+
+
+cdef inline TapRanges tap_ranges(const Geometry* g) noexcept nogil:
+    cdef TapRanges tr
+    cdef Py_ssize_t k
+    tr.cached = g.kernel_h <= MAX_CACHED_TAPS and g.kernel_w <= MAX_CACHED_TAPS
+    if tr.cached:
+        for k in range(g.kernel_h):
+            tr.rows[k] = valid_out_rows(g, k)
+        for k in range(g.kernel_w):
+            tr.cols[k] = valid_out_cols(g, k)
+    return tr
+
+
+cdef inline ColRange tap_rows(const TapRanges* tr, const Geometry* g,
+                              Py_ssize_t i) noexcept nogil:
+    return tr.rows[i] if tr.cached else valid_out_rows(g, i)
+
+
+cdef inline ColRange tap_cols(const TapRanges* tr, const Geometry* g,
+                              Py_ssize_t j) noexcept nogil:
+    return tr.cols[j] if tr.cached else valid_out_cols(g, j)
 
 
 cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
@@ -76,22 +108,15 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
     # Whole output rows: per tap, the rows in the padding are zeros and the
     # others a zero head, a copy and a zero tail of known widths, with no
     # per-row bounds work (rows of 7-14 outputs spent more time there than
-    # copying). Each tap's valid ranges are worked out once.
+    # copying).
     cdef bint whole_rows = p_start % g.out_w == 0 and p_stop % g.out_w == 0
-    cdef ColRange row_ranges[FOLD_MAX_TAPS]
-    cdef ColRange col_ranges[FOLD_MAX_TAPS]
-    cdef bint cached = g.kernel_h <= FOLD_MAX_TAPS and g.kernel_w <= FOLD_MAX_TAPS
-    if cached:
-        for i in range(g.kernel_h):
-            row_ranges[i] = valid_out_rows(g, i)
-        for j in range(g.kernel_w):
-            col_ranges[j] = valid_out_cols(g, j)
+    cdef TapRanges taps = tap_ranges(g)
     for c in range(n_channels):
         for i in range(g.kernel_h):
-            rows_ok = row_ranges[i] if cached else valid_out_rows(g, i)
+            rows_ok = tap_rows(&taps, g, i)
             for j in range(g.kernel_w):
                 row = dst + ((c * g.kernel_h + i) * g.kernel_w + j) * ld_dst
-                cols_ok = col_ranges[j] if cached else valid_out_cols(g, j)
+                cols_ok = tap_cols(&taps, g, j)
                 lo = cols_ok.lo
                 hi = cols_ok.hi
                 if whole_rows:
@@ -219,25 +244,17 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
     # Whole output rows (every caller's tiles but partial ones): each tap
     # adds a rectangle, no per-row bounds checks (small images have many
     # short rows: the general loop below took a quarter of the time of a 7x7
-    # layer's input gradient). Each tap's valid rows and columns (two integer
-    # divisions each) are worked out once, not once per channel.
+    # layer's input gradient).
     cdef bint whole_rows = p_start % g.out_w == 0 and p_stop % g.out_w == 0
-    cdef ColRange row_ranges[FOLD_MAX_TAPS]
-    cdef ColRange col_ranges[FOLD_MAX_TAPS]
-    cdef bint cached = g.kernel_h <= FOLD_MAX_TAPS and g.kernel_w <= FOLD_MAX_TAPS
-    if cached:
-        for i in range(g.kernel_h):
-            row_ranges[i] = valid_out_rows(g, i)
-        for j in range(g.kernel_w):
-            col_ranges[j] = valid_out_cols(g, j)
+    cdef TapRanges taps = tap_ranges(g)
     for c in range(n_channels):
         for i in range(g.kernel_h):
-            rows_ok = row_ranges[i] if cached else valid_out_rows(g, i)
+            rows_ok = tap_rows(&taps, g, i)
             oh_lo = max(rows_ok.lo, oh_first)
             oh_hi = min(rows_ok.hi, p_stop // g.out_w)
             for j in range(g.kernel_w):
                 row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * k_stride
-                cols_ok = col_ranges[j] if cached else valid_out_cols(g, j)
+                cols_ok = tap_cols(&taps, g, j)
                 lo = cols_ok.lo
                 hi = cols_ok.hi
                 if whole_rows:
