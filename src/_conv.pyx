@@ -301,6 +301,18 @@ cdef inline void transpose_tile(const floating* src, Py_ssize_t n_pos, Py_ssize_
                 dst[r * ld_dst + p] = src[p * n_rows + r]
 
 
+cdef inline void input_grad_gemm(bint transposed, const floating* w, Py_ssize_t ld_w,
+                                 const floating* go, Py_ssize_t ld_go, Py_ssize_t rows,
+                                 Py_ssize_t n_pos, Py_ssize_t og,
+                                 floating* buf) noexcept nogil:
+    # buf = W^T go of one tile: (rows x n_pos), or transposed (n_pos x rows)
+    # with the rows as BLAS's M (_plan.grad_input_transposed).
+    if transposed:
+        gemm_rm(True, False, n_pos, rows, og, 1, go, ld_go, w, ld_w, 0, buf, rows)
+    else:
+        gemm_rm(True, False, rows, n_pos, og, 1, w, ld_w, go, ld_go, 0, buf, n_pos)
+
+
 cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating* bias,
                            floating* gx, Conv cv, Geometry g, int n_threads,
                            bint transposed) noexcept nogil:
@@ -379,29 +391,23 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                     else:
                         src = src + grp * og * n_pos + p0
                         rows = (c1 - c0) * kk
-                        if transposed:   # buf (positions x rows) = go^T W
-                            gemm_rm(True, False, p1 - p0, rows, og, 1, src, n_pos,
-                                    w + grp * og * kg + c0 * kk, kg, 0, buf, rows)
+                        dst = gx + n * image_size + (grp * cg + c0) * plane
+                        if cv.direct and not transposed:   # straight into gx
+                            gemm_rm(True, False, rows, p1 - p0, og, 1,
+                                    w + grp * og * kg + c0, kg, src, n_pos, 0, dst + p0, plane)
+                        else:
+                            input_grad_gemm(transposed, w + grp * og * kg + c0 * kk, kg, src,
+                                            n_pos, rows, p1 - p0, og, buf)
                         if cv.direct:
-                            dst = gx + n * image_size + (grp * cg + c0) * plane + p0
                             if transposed:
-                                transpose_tile(buf, p1 - p0, rows, dst, plane)
-                            else:
-                                gemm_rm(True, False, rows, p1 - p0, og, 1,
-                                        w + grp * og * kg + c0, kg, src, n_pos, 0, dst, plane)
+                                transpose_tile(buf, p1 - p0, rows, dst + p0, plane)
                             if bias != NULL:
                                 for r in range(c1 - c0):
-                                    for q in range(p1 - p0):
+                                    for q in range(p0, p1):
                                         dst[r * plane + q] += bias[grp * cg + c0 + r]
-                        elif transposed:
-                            fold_nchw(buf, 1, rows, c1 - c0, &g, p0, p1,
-                                      gx + n * image_size + (grp * cg + c0) * plane)
-                        else:
-                            gemm_rm(True, False, rows, p1 - p0, og, 1,
-                                    w + grp * og * kg + c0 * kk, kg, src, n_pos, 0,
-                                    buf, p1 - p0)
-                            fold_nchw(buf, p1 - p0, 1, c1 - c0, &g, p0, p1,
-                                      gx + n * image_size + (grp * cg + c0) * plane)
+                        else:   # buf's element (k, p) at k*k_stride + p*p_stride
+                            fold_nchw(buf, 1 if transposed else p1 - p0,
+                                      rows if transposed else 1, c1 - c0, &g, p0, p1, dst)
             free(buf)
     return n_failed
 
@@ -428,6 +434,7 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
     cdef Py_ssize_t plane = g.in_h * g.in_w
     cdef Py_ssize_t image_size = plane * cv.n_channels
     cdef Py_ssize_t u, grp, b, c0, c1, n0, n_in, width, i, r, q, k, c, n, rows
+    cdef Py_ssize_t k_stride, p_stride
     cdef Py_ssize_t n_failed = 0
     cdef floating* buf = NULL
     cdef floating* gbuf = NULL
@@ -463,19 +470,14 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                             for q in range(n_pos):
                                 gbuf[r * width + i * n_pos + q] = src[q]
                     rows = (c1 - c0) * kk
-                    if transposed:
-                        gemm_rm(True, False, width, rows, og, 1, gbuf, width,
-                                w + grp * og * kg + c0 * kk, kg, 0, buf, rows)
-                    else:
-                        gemm_rm(True, False, rows, width, og, 1,
-                                w + grp * og * kg + c0 * kk, kg, gbuf, width, 0, buf, width)
+                    input_grad_gemm(transposed, w + grp * og * kg + c0 * kk, kg, gbuf, width,
+                                    rows, width, og, buf)
+                    # buf's element (k, p) at k*k_stride + p*p_stride
+                    k_stride = 1 if transposed else width
+                    p_stride = rows if transposed else 1
                     for i in range(n_in):
-                        if transposed:
-                            fold_nchw(buf + i * n_pos * rows, 1, rows, c1 - c0, &g, 0, n_pos,
-                                      gx + (n0 + i) * image_size + (grp * cg + c0) * plane)
-                        else:
-                            fold_nchw(buf + i * n_pos, width, 1, c1 - c0, &g, 0, n_pos,
-                                      gx + (n0 + i) * image_size + (grp * cg + c0) * plane)
+                        fold_nchw(buf + i * n_pos * p_stride, k_stride, p_stride, c1 - c0, &g,
+                                  0, n_pos, gx + (n0 + i) * image_size + (grp * cg + c0) * plane)
         free(buf)
         free(gbuf)
     return n_failed

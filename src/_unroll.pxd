@@ -57,6 +57,33 @@ cdef inline ColRange valid_out_cols(const Geometry* g, Py_ssize_t j) noexcept no
     return valid_out_range(j * g.dilation_w - g.pad_w, g.stride_w, g.in_w, g.out_w)
 
 
+cdef inline void copy_run(floating* out, const floating* src, Py_ssize_t step,
+                          Py_ssize_t n) noexcept nogil:
+    # out[i] = src[i*step], i < n. Plain loops, not memcpy: runs are short (an
+    # output row) and the call would dominate; the unit-stride loop is kept
+    # apart so that the compiler vectorizes it.
+    cdef Py_ssize_t i
+    if step == 1:
+        for i in range(n):
+            out[i] = src[i]
+    else:
+        for i in range(n):
+            out[i] = src[i * step]
+
+
+cdef inline void add_run(floating* dst, Py_ssize_t dst_step, const floating* src,
+                         Py_ssize_t src_step, Py_ssize_t n) noexcept nogil:
+    # dst[i*dst_step] += src[i*src_step], i < n (a unit-stride source apart,
+    # as in copy_run).
+    cdef Py_ssize_t i
+    if src_step == 1:
+        for i in range(n):
+            dst[i * dst_step] += src[i]
+    else:
+        for i in range(n):
+            dst[i * dst_step] += src[i * src_step]
+
+
 cdef struct TapRanges:
     # Each kernel row's valid output rows and each kernel column's valid
     # output columns (two integer divisions each), worked out once per call
@@ -133,12 +160,7 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
                         ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
                         for ow in range(lo):
                             out[ow] = 0
-                        if step == 1:
-                            for ow in range(lo, hi):
-                                out[ow] = src[ih * s_h + ow]
-                        else:
-                            for ow in range(lo, hi):
-                                out[ow] = src[ih * s_h + ow * step]
+                        copy_run(out + lo, src + ih * s_h + lo * step, step, hi - lo)
                         for ow in range(hi, g.out_w):
                             out[ow] = 0
                     continue
@@ -164,12 +186,7 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
                         for ow in range(ow_first, a):
                             out[ow] = 0
                         src = x + c * s_c + ih * s_h + (j * g.dilation_w - g.pad_w) * s_w
-                        if step == 1:
-                            for ow in range(a, b):
-                                out[ow] = src[ow]
-                        else:
-                            for ow in range(a, b):
-                                out[ow] = src[ow * step]
+                        copy_run(out + a, src + a * step, step, b - a)
                         for ow in range(b, seg_stop):
                             out[ow] = 0
                     t += seg_stop - ow_first
@@ -263,12 +280,7 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
                         ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
                         dst = img + (c * g.in_h + ih) * g.in_w + iw0
                         src = row + ((oh - oh_first) * g.out_w + lo) * p_stride
-                        if p_stride == 1:
-                            for ow in range(hi - lo):
-                                dst[ow * g.stride_w] += src[ow]
-                        else:
-                            for ow in range(hi - lo):
-                                dst[ow * g.stride_w] += src[ow * p_stride]
+                        add_run(dst, g.stride_w, src, p_stride, hi - lo)
                     continue
                 oh = p_start // g.out_w
                 ow_first = p_start - oh * g.out_w
@@ -282,12 +294,7 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
                         iw0 = a * g.stride_w - g.pad_w + j * g.dilation_w
                         dst = img + (c * g.in_h + ih) * g.in_w + iw0
                         src = row + (t + (a - ow_first)) * p_stride
-                        if p_stride == 1:   # kept apart: the compiler vectorizes it
-                            for ow in range(b - a):
-                                dst[ow * g.stride_w] += src[ow]
-                        else:
-                            for ow in range(b - a):
-                                dst[ow * g.stride_w] += src[ow * p_stride]
+                        add_run(dst, g.stride_w, src, p_stride, b - a)
                     t += seg_stop - ow_first
                     ow_first = 0
                     oh += 1

@@ -6,7 +6,7 @@ import pytest
 
 import fastim2col as F
 import reference as R
-from conftest import as64, assert_close, rand
+from conftest import as64, assert_close, rand, split_small_work
 from fastim2col import _args, _direct, _plan
 
 ISA_LEVELS = list(range(_direct.force_isa(-1) + 1))   # 0 .. the CPU's best
@@ -134,6 +134,32 @@ def test_nonfinite_found_anywhere_in_the_band(always_direct, rng, dtype, where):
     g = rand(rng, (2, 6, 7, 9), dtype)
     got = F.grad.conv2d_weight(x, w.shape, g, groups=2)
     expected = R.conv2d_weight_grad(as64(x), w.shape, as64(g), groups=2)
+    assert np.array_equal(np.isfinite(got), np.isfinite(expected))
+    assert np.isfinite(got[:, :, :, 0]).all()
+
+
+@pytest.mark.parametrize("where", [(0, 0), (7, 4), (15, 8)])
+def test_nonfinite_found_with_output_blocks(always_direct, monkeypatch, rng, restore_threads,
+                                            where):
+    """Units split into blocks of output channels pack the same input band;
+    only each chunk's first block checks it for non-finite values: an
+    infinity still sends the call to the GEMM path (16 threads on 16 -> 16
+    channels: 2 chunks x 4 blocks)."""
+    from fastim2col import _plan
+    split_small_work(monkeypatch)
+    splits = []
+    real = _plan.direct_weight_split
+    monkeypatch.setattr(_plan, "direct_weight_split",
+                        lambda *a: splits.append(real(*a)) or splits[-1])
+    F.set_num_threads(16)
+    c, r = where
+    x = rand(rng, (1, 16, 9, 11))
+    x[0, c, r, -1] = np.inf      # the last column: tap j = 0 never reads it
+    w = rand(rng, (16, 16, 3, 3))
+    g = rand(rng, (1, 16, 7, 9))
+    got = F.grad.conv2d_weight(x, w.shape, g)
+    assert splits and splits[-1][2] < 16   # output channels were split into blocks
+    expected = R.conv2d_weight_grad(x, w.shape, g)
     assert np.array_equal(np.isfinite(got), np.isfinite(expected))
     assert np.isfinite(got[:, :, :, 0]).all()
 
