@@ -55,11 +55,13 @@ DIRECT_WEIGHT_OUTPUTS = 32
 DIRECT_WEIGHT_OUTPUTS_F64 = 64
 DIRECT_WEIGHT_MIN_CHANNELS = 16
 DIRECT_WEIGHT_MIN_POSITIONS = 196
-# A unit re-packs its chunk's input band and its block's grad_output band:
-# with chunks of 2 channels (64 channels on 16 threads) the whole grad_output
-# band was packed 32 times, and the direct weight gradient ran 1.14-1.25x the
-# GEMM path (3x3 64 channels at 56 px batch 16, VGG's batch 1); split by
-# chunks of 8 channels x blocks of 16 outputs, 0.90-0.95x.
+# A unit packs its chunk's input band and its block's grad_output band
+# (a thread's next unit reuses whichever of the two it shares): when each
+# unit packed both, with chunks of 2 channels (64 channels on 16 threads)
+# the whole grad_output band was packed 32 times, and the direct weight
+# gradient ran 1.14-1.25x the GEMM path (3x3 64 channels at 56 px batch 16,
+# VGG's batch 1); split by chunks of 8 channels x blocks of 16 outputs,
+# 0.90-0.95x.
 DIRECT_WEIGHT_MIN_CHUNK = 8
 DIRECT_WEIGHT_MIN_BLOCK = 4           # output channels per unit: a register block (AVX-512)
 
@@ -474,9 +476,10 @@ def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_thr
     order (the same bits) whatever the thread count and split. Units split
     each group's input channels until there are two per thread, in chunks of
     at least DIRECT_WEIGHT_MIN_CHUNK channels, then its output channels into
-    blocks (a unit re-packs its chunk's input band and its block's
-    grad_output band: chunks of 2 channels re-packed the whole grad_output
-    band 32 times at 16 threads), then the channels further."""
+    blocks (a unit packs its chunk's input band and its block's
+    grad_output band, unless the thread's unit before it packed the same:
+    chunks of 2 channels had the whole grad_output band packed 32 times at
+    16 threads), then the channels further."""
     span, row_len, halo = _direct_band_geometry(win, vector_elements)
     cap = min(cg, DIRECT_WEIGHT_CHANNELS)
     planes = cap * win.stride_h * win.stride_w

@@ -104,6 +104,31 @@ def test_bitwise_identical_whatever_threads_and_bands(always_direct, monkeypatch
         assert_close(gw, expected, dtype)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_units_share_packed_bands(always_direct, monkeypatch, rng, restore_threads,
+                                         dtype, groups):
+    """A thread's run of units, band by band, packs an input band once for
+    the units of one chunk and a grad_output band once for those of one
+    block: runs that cross chunks and blocks (3 chunks x 3 blocks a group,
+    on 1 to 7 threads, bands of 3 rows) still give each unit its own bands,
+    and the same bits whatever the threads."""
+    split_small_work(monkeypatch)
+    monkeypatch.setattr(_plan, "direct_weight_split", lambda *args: (3, 4, 4))
+    x = rand(rng, (2, 12 * groups, 10, 13), dtype)
+    w_shape = (10 * groups, 12, 3, 3)
+    g = rand(rng, (2, 10 * groups, 10, 13), dtype)
+    expected = R.conv2d_weight_grad(as64(x), w_shape, as64(g), padding=1, groups=groups)
+    results = []
+    for threads in (1, 2, 4, 5, 7):
+        F.set_num_threads(threads)
+        results.append(F.grad.conv2d_weight(x, w_shape, g, padding=1, groups=groups))
+        assert_close(results[-1], expected, dtype)
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+    assert always_direct.count("direct_weight") == len(results)
+
+
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 def test_weight_gradient_with_nonfinite_input(always_direct, rng, value):
     """The direct weight gradient multiplies inputs in dropped lanes by zero;
