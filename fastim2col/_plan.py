@@ -48,12 +48,21 @@ DIRECT_WEIGHT_OUTPUTS = 32
 # GEMM is thin (few output channels) and the input has channels enough to
 # split (float64, 3x3, 2 threads, direct / GEMM time: 64 -> 64 channels at
 # 56 px 0.84-0.96, VGG's at 224 px 0.89-0.95, at 14 px 0.90-0.92, 7 px 1.06;
-# 128 outputs 1.02-1.19; 3 or 8 input channels up to 1.75. float32 only up to
-# 32 outputs: 0.72-0.94 there, 1.11-1.17 with 64). On 8 and 16 threads (16-core
-# VM, units split by input x output channels, see direct_weight_split): 64
-# channels at 56 px 0.20-0.95, VGG's 0.87-0.90; 128 outputs 1.23-1.24.
+# 128 outputs 1.02-1.19. float32 only up to 32 outputs: 0.72-0.94 there,
+# 1.11-1.17 with 64). On 8 and 16 threads (16-core VM, units split by input x
+# output channels, see direct_weight_split): 64 channels at 56 px 0.20-0.95,
+# VGG's 0.87-0.90; 128 outputs 1.23-1.24.
 DIRECT_WEIGHT_OUTPUTS_F64 = 64
+# Fewer input channels than DIRECT_WEIGHT_MIN_CHANNELS (first layers: the
+# GEMM's other side, channels x taps, is thin too): direct up to
+# DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS in both dtypes (2 threads, batch 1 and 8,
+# direct / GEMM time: ResNet's stem 0.79-0.83 float64, 0.77-0.79 float32;
+# 3 -> 64 3x3 at 224 px 0.73-0.84 / 0.77-0.80; 8 -> 64 at 56 px 0.42-0.91;
+# 3 -> 32 3x3 stride 2 at 224 px 0.38-0.90; 1 -> 32 5x5 at 28 px 0.73-0.89;
+# with 128 outputs 0.94-1.04 float64, 0.64-1.09 float32: not there). 1x1
+# kernels stay GEMMs (use_direct).
 DIRECT_WEIGHT_MIN_CHANNELS = 16
+DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS = 64
 DIRECT_WEIGHT_MIN_POSITIONS = 196
 # A unit packs its chunk's input band and its block's grad_output band
 # (a thread's next unit reuses whichever of the two it shares): when each
@@ -452,16 +461,20 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8) -> 
     """Whether an NCHW weight gradient runs in the direct kernels: only where
     per-group GEMMs are thin: groups of at most DIRECT_WEIGHT_OUTPUTS output
     channels (ResNeXt, depthwise; measured 0.55-0.7x the GEMM path there),
-    ungrouped layers with at most that many (float64: DIRECT_WEIGHT_OUTPUTS_F64)
-    and at least DIRECT_WEIGHT_MIN_CHANNELS input channels over at least
-    DIRECT_WEIGHT_MIN_POSITIONS output positions.
+    ungrouped layers over at least DIRECT_WEIGHT_MIN_POSITIONS output
+    positions with at most that many outputs (float64:
+    DIRECT_WEIGHT_OUTPUTS_F64) where they have DIRECT_WEIGHT_MIN_CHANNELS
+    input channels or more, at most DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS where
+    they have fewer.
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
     over positions, short on small images (1.5-5x slower at 7-28 px with many
     output channels)."""
     if groups == 1:
-        outputs = DIRECT_WEIGHT_OUTPUTS_F64 if itemsize == 8 else DIRECT_WEIGHT_OUTPUTS
-        return (og <= outputs and cg >= DIRECT_WEIGHT_MIN_CHANNELS
-                and win.out_h * win.out_w >= DIRECT_WEIGHT_MIN_POSITIONS
+        if cg < DIRECT_WEIGHT_MIN_CHANNELS:
+            outputs = DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
+        else:
+            outputs = DIRECT_WEIGHT_OUTPUTS_F64 if itemsize == 8 else DIRECT_WEIGHT_OUTPUTS
+        return (og <= outputs and win.out_h * win.out_w >= DIRECT_WEIGHT_MIN_POSITIONS
                 and use_direct(groups, cg, og, win))
     return og <= DIRECT_WEIGHT_OUTPUTS and use_direct(groups, cg, og, win)
 

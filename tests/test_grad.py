@@ -399,28 +399,33 @@ def test_weight_gradient_direct_sums(rng, kernel_threads, monkeypatch, dtype, n_
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch, dtype):
-    """Ungrouped layers with few outputs (float64: up to 64, float32: up to
-    32) and at least 16 input channels over 14x14 or more positions get the
-    direct weight gradient; more outputs, fewer channels or positions, the
-    GEMM path. Each checked against the reference."""
+    """Ungrouped layers over 14x14 or more positions with few outputs get
+    the direct weight gradient: with 16 input channels or more, up to 64
+    outputs in float64, 32 in float32; with fewer input channels, up to 64
+    in both (1x1 kernels never); more outputs or fewer positions, the GEMM
+    path. Each checked against the reference."""
     from fastim2col import _plan, _direct, grad
     item = np.dtype(dtype).itemsize
     used = []
     real = _direct.direct_weight
     monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(True) or real(*a))
     outputs = 64 if dtype == np.float64 else 32
+    few_outputs = _plan.DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
     need = _plan.DIRECT_WEIGHT_MIN_CHANNELS
-    for c, size, c_out, expect in [(need, 14, outputs, True), (need, 14, outputs + 8, False),
-                                   (need - 1, 14, 16, False), (need, 13, 16, False),
-                                   (need + 8, 20, 16, True)]:
+    # (input channels, size, outputs, kernel, direct?)
+    for c, size, c_out, k, expect in [
+            (need, 14, outputs, 3, True), (need, 14, outputs + 8, 3, False),
+            (need - 1, 14, few_outputs, 3, True), (need - 1, 14, few_outputs + 8, 3, False),
+            (3, 14, 16, 3, True), (3, 14, 16, 1, False), (need, 13, 16, 3, False),
+            (3, 13, 16, 3, False), (need + 8, 20, 16, 3, True)]:
         used.clear()
         x = rng.standard_normal((2, c, size, size)).astype(dtype)
         g = rng.standard_normal((2, c_out, size, size)).astype(dtype)
-        got = grad.conv2d_weight(x, (c_out, c, 3, 3), g, padding=1)
-        assert_close(got, R.conv2d_weight_grad(as64(x), (c_out, c, 3, 3), as64(g), padding=1),
-                     dtype)
-        assert bool(used) == expect, (c, size, c_out)
-        win = F._args.window((size, size), 3, 1, 1, 1, allow_strings=False)
+        got = grad.conv2d_weight(x, (c_out, c, k, k), g, padding=k // 2)
+        assert_close(got, R.conv2d_weight_grad(as64(x), (c_out, c, k, k), as64(g),
+                                               padding=k // 2), dtype)
+        assert bool(used) == expect, (c, size, c_out, k)
+        win = F._args.window((size, size), k, 1, k // 2, 1, allow_strings=False)
         assert _plan.use_direct_weight(1, c, c_out, win, item) == expect
 
 
