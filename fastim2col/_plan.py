@@ -215,13 +215,16 @@ def band_rows(kernel_h, stride_h, dilation_h) -> int:
     return max(1, _ceil_div(reach, stride_h))
 
 
+NHWC_MIN_BLOCK = 32   # input channels per NHWC input-gradient block (GEMMs of that width)
+
+
 def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct) -> tuple[int, int]:
     """(tile of whole output rows, block of input channels) for the input gradient."""
     n_pos = win.out_h * win.out_w
     if direct:
         tile = n_pos
         units = n_images * groups
-        if n_threads > 1 and units < n_threads and not nhwc:
+        if n_threads > 1 and units < n_threads:
             # Nothing to fold, so nothing to overlap: one GEMM per thread, all
             # input channels by a tile of positions, runs fastest (1x1, 256 ->
             # 64 channels at 56 px, batch 1: 0.49 ms, vs 1.07 ms for blocks
@@ -237,8 +240,11 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct)
         tile = rows * win.out_w
         units = n_images * groups * _ceil_div(_ceil_div(win.out_h, rows), 2)
     block = cg
-    if n_threads > 1 and units < 2 * n_threads and not nhwc:
-        n_blocks = min(cg, _ceil_div(2 * n_threads, units))
+    if n_threads > 1 and units < 2 * n_threads:
+        # NHWC: a block is a slice of every tap's columns (one GEMM per tap,
+        # src/_conv.pyx grad_input): blocks at least NHWC_MIN_BLOCK wide
+        most = cg // NHWC_MIN_BLOCK if nhwc and not direct else cg
+        n_blocks = max(1, min(most, _ceil_div(2 * n_threads, units)))
         block = _ceil_div(cg, n_blocks)
     return tile, block
 
@@ -396,6 +402,24 @@ def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
     if nhwc and groups > 1 and cg * itemsize < 64:
         return False
     return win.kernel_h * win.kernel_w > 1 or (groups > 1 and cg == 1)
+
+
+# NHWC input gradients read grad_output through strided NCHW views: with
+# more channels than this the direct kernels' gathers lose to GEMM + fold
+# (3x3, stride 1, 2 threads, batch 1 and 8, direct / GEMM path time: 256
+# channels at 14 and 28 px 1.4-1.8 float32, 1.45-1.8 float64; 128 at 14-28
+# px 0.85-1.1; 64 at 56 px 0.57-0.86).
+NHWC_DIRECT_INPUT_CHANNELS = 128
+
+
+def use_direct_input(groups: int, og: int, cg: int, flipped, nhwc: bool, itemsize: int) -> bool:
+    """Whether a stride-1 input gradient (a conv2d of grad_output, og
+    channels a group, with the flipped weights) runs in the direct kernels:
+    as use_direct, and in NHWC with at most NHWC_DIRECT_INPUT_CHANNELS
+    channels of grad_output a group."""
+    if nhwc and og > NHWC_DIRECT_INPUT_CHANNELS:
+        return False
+    return use_direct(groups, og, cg, flipped, nhwc, itemsize)
 
 
 def _direct_band_geometry(win, vector_elements: int) -> tuple[int, int, int]:

@@ -213,7 +213,7 @@ def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc
         return False
     flipped = _args.Window(win.out_h, win.out_w, win.in_h, win.in_w, kh, kw, 1, 1,
                            pad_h, pad_w, win.dilation_h, win.dilation_w)
-    if not _plan.use_direct(groups, og, cg, flipped, nhwc, res.itemsize):
+    if not _plan.use_direct_input(groups, og, cg, flipped, nhwc, res.itemsize):
         return False
     split = _plan.direct_split(res.shape[0], groups, og, cg, flipped, res.itemsize, n_threads,
                                _direct.vector_elements(res.itemsize))

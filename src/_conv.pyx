@@ -373,21 +373,29 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                     c1 = min(cg, c0 + cv.block)
                     src = go + n * n_pos * cv.n_out
                     if cv.nhwc:
-                        # NHWC runs with a single channel block (planner).
                         src = src + p0 * cv.n_out + grp * og
                         if cv.direct:
-                            dst = gx + n * image_size + p0 * cv.n_channels + grp * cg
-                            gemm_rm(False, False, p1 - p0, cg, og, 1, src, cv.n_out,
-                                    w + grp * og * kg, kg, 0, dst, cv.n_channels)
+                            dst = gx + n * image_size + p0 * cv.n_channels + grp * cg + c0
+                            gemm_rm(False, False, p1 - p0, c1 - c0, og, 1, src, cv.n_out,
+                                    w + grp * og * kg + c0, kg, 0, dst, cv.n_channels)
                             if bias != NULL:
                                 for r in range(p1 - p0):
-                                    for q in range(cg):
-                                        dst[r * cv.n_channels + q] += bias[grp * cg + q]
+                                    for q in range(c1 - c0):
+                                        dst[r * cv.n_channels + q] += bias[grp * cg + c0 + q]
                         else:
-                            gemm_rm(False, False, p1 - p0, kg, og, 1, src, cv.n_out,
-                                    w + grp * og * kg, kg, 0, buf, kg)
-                            fold_nhwc(buf, kg, cv.n_channels, grp * cg, cg, &g, p0, p1,
-                                      gx + n * image_size)
+                            # NHWC weights are (og, taps, cg): a block of
+                            # channels is a slice of each tap's columns, one
+                            # GEMM per tap into (positions, taps, block)
+                            if c1 - c0 == cg:
+                                gemm_rm(False, False, p1 - p0, kg, og, 1, src, cv.n_out,
+                                        w + grp * og * kg, kg, 0, buf, kg)
+                            else:
+                                for k in range(kk):
+                                    gemm_rm(False, False, p1 - p0, c1 - c0, og, 1, src,
+                                            cv.n_out, w + grp * og * kg + k * cg + c0, kg, 0,
+                                            buf + k * (c1 - c0), kk * (c1 - c0))
+                            fold_nhwc(buf, kk * (c1 - c0), cv.n_channels, grp * cg + c0,
+                                      c1 - c0, &g, p0, p1, gx + n * image_size)
                     else:
                         src = src + grp * og * n_pos + p0
                         rows = (c1 - c0) * kk

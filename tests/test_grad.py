@@ -473,3 +473,65 @@ def test_direct_weight_gradient_blocks_same_bits(rng, monkeypatch, restore_threa
     assert_close(got[16], R.conv2d_weight_grad(x, (64, 64, 3, 3), g, padding=1), np.float64)
     assert np.array_equal(got[1], got[16])
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel, stride, groups", [(3, 1, 1), (3, 2, 1), (2, 1, 2), (1, 1, 1),
+                                                     (1, 1, 2)])
+def test_nhwc_input_gradient_split_for_threads(rng, monkeypatch, restore_threads, dtype, kernel,
+                                              stride, groups):
+    """NHWC input gradients of one image on 3 threads: blocks of input
+    channels (one GEMM per tap, each a slice of the tap's weight columns;
+    uneven blocks) or, 1x1, tiles of positions; conv2d_input and
+    conv_transpose2d with its bias, against the reference."""
+    from conftest import split_small_work
+    from fastim2col import _plan
+    split_small_work(monkeypatch)
+    monkeypatch.setattr(_plan, "NHWC_MIN_BLOCK", 3)
+    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
+    splits = []
+    real = _plan.grad_input
+    monkeypatch.setattr(_plan, "grad_input", lambda *a: splits.append(real(*a)) or splits[-1])
+    F.set_num_threads(3)
+    c, c_out, size = 10 * groups, 7 * groups, 13
+    pad = 0 if kernel == 1 else 1    # 1x1 unpadded: no fold, the GEMM writes the result
+    x_shape = (1, c, size, size - 2)
+    w = rand(rng, (c_out, c // groups, kernel, kernel), dtype)
+    y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w.shape), stride=stride, padding=pad,
+                       groups=groups).shape
+    g = rand(rng, y_shape, dtype)
+    got = conv2d_input((1, size, size - 2, c), R.weight_to_nhwc(w), R.to_nhwc(g), stride, pad,
+                       groups=groups, layout="NHWC")
+    expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), stride, pad, groups=groups)
+    assert_close(got, R.to_nhwc(expected), dtype)
+    tile, block = splits[-1]
+    if kernel == 1 and stride == 1:
+        assert tile < size * (size - 2) or block < c // groups   # split for the threads
+    else:
+        assert block < c // groups
+    # conv_transpose2d: the input gradient of a conv2d with c_out -> c, plus a bias
+    wt = rand(rng, (c, c_out // groups, kernel, kernel), dtype)
+    xt = rand(rng, y_shape[:1] + (c,) + y_shape[2:], dtype)
+    bias = rand(rng, (c_out,), dtype)
+    got = F.conv_transpose2d(R.to_nhwc(xt), R.weight_to_nhwc(wt), bias, stride, pad,
+                             groups=groups, layout="NHWC")
+    expected = R.conv_transpose2d(as64(xt), as64(wt), as64(bias), stride, pad, groups=groups)
+    assert_close(got, R.to_nhwc(expected), dtype)
+
+
+@pytest.mark.parametrize("extra, direct", [(0, True), (8, False)])
+def test_nhwc_direct_input_gradient_channels(rng, monkeypatch, extra, direct):
+    """NHWC stride-1 input gradients run in the direct kernels with at most
+    NHWC_DIRECT_INPUT_CHANNELS channels of grad_output, else GEMM + fold;
+    both against the reference."""
+    from fastim2col import _direct, _plan
+    channels = _plan.NHWC_DIRECT_INPUT_CHANNELS + extra
+    used = []
+    real = _direct.direct_forward
+    monkeypatch.setattr(_direct, "direct_forward", lambda *a, **k: used.append(1) or real(*a, **k))
+    x_shape, w = (1, 4, 20, 20), rand(rng, (channels, 4, 3, 3))
+    g = rand(rng, (1, channels, 20, 20))
+    got = conv2d_input((1, 20, 20, 4), R.weight_to_nhwc(w), R.to_nhwc(g), padding=1,
+                       layout="NHWC")
+    assert_close(got, R.to_nhwc(R.conv2d_input_grad(x_shape, w, g, padding=1)), np.float64)
+    assert bool(used) == direct
