@@ -110,17 +110,27 @@ def gemm_tile(kg: int, n_pos: int, itemsize: int, n_threads: int = 1) -> int:
     return _ceil_div(n_pos, _ceil_div(n_pos, tile))
 
 
-def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct) -> tuple[int, int]:
+def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct,
+            nhwc=False) -> tuple[int, int]:
     """(tile, block of output channels) for conv2d's forward kernel. A direct
     (1x1) convolution unrolls nothing, so its tile is a whole image."""
     tile = n_pos if direct else gemm_tile(kg, n_pos, itemsize, n_threads)
     block = og
     units = n_images * groups * _ceil_div(n_pos, tile)
+    if direct and n_threads > 1 and units < n_threads and (nhwc or itemsize == 4):
+        # One GEMM per thread of a tile of positions (NHWC: contiguous rows
+        # of the result), not of a block of output channels (1x1 layers at
+        # 56-14 px, batch 1, 2 threads, tiles / blocks: NHWC 0.68-1.03 in
+        # both dtypes; NCHW float32 0.74-1.04; NCHW float64 0.92-1.18: there
+        # blocks, below).
+        finer = _ceil_div(n_pos, _ceil_div(n_threads, units))
+        if finer >= MIN_GEMM_TILE:
+            return finer, og
     if direct and n_threads > 1 and units < n_threads and og >= 16 * n_threads:
         # Nothing to unroll, so nothing to overlap: one GEMM per thread, of
-        # whole images and a block of output channels, runs fastest (1x1,
-        # 64 -> 256 channels at 56 px, batch 1: 0.40 ms, vs 0.47 ms for
-        # 4 position tiles).
+        # whole images and a block of output channels, runs fastest in NCHW
+        # float64 (1x1, 64 -> 256 channels at 56 px, batch 1: 0.40 ms, vs
+        # 0.47 ms for 4 position tiles).
         return tile, _ceil_div(og, _ceil_div(n_threads, units))
     if n_threads > 1 and 2 * n_threads <= units < 8 * n_threads and units % n_threads:
         # Few units: make their count a multiple of the threads (7 tiles on 2

@@ -187,7 +187,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                 _plan.check_scratch(n_threads, (kg + block) * split[0], itemsize=dtype.itemsize)
             else:
                 split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads,
-                                      direct)
+                                      direct, nhwc)
                 _plan.check_scratch(n_threads, kg * split[0], itemsize=dtype.itemsize)
             with blas_single_threaded:
                 _conv.conv2d_forward(x, w2, bias, res, (n, c, c_out, groups), tuple(win),

@@ -268,3 +268,32 @@ def test_zero_size_image_with_padding(rng, layout, x_shape, w_shape, groups):
     got = F.conv2d(img_to(np.zeros(x_shape), layout), weight_to(np.ones(w_shape), layout), b,
                    padding=(1, 2), groups=groups, layout=layout)
     assert_close(got, expected, np.float64)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_1x1_one_image_split_for_threads(rng, monkeypatch, restore_threads, layout, dtype):
+    """A 1x1 conv2d of one image on 3 threads: one tile of positions a
+    thread (NHWC; NCHW float32), else blocks of output channels (NCHW
+    float64); with a bias, against the reference."""
+    from conftest import split_small_work
+    from fastim2col import _plan
+    split_small_work(monkeypatch)
+    splits = []
+    real = _plan.forward
+    monkeypatch.setattr(_plan, "forward", lambda *a: splits.append(real(*a)) or splits[-1])
+    F.set_num_threads(3)
+    x, w, b = rand(rng, (1, 8, 20, 20), dtype), rand(rng, (64, 8, 1, 1), dtype), rand(rng, (64,), dtype)
+    expected = R.conv2d(as64(x), as64(w), as64(b))
+    if layout == "NHWC":
+        got = np.ascontiguousarray(
+            R.to_nchw(F.conv2d(np.ascontiguousarray(R.to_nhwc(x)), R.weight_to_nhwc(w), b,
+                                layout="NHWC")))
+    else:
+        got = F.conv2d(x, w, b)
+    assert_close(got, expected, dtype)
+    tile, block = splits[-1]
+    if layout == "NHWC" or dtype == np.float32:
+        assert (tile, block) == (-(-20 * 20 // 3), 64)
+    else:
+        assert (tile, block) == (20 * 20, 22)
