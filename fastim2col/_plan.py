@@ -63,6 +63,14 @@ DIRECT_WEIGHT_OUTPUTS_F64 = 64
 # kernels stay GEMMs (use_direct).
 DIRECT_WEIGHT_MIN_CHANNELS = 16
 DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS = 64
+# NHWC (input and grad_output read as strided NCHW views, ungrouped only):
+# the same rules, and with stride 1 at most this many outputs (2 threads,
+# batch 1 and 8, direct / GEMM path time: ResNet's stem 0.64-0.73; 64 -> 32
+# 3x3 at 56 px 0.79-0.89; 16 -> 32 0.44-1.00; 3 -> 32 3x3 stride 2 at 224 px
+# 0.39-0.95; 4 -> 64 7x7 stride 2 0.36-0.90; stride 1 with 64 outputs: 3
+# channels at 224 px 0.93-1.22, 8 at 56 px 0.58-1.26, 64 at 56 px float64
+# 1.00-1.05).
+NHWC_DIRECT_WEIGHT_OUTPUTS = 32
 DIRECT_WEIGHT_MIN_POSITIONS = 196
 # A unit packs its chunk's input band and its block's grad_output band
 # (a thread's next unit reuses whichever of the two it shares): when each
@@ -491,7 +499,8 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     return band, chunk, per_unit
 
 
-def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8) -> bool:
+def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
+                      nhwc: bool = False) -> bool:
     """Whether an NCHW weight gradient runs in the direct kernels: only where
     per-group GEMMs are thin: groups of at most DIRECT_WEIGHT_OUTPUTS output
     channels (ResNeXt, depthwise; measured 0.55-0.7x the GEMM path there),
@@ -499,10 +508,14 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8) -> 
     positions with at most that many outputs (float64:
     DIRECT_WEIGHT_OUTPUTS_F64) where they have DIRECT_WEIGHT_MIN_CHANNELS
     input channels or more, at most DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS where
-    they have fewer.
+    they have fewer; in NHWC ungrouped only, and with stride 1 at most
+    NHWC_DIRECT_WEIGHT_OUTPUTS outputs.
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
     over positions, short on small images (1.5-5x slower at 7-28 px with many
     output channels)."""
+    if nhwc and (groups > 1 or (og > NHWC_DIRECT_WEIGHT_OUTPUTS
+                                and (win.stride_h, win.stride_w) == (1, 1))):
+        return False
     if groups == 1:
         if cg < DIRECT_WEIGHT_MIN_CHANNELS:
             outputs = DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS

@@ -87,18 +87,26 @@ def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
     return out if out is not None else _squeeze(res, unbatched)
 
 
-def _direct_weight_gradient(x, go, res, groups, win, n_threads) -> bool:
+def _direct_weight_gradient(x, go, res, groups, win, n_threads, nhwc) -> bool:
     """The weight gradient by the direct kernels, where the planner picks
-    them (NCHW, thin GEMMs: see _plan.use_direct_weight) and x is finite;
-    False (nothing done) else."""
-    c_out, cg = res.shape[0], res.shape[1]
-    if not _plan.use_direct_weight(groups, cg, c_out // groups, win, res.itemsize):
+    them (thin GEMMs: see _plan.use_direct_weight) and x is finite; False
+    (nothing done) else. NHWC arrays go in as transposed views, the
+    gradient through an NCHW-ordered copy of the (small) weights."""
+    c_out, cg = res.shape[0], res.shape[3 if nhwc else 1]
+    if not _plan.use_direct_weight(groups, cg, c_out // groups, win, res.itemsize, nhwc):
         return False
     split = _plan.direct_weight_split(groups, cg, c_out // groups, win, res.itemsize, n_threads,
                                       _direct.vector_elements(res.itemsize))
     if split is None:
         return False
-    return _direct.direct_weight(x, go, res, groups, tuple(win), split, n_threads)
+    if not nhwc:
+        return _direct.direct_weight(x, go, res, groups, tuple(win), split, n_threads)
+    dw = np.empty((c_out, cg, win.kernel_h, win.kernel_w), res.dtype)
+    if not _direct.direct_weight(x.transpose(0, 3, 1, 2), go.transpose(0, 3, 1, 2), dw, groups,
+                                 tuple(win), split, n_threads):
+        return False
+    res[...] = dw.transpose(0, 2, 3, 1)
+    return True
 
 
 def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
@@ -179,8 +187,7 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
         n_threads = _plan.conv_threads(2.0 * go.size * kg)
         if go.size == 0 or x.size == 0:
             res.fill(0)
-        elif not (nhwc or kg == 0) and _direct_weight_gradient(x, go, res, groups, win,
-                                                             n_threads):
+        elif kg and _direct_weight_gradient(x, go, res, groups, win, n_threads, nhwc):
             pass
         else:
             _gemm_weight_gradient(x, go, res, (n, c, c_out, groups), win, nhwc, n_threads)

@@ -309,25 +309,31 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
         raise MemoryError("conv2d: could not allocate the per-thread input buffers")
 
 
-cdef void pack_grad_band(const floating* g, Py_ssize_t og, Py_ssize_t plane, Py_ssize_t out_w,
-                         Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t row_len, Py_ssize_t g_len,
-                         floating* dst) noexcept nogil:
-    # Rows [oh0, oh0 + rows) of og channels of grad_output (C-contiguous
-    # planes) in grid layout: row_len per row, zeros in the dropped columns
-    # and up to g_len.
-    cdef Py_ssize_t o, r
+cdef void pack_grad_band(const floating* g, Py_ssize_t s_c, Py_ssize_t s_h, Py_ssize_t s_w,
+                         Py_ssize_t og, Py_ssize_t out_w, Py_ssize_t oh0, Py_ssize_t rows,
+                         Py_ssize_t row_len, Py_ssize_t g_len, floating* dst) noexcept nogil:
+    # Rows [oh0, oh0 + rows) of og channels of grad_output (g: the first
+    # channel of one image; strides in elements, NCHW or NHWC) in grid
+    # layout: row_len per row, zeros in the dropped columns and up to g_len.
+    cdef Py_ssize_t o, r, q
     cdef floating* d
+    cdef const floating* src
     for o in range(og):
         d = dst + o * g_len
         for r in range(rows):
-            memcpy(d + r * row_len, g + o * plane + (oh0 + r) * out_w, out_w * sizeof(floating))
+            src = g + o * s_c + (oh0 + r) * s_h
+            if s_w == 1:
+                memcpy(d + r * row_len, src, out_w * sizeof(floating))
+            else:
+                for q in range(out_w):
+                    d[r * row_len + q] = src[q * s_w]
             memset(d + r * row_len + out_w, 0, (row_len - out_w) * sizeof(floating))
         memset(d + rows * row_len, 0, (g_len - rows * row_len) * sizeof(floating))
 
 
 cdef Py_ssize_t direct_weight_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t s_c,
                                    Py_ssize_t s_h, Py_ssize_t s_w, const floating* go,
-                                   floating* dw, Py_ssize_t n_images, Py_ssize_t groups,
+                                   const Py_ssize_t* go_strides, floating* dw, Py_ssize_t n_images, Py_ssize_t groups,
                                    Py_ssize_t cg, Py_ssize_t og, Geometry g, Py_ssize_t band,
                                    Py_ssize_t ci_chunk, Py_ssize_t o_block, DirectShape s,
                                    Py_ssize_t g_len, const ptrdiff_t* tap_off, int n_threads,
@@ -349,7 +355,6 @@ cdef Py_ssize_t direct_weight_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t
     cdef Py_ssize_t per_thread = (n_units + n_threads - 1) // n_threads
     cdef Py_ssize_t n_bands = (g.out_h + band - 1) // band
     cdef Py_ssize_t halo = (g.kernel_h - 1) * g.dilation_h // g.stride_h
-    cdef Py_ssize_t plane = g.out_h * g.out_w
     cdef Py_ssize_t tail = DIRECT_NV * direct_vector_elements(sizeof(floating)) + s.row_len
     cdef Py_ssize_t g_at = line_round(ci_chunk * s.chan_len + tail, sizeof(floating))
     cdef Py_ssize_t buf_elems = g_at + o_block * g_len
@@ -397,9 +402,10 @@ cdef Py_ssize_t direct_weight_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t
                                     if not all_finite_d(buf, n_ci * s.chan_len):
                                         bad += 1
                         if block != g_key:
-                            pack_grad_band(go + ((n * groups + grp) * og + o0) * plane, n_o,
-                                           plane, g.out_w, oh0, rows, s.row_len, g_len,
-                                           buf + g_at)
+                            pack_grad_band(go + n * go_strides[0]
+                                           + (grp * og + o0) * go_strides[1], go_strides[1],
+                                           go_strides[2], go_strides[3], n_o, g.out_w, oh0,
+                                           rows, s.row_len, g_len, buf + g_at)
                             g_key = block
                         dw_unit = dw + (grp * og + o0) * cg * kk + ci0 * kk
                         if floating is float:
@@ -416,8 +422,9 @@ cdef Py_ssize_t direct_weight_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t
 def direct_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray dw, Py_ssize_t groups,
                   tuple geom, tuple split, int n_threads):
     """dw = the weight gradient of conv2d(x, w, groups), NCHW, by direct
-    accumulation. x (N, C, H, W) any strides; go C-contiguous (N, C_out, Ho,
-    Wo); dw C-contiguous (C_out, C/groups*kh*kw), overwritten; split:
+    accumulation. x (N, C, H, W) and go (N, C_out, Ho, Wo) any strides (NHWC
+    arrays as transposed views); dw C-contiguous (C_out, C/groups*kh*kw),
+    overwritten; split:
     (output rows per band, input channels and output channels per work unit).
     Returns False (dw then undefined) when x holds a NaN or an infinity: the
     kernels multiply inputs in dropped lanes by zero, which is only nothing
@@ -444,19 +451,23 @@ def direct_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray dw, Py_ssize_t grou
     cdef void* xp = cnp.PyArray_DATA(x)
     cdef void* gp = cnp.PyArray_DATA(go)
     cdef void* wp = cnp.PyArray_DATA(dw)
+    cdef Py_ssize_t go_strides[4]
+    cdef int k
+    for k in range(4):
+        go_strides[k] = cnp.PyArray_STRIDES(go)[k] // item
     cdef Py_ssize_t n_failed, n_nonfinite = 0
     with nogil:
         memset(wp, 0, dw.shape[0] * cg * kk * item)
         if cnp.PyArray_TYPE(dw) == cnp.NPY_FLOAT32:
             n_failed = direct_weight_impl(
                 <float*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
-                <float*> gp, <float*> wp, n_images, groups, cg, og, g, band, ci_chunk,
-                o_block, s, g_len, tap_off, n_threads, &n_nonfinite)
+                <float*> gp, go_strides, <float*> wp, n_images, groups, cg, og, g, band,
+                ci_chunk, o_block, s, g_len, tap_off, n_threads, &n_nonfinite)
         else:
             n_failed = direct_weight_impl(
                 <double*> xp, st[0] // item, st[1] // item, st[2] // item, st[3] // item,
-                <double*> gp, <double*> wp, n_images, groups, cg, og, g, band, ci_chunk,
-                o_block, s, g_len, tap_off, n_threads, &n_nonfinite)
+                <double*> gp, go_strides, <double*> wp, n_images, groups, cg, og, g, band,
+                ci_chunk, o_block, s, g_len, tap_off, n_threads, &n_nonfinite)
     free(tap_off)
     if n_failed:
         raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")

@@ -163,8 +163,9 @@ def conv_path(request, monkeypatch):
     per GEMM, GEMMs in both orientations), or the direct kernels always (with
     the planner's bands of output rows, or bands of one row). gemm-channels
     also runs every NCHW input gradient's GEMMs transposed (the planner does
-    so only in float64, for some shapes). NHWC always runs the GEMM (or the
-    NHWC depthwise kernel)."""
+    so only in float64, for some shapes). NHWC calls follow the same forcing
+    where their kernels take NHWC (the direct kernels read strided NCHW
+    views of it); the NHWC depthwise kernel is chosen apart."""
     from fastim2col import _plan
     if request.param.startswith("gemm"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)

@@ -535,3 +535,54 @@ def test_nhwc_direct_input_gradient_channels(rng, monkeypatch, extra, direct):
                        layout="NHWC")
     assert_close(got, R.to_nhwc(R.conv2d_input_grad(x_shape, w, g, padding=1)), np.float64)
     assert bool(used) == direct
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, threads):
+    """NHWC weight gradients in the direct kernels (input and grad_output
+    read as strided NCHW views, the result through an NCHW-ordered copy):
+    the planner's NHWC rule (ungrouped; with stride 1 at most
+    NHWC_DIRECT_WEIGHT_OUTPUTS outputs), each call against the reference,
+    and a non-finite input sent back to the GEMM path."""
+    from conftest import split_small_work
+    from fastim2col import _direct, _plan
+    split_small_work(monkeypatch)
+    F.set_num_threads(threads)
+    used = []
+    real = _direct.direct_weight
+    monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(real(*a)) or used[-1])
+    limit = _plan.NHWC_DIRECT_WEIGHT_OUTPUTS
+    # (x NCHW shape, weight shape, stride, padding, groups, direct?)
+    for x_shape, w_shape, stride, padding, groups, direct in [
+            ((2, 3, 33, 30), (limit + 8, 3, 7, 7), 2, 3, 1, True),
+            ((1, 20, 16, 17), (limit, 20, 3, 3), 1, 1, 1, True),
+            ((1, 20, 16, 17), (limit + 8, 20, 3, 3), 1, 1, 1, False),
+            ((1, 8, 16, 17), (16, 4, 3, 3), 1, 1, 2, False)]:
+        used.clear()
+        x = rand(rng, x_shape, dtype)
+        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=stride,
+                           padding=padding, groups=groups).shape
+        g = rand(rng, y_shape, dtype)
+        x_nhwc = R.to_nhwc(x)      # a strided view
+        got = conv2d_weight(x_nhwc, R.weight_to_nhwc(np.zeros(w_shape)).shape, R.to_nhwc(g),
+                            stride, padding, groups=groups, layout="NHWC")
+        expected = R.conv2d_weight_grad(as64(x), w_shape, as64(g), stride, padding,
+                                        groups=groups)
+        assert_close(np.ascontiguousarray(np.moveaxis(got, 3, 1)), expected, dtype)
+        assert used == ([True] if direct else []), (x_shape, w_shape, stride)
+        assert _plan.use_direct_weight(groups, x_shape[1] // groups, w_shape[0] // groups,
+                                       F._args.window(x_shape[2:], w_shape[2:], stride, padding,
+                                                      1, allow_strings=False),
+                                       np.dtype(dtype).itemsize, True) == direct
+    used.clear()      # an infinity in x: the direct kernels decline, GEMM path
+    x_shape, w_shape = (2, 3, 33, 30), (limit + 8, 3, 7, 7)
+    x = rand(rng, x_shape, dtype)
+    x[1, 2, 10, 11] = np.inf
+    g = rand(rng, R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=2, padding=3).shape,
+             dtype)
+    got = conv2d_weight(R.to_nhwc(x), R.weight_to_nhwc(np.zeros(w_shape)).shape, R.to_nhwc(g),
+                        2, 3, layout="NHWC")
+    expected = R.conv2d_weight_grad(as64(x), w_shape, as64(g), 2, 3)
+    assert used == [False]
+    assert np.array_equal(np.isfinite(np.moveaxis(got, 3, 1)), np.isfinite(expected))
