@@ -501,7 +501,7 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
 
 def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
                       nhwc: bool = False) -> bool:
-    """Whether an NCHW weight gradient runs in the direct kernels: only where
+    """Whether a weight gradient runs in the direct kernels: only where
     per-group GEMMs are thin: groups of at most DIRECT_WEIGHT_OUTPUTS output
     channels (ResNeXt, depthwise; measured 0.55-0.7x the GEMM path there),
     ungrouped layers over at least DIRECT_WEIGHT_MIN_POSITIONS output
