@@ -118,6 +118,14 @@ def gemm_tile(kg: int, n_pos: int, itemsize: int, n_threads: int = 1) -> int:
     return _ceil_div(n_pos, _ceil_div(n_pos, tile))
 
 
+def _tile_per_thread(n_pos: int, units: int, n_threads: int) -> int | None:
+    """Positions per tile when the units (whole images x groups, fewer than
+    the threads) are cut into one tile a thread; None where such tiles would
+    be narrower than MIN_GEMM_TILE."""
+    finer = _ceil_div(n_pos, _ceil_div(n_threads, units))
+    return finer if finer >= MIN_GEMM_TILE else None
+
+
 def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct,
             nhwc=False) -> tuple[int, int]:
     """(tile, block of output channels) for conv2d's forward kernel. A direct
@@ -125,21 +133,19 @@ def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct,
     tile = n_pos if direct else gemm_tile(kg, n_pos, itemsize, n_threads)
     block = og
     units = n_images * groups * _ceil_div(n_pos, tile)
-    if direct and n_threads > 1 and units < n_threads and (nhwc or itemsize == 4):
-        # One GEMM per thread of a tile of positions (NHWC: contiguous rows
-        # of the result), not of a block of output channels (1x1 layers at
-        # 56-14 px, batch 1, 2 threads, tiles / blocks: NHWC 0.68-1.03 in
-        # both dtypes; NCHW float32 0.74-1.04; NCHW float64 0.92-1.18: there
-        # blocks, below).
-        finer = _ceil_div(n_pos, _ceil_div(n_threads, units))
-        if finer >= MIN_GEMM_TILE:
+    if direct and n_threads > 1 and units < n_threads:
+        # Nothing to unroll, so nothing to overlap: one GEMM per thread, of a
+        # tile of positions (NHWC: contiguous rows of the result) or, in NCHW
+        # float64, of whole images and a block of output channels (1x1
+        # layers at 56-14 px, batch 1, 2 threads, tiles / blocks: NHWC
+        # 0.68-1.03 in both dtypes; NCHW float32 0.74-1.04; NCHW float64
+        # 0.92-1.18; earlier, 64 -> 256 channels at 56 px: 0.40 ms for
+        # blocks vs 0.47 ms for 4 position tiles).
+        finer = _tile_per_thread(n_pos, units, n_threads)
+        if finer is not None and (nhwc or itemsize == 4):
             return finer, og
-    if direct and n_threads > 1 and units < n_threads and og >= 16 * n_threads:
-        # Nothing to unroll, so nothing to overlap: one GEMM per thread, of
-        # whole images and a block of output channels, runs fastest in NCHW
-        # float64 (1x1, 64 -> 256 channels at 56 px, batch 1: 0.40 ms, vs
-        # 0.47 ms for 4 position tiles).
-        return tile, _ceil_div(og, _ceil_div(n_threads, units))
+        if og >= 16 * n_threads:
+            return tile, _ceil_div(og, _ceil_div(n_threads, units))
     if n_threads > 1 and 2 * n_threads <= units < 8 * n_threads and units % n_threads:
         # Few units: make their count a multiple of the threads (7 tiles on 2
         # threads would leave one thread idle for a seventh of the call).
@@ -247,8 +253,8 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct)
             # input channels by a tile of positions, runs fastest (1x1, 256 ->
             # 64 channels at 56 px, batch 1: 0.49 ms, vs 1.07 ms for blocks
             # of 16 channels).
-            finer = _ceil_div(n_pos, _ceil_div(n_threads, units))
-            if finer >= MIN_GEMM_TILE:
+            finer = _tile_per_thread(n_pos, units, n_threads)
+            if finer is not None:
                 return finer, cg
     else:
         rows = max(band_rows(win.kernel_h, win.stride_h, win.dilation_h),

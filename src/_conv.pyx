@@ -385,7 +385,8 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                         else:
                             # NHWC weights are (og, taps, cg): a block of
                             # channels is a slice of each tap's columns, one
-                            # GEMM per tap into (positions, taps, block)
+                            # GEMM per tap into (positions, taps, block); all
+                            # of the group's channels are one GEMM
                             if c1 - c0 == cg:
                                 gemm_rm(False, False, p1 - p0, kg, og, 1, src, cv.n_out,
                                         w + grp * og * kg, kg, 0, buf, kg)
