@@ -84,6 +84,17 @@ cdef inline void add_run(floating* dst, Py_ssize_t dst_step, const floating* src
             dst[i * dst_step] += src[i * src_step]
 
 
+cdef inline void add_pair(floating* dst, const floating* a, const floating* b,
+                          Py_ssize_t n) noexcept nogil:
+    # dst[2i] += a[i], dst[2i + 1] += b[i], i < n: two taps of a stride-2
+    # row fill the columns between them; contiguous, so it vectorizes (a
+    # stride-2 add_run does not).
+    cdef Py_ssize_t i
+    for i in range(n):
+        dst[2 * i] += a[i]
+        dst[2 * i + 1] += b[i]
+
+
 cdef struct TapRanges:
     # Each kernel row's valid output rows and each kernel column's valid
     # output columns (two integer divisions each), worked out once per call
@@ -263,6 +274,12 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
     # short rows: the general loop below took a quarter of the time of a 7x7
     # layer's input gradient).
     cdef bint whole_rows = p_start % g.out_w == 0 and p_stop % g.out_w == 0
+    # Stride 2, no dilation: taps j and j + 1 add to alternate columns, in
+    # pairs contiguous ones (add_pair). Each element still gets its taps in
+    # ascending order: the same sums.
+    cdef bint pairs = whole_rows and g.stride_w == 2 and g.dilation_w == 1 and p_stride == 1
+    cdef ColRange cols_next
+    cdef Py_ssize_t both_hi
     cdef TapRanges taps = tap_ranges(g)
     for c in range(n_channels):
         for i in range(g.kernel_h):
@@ -270,10 +287,28 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
             oh_lo = max(rows_ok.lo, oh_first)
             oh_hi = min(rows_ok.hi, p_stop // g.out_w)
             for j in range(g.kernel_w):
+                if pairs and j % 2:   # added with tap j - 1
+                    continue
                 row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * k_stride
                 cols_ok = tap_cols(&taps, g, j)
                 lo = cols_ok.lo
                 hi = cols_ok.hi
+                if pairs and j + 1 < g.kernel_w:
+                    # tap j's output column ow adds to input column 2 ow + j -
+                    # pad_w, tap j + 1's to the one after it. Tap j + 1's
+                    # valid columns start and end no later than tap j's: it
+                    # alone on the left, both, then tap j alone on the right.
+                    cols_next = tap_cols(&taps, g, j + 1)
+                    both_hi = max(lo, cols_next.hi)
+                    for oh in range(oh_lo, oh_hi):
+                        ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
+                        dst = img + (c * g.in_h + ih) * g.in_w + j - g.pad_w
+                        src = row + (oh - oh_first) * g.out_w
+                        add_run(dst + 1 + 2 * cols_next.lo, 2, src + k_stride + cols_next.lo,
+                                1, min(lo, cols_next.hi) - cols_next.lo)
+                        add_pair(dst + 2 * lo, src + lo, src + k_stride + lo, both_hi - lo)
+                        add_run(dst + 2 * both_hi, 2, src + both_hi, 1, hi - both_hi)
+                    continue
                 if whole_rows:
                     iw0 = lo * g.stride_w - g.pad_w + j * g.dilation_w
                     for oh in range(oh_lo, oh_hi):

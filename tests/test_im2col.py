@@ -66,6 +66,21 @@ def test_col2im_matches_reference(kernel_threads, case):
     assert_close(got, expected, case["dtype"])
 
 
+def test_col2im_stride2_tap_pairs(rng):
+    """Stride 2 along the width: fold adds taps j, j + 1 together where both
+    are valid, j + 1 alone on the left, j alone on the right (src/_unroll.pxd
+    fold_nchw); every kernel width, padding and small width, odd and even."""
+    for kw in range(1, 8):
+        for pad in range(0, min(kw, 4)):
+            for w in range(max(1, kw - 2 * pad), 13):
+                kwargs = dict(kernel_size=(2, kw), stride=(1, 2), padding=(1, pad))
+                wo = (w + 2 * pad - kw) // 2 + 1
+                cols = rand(rng, (2, 3 * 2 * kw, 4 * wo), np.float32)
+                expected = R.col2im(as64(cols), (3, w), kernel=(2, kw), stride=(1, 2),
+                                    padding=(1, pad))
+                assert_close(F.col2im(cols, (3, w), **kwargs), expected, np.float32)
+
+
 @given(unroll_cases())
 def test_adjoint_identity(kernel_threads, case):
     """<im2col(x), c> == <x, col2im(c)> in float64, both layouts."""
