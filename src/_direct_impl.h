@@ -54,9 +54,9 @@ DFN(block)(const int co, const int nv, const DT* packed, const ptrdiff_t* tap_of
 }
 
 /* The last, partial register block of channels(): nv (1 to DIRECT_NV - 1)
- * vectors, from p0 on. Not inlined: with the tail's 15 block variants
- * inlined into channels(), the whole-block loop ran 3-4% slower on 7 px
- * images (no tail there). */
+ * vectors, from p0 on, for each channel count direct_rows() uses. Out of
+ * line: it runs once per grid fill, and inlined into each of channels()'
+ * instances its 15 block variants would multiply their code. */
 static __attribute__((noinline)) DTARGET void
 DFN(tail)(const int co, const int nv, const DT* packed, const ptrdiff_t* tap_off,
           const ptrdiff_t* w_off, ptrdiff_t n_taps, const DT* w, ptrdiff_t w_stride,
