@@ -66,19 +66,23 @@ def test_col2im_matches_reference(kernel_threads, case):
     assert_close(got, expected, case["dtype"])
 
 
-def test_col2im_stride2_tap_pairs(rng):
-    """Stride 2 along the width: fold adds taps j, j + 1 together where both
-    are valid, j + 1 alone on the left, j alone on the right (src/_unroll.pxd
-    fold_nchw); every kernel width, padding and small width, odd and even."""
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_col2im_stride2_kernel_rows(rng, layout):
+    """Stride 2 along the width, every kernel width, padding and small width,
+    odd and even. NCHW: fold adds taps j, j + 1 together where both are
+    valid, j + 1 alone on the left, j alone on the right (src/_unroll.pxd
+    fold_nchw). NHWC: a kernel row inside the image is one run of all its
+    taps' channels, one at the edges tap by tap (fold_nhwc)."""
     for kw in range(1, 8):
         for pad in range(0, min(kw, 4)):
             for w in range(max(1, kw - 2 * pad), 13):
-                kwargs = dict(kernel_size=(2, kw), stride=(1, 2), padding=(1, pad))
                 wo = (w + 2 * pad - kw) // 2 + 1
                 cols = rand(rng, (2, 3 * 2 * kw, 4 * wo), np.float32)
                 expected = R.col2im(as64(cols), (3, w), kernel=(2, kw), stride=(1, 2),
                                     padding=(1, pad))
-                assert_close(F.col2im(cols, (3, w), **kwargs), expected, np.float32)
+                got = F.col2im(cols_to(cols, 3, (2, kw), layout), (3, w), (2, kw),
+                               stride=(1, 2), padding=(1, pad), layout=layout)
+                assert_close(got, img_to(expected, layout), np.float32)
 
 
 @given(unroll_cases())
