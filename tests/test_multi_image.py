@@ -27,6 +27,44 @@ def small_work_split(monkeypatch):
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("kernel, stride, groups", [(3, 1, 1), (3, 2, 1), (2, 1, 2)])
+def test_nhwc_input_gradient_image_sets(small_work_split, monkeypatch, n_threads, kernel, stride,
+                                        groups):
+    """NHWC input gradients take several images a GEMM with output channels
+    between half and twice the positions (NCHW does not); the result, and
+    conv_transpose2d's with a bias, against the reference."""
+    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
+    picked = []
+    real = _plan.grad_input_images
+    monkeypatch.setattr(_plan, "grad_input_images",
+                        lambda *a: picked.append(real(*a)) or picked[-1])
+    F.set_num_threads(n_threads)
+    rng = np.random.default_rng(n_threads + 10 * kernel + stride)
+    n, c, size = 5, 4 * groups, 7
+    x_shape = (n, c, size, size + 1)
+    n_pos = R.conv2d(np.zeros(x_shape[:2] + (size, size + 1)), np.zeros((1, c, kernel, kernel)),
+                     None, stride, 1).shape[-2:]
+    c_out = n_pos[0] * n_pos[1] * groups   # as many output channels a group as positions
+    wt = rng.standard_normal((c_out, c // groups, kernel, kernel))
+    go = rng.standard_normal(R.conv2d(np.zeros(x_shape), wt, None, stride, 1, 1, groups).shape)
+    assert go.shape[2] * go.shape[3] // 2 <= c_out // groups < 2 * go.shape[2] * go.shape[3]
+    gx = R.conv2d_input_grad(x_shape, wt, go, stride, 1, 1, groups)
+    got = F.grad.conv2d_input(R.to_nhwc(np.zeros(x_shape)).shape, R.weight_to_nhwc(wt),
+                              R.to_nhwc(go), stride, 1, 1, groups, layout="NHWC")
+    np.testing.assert_allclose(got, R.to_nhwc(gx), rtol=1e-12, atol=1e-12)
+    assert picked[-1] is not None and picked[-1][0] >= 2
+    assert _plan.grad_input_images(n, groups, c // groups, c_out // groups,
+                                   c // groups * kernel ** 2, go.shape[2] * go.shape[3], 8,
+                                   n_threads, False, False) is None   # NCHW: not here
+    bt = rng.standard_normal(c)
+    got = F.conv_transpose2d(R.to_nhwc(go), R.weight_to_nhwc(wt), bt, stride, 1, 0, groups,
+                             layout="NHWC")
+    hh, ww = min(got.shape[1], size), min(got.shape[2], size + 1)
+    np.testing.assert_allclose(got[:, :hh, :ww], R.to_nhwc(gx)[:, :hh, :ww] + bt,
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_multi_image_tiles(case, n_threads, layout, small_work_split):
