@@ -348,8 +348,8 @@ cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
     cdef const floating* src
     cdef floating* out
     # All of the image's channels, no dilation: a kernel row's taps are
-    # consecutive pixels in both, one run of kw * channels where the row
-    # lies inside the image (the stem's 3 channels: 21 elements, not 7 runs
+    # consecutive in cols and consecutive pixels in img, one run of kw *
+    # channels where the row lies inside the image (the stem's 3 channels: 21 elements, not 7 runs
     # of 3). Each element still gets its sums in the same order.
     cdef bint whole_pixels = n_channels == n_img_channels and g.dilation_w == 1
     cdef Py_ssize_t row_run = g.kernel_w * n_channels
