@@ -333,8 +333,9 @@ cdef void pack_grad_band(const floating* g, Py_ssize_t s_c, Py_ssize_t s_h, Py_s
 
 cdef Py_ssize_t direct_weight_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t s_c,
                                    Py_ssize_t s_h, Py_ssize_t s_w, const floating* go,
-                                   const Py_ssize_t* go_strides, floating* dw, Py_ssize_t n_images, Py_ssize_t groups,
-                                   Py_ssize_t cg, Py_ssize_t og, Geometry g, Py_ssize_t band,
+                                   const Py_ssize_t* go_strides, floating* dw,
+                                   Py_ssize_t n_images, Py_ssize_t groups, Py_ssize_t cg,
+                                   Py_ssize_t og, Geometry g, Py_ssize_t band,
                                    Py_ssize_t ci_chunk, Py_ssize_t o_block, DirectShape s,
                                    Py_ssize_t g_len, const ptrdiff_t* tap_off, int n_threads,
                                    Py_ssize_t* n_nonfinite) noexcept nogil:

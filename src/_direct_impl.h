@@ -54,7 +54,8 @@ DFN(block)(const int co, const int nv, const DT* packed, const ptrdiff_t* tap_of
 }
 
 /* The last, partial register block of channels(): nv (1 to DIRECT_NV - 1)
- * vectors, from p0 on, for each channel count direct_rows() uses. Out of
+ * vectors, from p0 on, for each channel count direct_rows() uses (its
+ * `done`: DCO, 4, 3, 2 or 1; test_partial_register_blocks runs each). Out of
  * line: it runs once per grid fill, and inlined into each of channels()'
  * instances its 15 block variants would multiply their code. */
 static __attribute__((noinline)) DTARGET void
