@@ -283,7 +283,8 @@ def test_1x1_one_image_split_for_threads(rng, monkeypatch, restore_threads, layo
     real = _plan.forward
     monkeypatch.setattr(_plan, "forward", lambda *a: splits.append(real(*a)) or splits[-1])
     F.set_num_threads(3)
-    x, w, b = rand(rng, (1, 8, 20, 20), dtype), rand(rng, (64, 8, 1, 1), dtype), rand(rng, (64,), dtype)
+    x, w = rand(rng, (1, 8, 20, 20), dtype), rand(rng, (64, 8, 1, 1), dtype)
+    b = rand(rng, (64,), dtype)
     expected = R.conv2d(as64(x), as64(w), as64(b))
     if layout == "NHWC":
         got = np.ascontiguousarray(

@@ -474,7 +474,6 @@ def test_direct_weight_gradient_blocks_same_bits(rng, monkeypatch, restore_threa
     assert np.array_equal(got[1], got[16])
 
 
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel, stride, groups", [(3, 1, 1), (3, 2, 1), (2, 1, 2), (1, 1, 1),
                                                      (1, 1, 2)])
