@@ -15,8 +15,10 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 MODULES = ["_im2col", "_conv", "_depthwise", "_direct", "_openmp_info"]
-# as in src/meson.build: FMA contraction for the direct kernels' vector code
-EXTRA_ARGS = {"_direct": ["-ffp-contract=fast"] if os.name != "nt" else []}
+# as in src/meson.build: FMA contraction for the vector kernels of _direct_kernels.h
+# (_direct's, and _conv's thin GEMM)
+FP_CONTRACT = ["-ffp-contract=fast"] if os.name != "nt" else []
+EXTRA_ARGS = {"_direct": FP_CONTRACT, "_conv": FP_CONTRACT}
 
 
 def openmp_flags(compiler):

@@ -35,9 +35,11 @@ def conv2d_grad_input(
     n_threads: int,
     images_per_tile: int = 1,
     transposed: bool = False,
+    thin: bool = False,
 ) -> None:
     """gx = the input gradient of conv2d (+ bias per channel of gx);
-    transposed (NCHW): GEMMs with positions as their rows."""
+    transposed (NCHW): GEMMs with positions as their rows; thin: GEMMs by the
+    thin kernel (NCHW: transposed too)."""
 
 def conv2d_grad_weight(
     x: np.ndarray,

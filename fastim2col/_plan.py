@@ -298,6 +298,29 @@ def grad_input_transposed(tile, rows, itemsize) -> bool:
     return itemsize == 8 and 2 * tile <= rows
 
 
+# float32 input-gradient GEMMs of at most this many positions (a 7 px
+# image's 49, a pair of them) run in the thin kernel (src/_direct_impl.h
+# thin_gemm): BLAS packs all of W^T for every GEMM and uses each packed
+# element only that many times; the thin kernel reads W in place. Both
+# threads busy, 4608 rows x 512 terms (GFLOP/s, thin / OpenBLAS per-thread
+# GEMMs / OpenBLAS's own 2-thread GEMM): 49 positions 181 / 123 / 133, 98
+# 226 / 182 / 198, 196 258 / 243 / 250: past ~128 BLAS's packing pays for
+# itself. Whole calls, 2 threads, thin / BLAS time: ResNet 3x3 at 7 px batch 1
+# 0.77 (NHWC 0.79), 3x3 stride 2 to 14 and 7 px 0.72-0.84 (NHWC 0.70), 1x1 at 7
+# px 0.65-0.74 (NHWC 0.74-0.87), NHWC 3x3 at 14 px batch 1 0.90. float64 not:
+# 0.90-1.2 against its transposed BLAS GEMMs (grad_input_transposed).
+THIN_MAX_POSITIONS = 128
+THIN_TERMS = 128      # terms per packing pass: THIN_KC in src/_direct_kernels.h
+
+
+def thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
+    """Whether the input gradient's GEMMs of `tile` positions run in the thin
+    kernel: float32, on CPUs with vector FMA (isa_level >= 1: AVX2 or
+    AVX-512; the baseline build has no FMA), tiles of at most
+    THIN_MAX_POSITIONS."""
+    return itemsize == 4 and isa_level >= 1 and tile <= THIN_MAX_POSITIONS
+
+
 # A channel unit's part of gw, and its unrolled set of images: wide chunks
 # keep the GEMMs wide (512 channels at 7 px, batch 8, 2 threads: 7.2 ms with
 # chunks of 256 channels over sets of 4 images, 9.4 ms with 64 over 8 in

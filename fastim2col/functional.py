@@ -243,15 +243,18 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     if images is not None:
         per_tile, block = images
         split = (per_tile * n_pos, block)
-        _plan.check_scratch(n_threads, (kg + rows // groups) * split[0], itemsize=res.itemsize)
+        scratch = (kg + rows // groups) * split[0]
     else:
         split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct)
-        _plan.check_scratch(n_threads, kg * split[0], itemsize=res.itemsize)
-    transposed = not nhwc and _plan.grad_input_transposed(
-        split[0], split[1] * win.kernel_h * win.kernel_w, res.itemsize)
+        scratch = kg * split[0]
+    thin = _plan.thin_gemm(split[0], res.itemsize, _direct.best_isa_level())
+    _plan.check_scratch(n_threads, scratch, _plan.THIN_TERMS * split[0] if thin else 0,
+                        itemsize=res.itemsize)
+    transposed = not nhwc and (thin or _plan.grad_input_transposed(
+        split[0], split[1] * win.kernel_h * win.kernel_w, res.itemsize))
     with blas_single_threaded:
         _conv.conv2d_grad_input(grad, weight, bias, res, (n, c, rows, groups), tuple(win),
-                                split, nhwc, direct, n_threads, per_tile, transposed)
+                                split, nhwc, direct, n_threads, per_tile, transposed, thin)
 
 
 def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,

@@ -25,6 +25,35 @@ from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
 
 cnp.import_array()
 
+cdef extern from "_direct_kernels.h" nogil:
+    int THIN_KC
+    void thin_gemm_f(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const float* w,
+                     Py_ssize_t ldw, const float* g, Py_ssize_t g_term, Py_ssize_t g_pos,
+                     float* c, Py_ssize_t ldc, float* gp)
+    void thin_gemm_d(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const double* w,
+                     Py_ssize_t ldw, const double* g, Py_ssize_t g_term, Py_ssize_t g_pos,
+                     double* c, Py_ssize_t ldc, double* gp)
+
+
+cdef inline void thin_gemm(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms,
+                           const floating* w, Py_ssize_t ldw, const floating* g,
+                           Py_ssize_t g_term, Py_ssize_t g_pos, floating* c, Py_ssize_t ldc,
+                           floating* gp) noexcept nogil:
+    # c[p*ldc + r] = sum_o w[o*ldw + r] g[o*g_term + p*g_pos] (the vector
+    # kernel of _direct_kernels.h; gp: THIN_KC x n_pos scratch)
+    if floating is float:
+        thin_gemm_f(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp)
+    else:
+        thin_gemm_d(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp)
+
+
+cdef inline floating* thin_scratch(bint thin, Py_ssize_t tile, floating* like) noexcept nogil:
+    # a thread's packing buffer for thin_gemm over tiles of `tile` positions;
+    # NULL where the GEMMs are BLAS's (`like` only picks the type)
+    if not thin:
+        return NULL
+    return <floating*> malloc(THIN_KC * tile * sizeof(floating))
+
 
 cdef struct Conv:
     # One convolution's shapes and its work split, chosen by fastim2col._plan.
@@ -303,19 +332,34 @@ cdef inline void transpose_tile(const floating* src, Py_ssize_t n_pos, Py_ssize_
 
 cdef inline void input_grad_gemm(bint transposed, const floating* w, Py_ssize_t ld_w,
                                  const floating* go, Py_ssize_t ld_go, Py_ssize_t rows,
-                                 Py_ssize_t n_pos, Py_ssize_t og,
-                                 floating* buf) noexcept nogil:
+                                 Py_ssize_t n_pos, Py_ssize_t og, floating* buf,
+                                 floating* gp) noexcept nogil:
     # buf = W^T go of one tile: (rows x n_pos), or transposed (n_pos x rows)
-    # with the rows as BLAS's M (_plan.grad_input_transposed).
-    if transposed:
+    # with the rows as BLAS's M (_plan.grad_input_transposed), or (gp not
+    # NULL: _plan.thin_gemm) transposed by the thin GEMM.
+    if gp != NULL:
+        thin_gemm(rows, n_pos, og, w, ld_w, go, ld_go, 1, buf, rows, gp)
+    elif transposed:
         gemm_rm(True, False, n_pos, rows, og, 1, go, ld_go, w, ld_w, 0, buf, rows)
     else:
         gemm_rm(True, False, rows, n_pos, og, 1, w, ld_w, go, ld_go, 0, buf, n_pos)
 
 
+cdef inline void nhwc_gemm(Py_ssize_t n_pos, Py_ssize_t n_cols, Py_ssize_t og,
+                           const floating* go, Py_ssize_t ld_go, const floating* w,
+                           Py_ssize_t ld_w, floating* dst, Py_ssize_t ld_dst,
+                           floating* gp) noexcept nogil:
+    # NHWC: dst (n_pos x n_cols) = go (n_pos x og) W (og x n_cols), by BLAS or
+    # (gp not NULL: _plan.thin_gemm) the thin GEMM
+    if gp != NULL:
+        thin_gemm(n_cols, n_pos, og, w, ld_w, go, 1, ld_go, dst, ld_dst, gp)
+    else:
+        gemm_rm(False, False, n_pos, n_cols, og, 1, go, ld_go, w, ld_w, 0, dst, ld_dst)
+
+
 cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating* bias,
                            floating* gx, Conv cv, Geometry g, int n_threads,
-                           bint transposed) noexcept nogil:
+                           bint transposed, bint thin) noexcept nogil:
     # gx = col2im(W^T go), a tile at a time. Units (image, group, block of
     # input channels, band of `tile` positions = whole output rows). Units of
     # different images/groups/channel blocks write disjoint elements; bands two
@@ -325,7 +369,8 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     # is gx's channel count and cv.n_out go's. transposed (NCHW): the GEMM
     # writes the tile's transpose, (positions x rows), into buf (BLAS runs
     # that orientation faster for some shapes: _plan.grad_input_transposed),
-    # folded (or, 1x1, copied) from there.
+    # folded (or, 1x1, copied) from there. thin: the GEMMs are the thin
+    # kernel's (_plan.thin_gemm; NCHW: transposed too).
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -340,6 +385,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     cdef Py_ssize_t n_failed = 0
     cdef int parity, n_phases
     cdef floating* buf
+    cdef floating* gp
     cdef floating* dst
     cdef const floating* src
     if cv.direct:
@@ -351,10 +397,12 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     n_units = cv.n_images * cv.groups * n_blocks * n_pairs
     for parity in range(n_phases):
         buf = NULL
+        gp = NULL
         with parallel(num_threads=n_threads):
             buf = NULL
             if not cv.direct or transposed:
                 buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
+            gp = thin_scratch(thin, cv.tile, buf)
             for u in prange(n_units, schedule='static'):
                 t = u % n_pairs
                 if not cv.direct:
@@ -364,7 +412,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                 n = u // (n_pairs * n_blocks * cv.groups)
                 if t >= n_tiles:
                     pass
-                elif (not cv.direct or transposed) and buf == NULL:
+                elif ((not cv.direct or transposed) and buf == NULL) or (thin and gp == NULL):
                     n_failed += 1
                 else:
                     p0 = t * cv.tile
@@ -376,8 +424,8 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                         src = src + p0 * cv.n_out + grp * og
                         if cv.direct:
                             dst = gx + n * image_size + p0 * cv.n_channels + grp * cg + c0
-                            gemm_rm(False, False, p1 - p0, c1 - c0, og, 1, src, cv.n_out,
-                                    w + grp * og * kg + c0, kg, 0, dst, cv.n_channels)
+                            nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
+                                      w + grp * og * kg + c0, kg, dst, cv.n_channels, gp)
                             if bias != NULL:
                                 for r in range(p1 - p0):
                                     for q in range(c1 - c0):
@@ -388,13 +436,13 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                             # GEMM per tap into (positions, taps, block); all
                             # of the group's channels are one GEMM
                             if c1 - c0 == cg:
-                                gemm_rm(False, False, p1 - p0, kg, og, 1, src, cv.n_out,
-                                        w + grp * og * kg, kg, 0, buf, kg)
+                                nhwc_gemm(p1 - p0, kg, og, src, cv.n_out, w + grp * og * kg,
+                                          kg, buf, kg, gp)
                             else:
                                 for k in range(kk):
-                                    gemm_rm(False, False, p1 - p0, c1 - c0, og, 1, src,
-                                            cv.n_out, w + grp * og * kg + k * cg + c0, kg, 0,
-                                            buf + k * (c1 - c0), kk * (c1 - c0))
+                                    nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
+                                              w + grp * og * kg + k * cg + c0, kg,
+                                              buf + k * (c1 - c0), kk * (c1 - c0), gp)
                             fold_nhwc(buf, kk * (c1 - c0), cv.n_channels, grp * cg + c0,
                                       c1 - c0, &g, p0, p1, gx + n * image_size)
                     else:
@@ -406,7 +454,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                                     w + grp * og * kg + c0, kg, src, n_pos, 0, dst + p0, plane)
                         else:
                             input_grad_gemm(transposed, w + grp * og * kg + c0 * kk, kg, src,
-                                            n_pos, rows, p1 - p0, og, buf)
+                                            n_pos, rows, p1 - p0, og, buf, gp)
                         if cv.direct:
                             if transposed:
                                 transpose_tile(buf, p1 - p0, rows, dst + p0, plane)
@@ -418,19 +466,20 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                             fold_nchw(buf, 1 if transposed else p1 - p0,
                                       rows if transposed else 1, c1 - c0, &g, p0, p1, dst)
             free(buf)
+            free(gp)
     return n_failed
 
 
 cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                                   const floating* bias, floating* gx, Conv cv, Geometry g,
                                   Py_ssize_t per_tile, int n_threads,
-                                  bint transposed) noexcept nogil:
+                                  bint transposed, bint thin) noexcept nogil:
     # grad_input() for small images: units (image group, group, block of
     # input channels) each compute W^T go for `per_tile` whole images in one
     # GEMM (weights packed once per several images), then fold every image's
     # columns. Units touch disjoint (image, channel) sets: no phases needed.
     # NCHW gathers the images' grad_output rows into a (og x tile) buffer;
-    # transposed as in grad_input().
+    # transposed and thin as in grad_input().
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -447,6 +496,7 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
     cdef Py_ssize_t n_failed = 0
     cdef floating* buf = NULL
     cdef floating* gbuf = NULL
+    cdef floating* gp = NULL
     cdef const floating* src
     seed_with_bias(gx, bias, &cv, &g, n_threads)
     with parallel(num_threads=n_threads):
@@ -454,8 +504,9 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
         gbuf = NULL
         if not cv.nhwc:
             gbuf = <floating*> malloc(og * tile * sizeof(floating))
+        gp = thin_scratch(thin, tile, buf)
         for u in prange(n_units, schedule='static'):
-            if buf == NULL or (not cv.nhwc and gbuf == NULL):
+            if buf == NULL or (not cv.nhwc and gbuf == NULL) or (thin and gp == NULL):
                 n_failed += 1
             else:
                 b = u % n_blocks
@@ -466,9 +517,8 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                 c0 = b * cv.block
                 c1 = min(cg, c0 + cv.block)
                 if cv.nhwc:   # (NHWC runs with a single channel block: planner)
-                    gemm_rm(False, False, width, kg, og, 1,
-                            go + n0 * n_pos * cv.n_out + grp * og, cv.n_out,
-                            w + grp * og * kg, kg, 0, buf, kg)
+                    nhwc_gemm(width, kg, og, go + n0 * n_pos * cv.n_out + grp * og, cv.n_out,
+                              w + grp * og * kg, kg, buf, kg, gp)
                     for i in range(n_in):
                         fold_nhwc(buf + i * n_pos * kg, kg, cv.n_channels, grp * cg, cg, &g,
                                   0, n_pos, gx + (n0 + i) * image_size)
@@ -480,7 +530,7 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                                 gbuf[r * width + i * n_pos + q] = src[q]
                     rows = (c1 - c0) * kk
                     input_grad_gemm(transposed, w + grp * og * kg + c0 * kk, kg, gbuf, width,
-                                    rows, width, og, buf)
+                                    rows, width, og, buf, gp)
                     # buf's element (k, p) at k*k_stride + p*p_stride
                     k_stride = 1 if transposed else width
                     p_stride = rows if transposed else 1
@@ -489,6 +539,7 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                                   0, n_pos, gx + (n0 + i) * image_size + (grp * cg + c0) * plane)
         free(buf)
         free(gbuf)
+        free(gp)
     return n_failed
 
 
@@ -835,13 +886,17 @@ def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
 
 def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx,
                       tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
-                      int n_threads, Py_ssize_t images_per_tile=1, bint transposed=False):
+                      int n_threads, Py_ssize_t images_per_tile=1, bint transposed=False,
+                      bint thin=False):
     """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx); all C-contiguous.
     images_per_tile > 1: units of that many whole images (not direct).
     transposed (NCHW only): each GEMM in the orientation with positions as
-    its rows (see grad_input)."""
+    its rows (see grad_input). thin: the GEMMs by the thin kernel
+    (_plan.thin_gemm), in the transposed orientation in NCHW."""
     if transposed and nhwc:
         raise ValueError("conv2d_grad_input: transposed GEMMs are for NCHW only")
+    if thin and not (transposed or nhwc):
+        raise ValueError("conv2d_grad_input: the thin GEMM writes the transposed orientation")
     cdef Conv cv = make_conv(gx, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* gop = data(go)
@@ -852,17 +907,17 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
     with nogil:
         if images_per_tile > 1 and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input_images(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
-                                       cv, g, images_per_tile, n_threads, transposed)
+                                       cv, g, images_per_tile, n_threads, transposed, thin)
         elif images_per_tile > 1:
             failed = grad_input_images(<double*> gop, <double*> wp, <double*> bp,
                                        <double*> gxp, cv, g, images_per_tile, n_threads,
-                                       transposed)
+                                       transposed, thin)
         elif cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
-                                cv, g, n_threads, transposed)
+                                cv, g, n_threads, transposed, thin)
         else:
             failed = grad_input(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
-                                cv, g, n_threads, transposed)
+                                cv, g, n_threads, transposed, thin)
     if failed:
         raise MemoryError("conv2d_input: could not allocate the per-thread tile buffers")
 

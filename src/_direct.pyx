@@ -13,6 +13,7 @@ accumulate each output vector in a register over all taps. Each output
 element is computed by one unit, in a fixed order: deterministic, whatever
 the number of threads.
 """
+import numpy as np
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange
@@ -64,7 +65,15 @@ cdef extern from "_direct_kernels.h" nogil:
                        double* dw, ptrdiff_t dw_stride)
     int all_finite_f(const float* x, ptrdiff_t n)
     int all_finite_d(const double* x, ptrdiff_t n)
+    int THIN_KC
+    void thin_gemm_f(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms, const float* w,
+                     ptrdiff_t ldw, const float* g, ptrdiff_t g_term, ptrdiff_t g_pos,
+                     float* c, ptrdiff_t ldc, float* gp)
+    void thin_gemm_d(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms, const double* w,
+                     ptrdiff_t ldw, const double* g, ptrdiff_t g_term, ptrdiff_t g_pos,
+                     double* c, ptrdiff_t ldc, double* gp)
     const char* direct_isa_name()
+    int direct_detect_isa()
     int direct_force_isa(int level)
     ptrdiff_t direct_vector_elements(ptrdiff_t itemsize)
 
@@ -79,6 +88,44 @@ def force_isa(int level):
     2 AVX-512; never above what the CPU runs; -1: the best). Returns the
     level now in effect. Not thread-safe: call it while no kernel runs."""
     return direct_force_isa(level)
+
+
+def best_isa_level():
+    """The best ISA level this CPU runs (see force_isa), whatever is forced."""
+    return direct_detect_isa()
+
+
+def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c):
+    """For tests: the thin GEMM kernel at the ISA in effect (force_isa).
+    c[p, r] = sum_o w[o, r] g[o, p] for r < n_rows; other columns of c are
+    left alone. w: (n_terms, >= n_rows) with unit column stride; g: (n_terms,
+    n_pos), any strides; c: (n_pos, >= n_rows) with unit column stride; one
+    float dtype. Shapes are checked here, not in the kernel."""
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(w)
+    if not (w.ndim == g.ndim == c.ndim == 2 and w.dtype == g.dtype == c.dtype
+            and w.dtype in (np.float32, np.float64)):
+        raise TypeError("thin_gemm: w, g and c must be 2-d, of one float dtype")
+    if not (g.shape[0] == w.shape[0] and c.shape[0] == g.shape[1]
+            and 0 <= n_rows <= min(w.shape[1], c.shape[1])
+            and w.strides[1] == item and c.strides[1] == item
+            and w.strides[0] % item == 0 and c.strides[0] % item == 0
+            and g.strides[0] % item == 0 and g.strides[1] % item == 0):
+        raise ValueError("thin_gemm: shapes or strides do not fit")
+    cdef Py_ssize_t n_terms = w.shape[0], n_pos = g.shape[1]
+    cdef Py_ssize_t ldw = w.strides[0] // item, ldc = c.strides[0] // item
+    cdef Py_ssize_t g_term = g.strides[0] // item, g_pos = g.strides[1] // item
+    cdef cnp.ndarray gp = np.empty(max(1, THIN_KC * n_pos), w.dtype)
+    if n_rows == 0 or n_pos == 0 or n_terms == 0:
+        return c
+    if w.dtype == np.float32:
+        thin_gemm_f(n_rows, n_pos, n_terms, <float*> cnp.PyArray_DATA(w), ldw,
+                    <float*> cnp.PyArray_DATA(g), g_term, g_pos, <float*> cnp.PyArray_DATA(c),
+                    ldc, <float*> cnp.PyArray_DATA(gp))
+    else:
+        thin_gemm_d(n_rows, n_pos, n_terms, <double*> cnp.PyArray_DATA(w), ldw,
+                    <double*> cnp.PyArray_DATA(g), g_term, g_pos,
+                    <double*> cnp.PyArray_DATA(c), ldc, <double*> cnp.PyArray_DATA(gp))
+    return c
 
 
 def vector_elements(Py_ssize_t itemsize):

@@ -290,3 +290,120 @@ static DTARGET int DFN(all_finite)(const DT* x, ptrdiff_t n)
         sum += lanes[l];
     return sum == 0;
 }
+
+/* ---- thin GEMM: the input gradient's GEMM where a tile has few positions ---- */
+
+/* nr (<= DTNR) positions x nv (1 or 2) vectors of rows, over kc terms:
+ * c[j * ldc + r] = (accumulate ? c[j * ldc + r] : 0) + sum over o < kc of
+ * w[o * ldw + r] * gp[o * nr + j]. w is read in place, a row's vectors per
+ * term; gp is the packed tile of positions (thin_gemm). */
+static inline __attribute__((always_inline)) DTARGET void
+DFN(thin_block)(const int nr, const int nv, const int accumulate, const DT* w, ptrdiff_t ldw,
+                const DT* gp, ptrdiff_t kc, DT* c, ptrdiff_t ldc)
+{
+    DFN(vec) acc[DTNR][2];
+    for (int j = 0; j < nr; j++)
+        for (int v = 0; v < nv; v++) {
+            if (accumulate)
+                acc[j][v] = *(const DFN(uvec)*)(c + j * ldc + v * DVEC);
+            else
+                memset(&acc[j][v], 0, sizeof(acc[j][v]));
+        }
+    for (ptrdiff_t o = 0; o < kc; o++) {
+        DFN(vec) wv[2];
+        for (int v = 0; v < nv; v++)
+            wv[v] = *(const DFN(uvec)*)(w + o * ldw + v * DVEC);
+        const DT* g = gp + o * nr;
+        for (int j = 0; j < nr; j++) {
+            const DT b = g[j];
+            for (int v = 0; v < nv; v++)
+                acc[j][v] += wv[v] * b;
+        }
+    }
+    for (int j = 0; j < nr; j++)
+        for (int v = 0; v < nv; v++)
+            *(DFN(uvec)*)(c + j * ldc + v * DVEC) = acc[j][v];
+}
+
+/* thin_block for the last, narrower tile of positions (1 to DTNR - 1): out
+ * of line, it runs once per row block. */
+static __attribute__((noinline)) DTARGET void
+DFN(thin_tail)(const int nr, const int nv, const int accumulate, const DT* w, ptrdiff_t ldw,
+               const DT* gp, ptrdiff_t kc, DT* c, ptrdiff_t ldc)
+{
+#define THIN_TAIL(N)                                                                       \
+    case N:                                                                                \
+        if (nv == 2)                                                                       \
+            DFN(thin_block)(N, 2, accumulate, w, ldw, gp, kc, c, ldc);                    \
+        else                                                                               \
+            DFN(thin_block)(N, 1, accumulate, w, ldw, gp, kc, c, ldc);                    \
+        break;
+    _Static_assert(DTNR == 6 || DTNR == 12, "tails are 1 to DTNR - 1 positions");
+    switch (nr) {
+    THIN_TAIL(1) THIN_TAIL(2) THIN_TAIL(3) THIN_TAIL(4) THIN_TAIL(5)
+#if DTNR == 12
+    THIN_TAIL(6) THIN_TAIL(7) THIN_TAIL(8) THIN_TAIL(9) THIN_TAIL(10) THIN_TAIL(11)
+#endif
+    default: break;
+    }
+#undef THIN_TAIL
+}
+
+/* c[p * ldc + r] = sum over o < n_terms of w[o * ldw + r] * g[o * g_term + p * g_pos],
+ * for r < n_rows, p < n_pos: the input gradient's W^T grad_output for a tile
+ * of few positions, written positions x rows. BLAS packs all of W^T for each
+ * GEMM and uses each packed element only n_pos times (49 on a 7 px image:
+ * OpenBLAS's sgemm ran at 60% of its peak there); here W is read in place,
+ * its rows being the vectors, and only g, the small operand, is packed:
+ * THIN_KC terms at a time, into gp (THIN_KC x n_pos elements), tiles of
+ * DTNR positions whose sums stay in registers while a block of rows' slice of
+ * w (THIN_KC rows of 2 vectors) stays in L1. Each sum runs over o in order,
+ * whatever the blocking: the same bits for any split of rows or positions. */
+static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms,
+                                   const DT* w, ptrdiff_t ldw, const DT* g, ptrdiff_t g_term,
+                                   ptrdiff_t g_pos, DT* c, ptrdiff_t ldc, DT* gp)
+{
+    for (ptrdiff_t o0 = 0; o0 < n_terms; o0 += THIN_KC) {
+        const ptrdiff_t kc = n_terms - o0 < THIN_KC ? n_terms - o0 : THIN_KC;
+        const int accumulate = o0 > 0;
+        const DT* wk = w + o0 * ldw;
+        /* tile p0 (nr positions) at gp + p0 * kc, element (o, j) at o * nr + j */
+        for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DTNR) {
+            const ptrdiff_t nr = n_pos - p0 < DTNR ? n_pos - p0 : DTNR;
+            DT* dst = gp + p0 * kc;
+            for (ptrdiff_t o = 0; o < kc; o++)
+                for (ptrdiff_t j = 0; j < nr; j++)
+                    dst[o * nr + j] = g[(o0 + o) * g_term + (p0 + j) * g_pos];
+        }
+        ptrdiff_t r = 0;
+        for (; r + 2 * DVEC <= n_rows; r += 2 * DVEC) {
+            ptrdiff_t p0 = 0;
+            for (; p0 + DTNR <= n_pos; p0 += DTNR)
+                DFN(thin_block)(DTNR, 2, accumulate, wk + r, ldw, gp + p0 * kc, kc,
+                                c + p0 * ldc + r, ldc);
+            if (p0 < n_pos)
+                DFN(thin_tail)((int)(n_pos - p0), 2, accumulate, wk + r, ldw, gp + p0 * kc,
+                               kc, c + p0 * ldc + r, ldc);
+        }
+        if (n_rows - r >= DVEC) {
+            ptrdiff_t p0 = 0;
+            for (; p0 + DTNR <= n_pos; p0 += DTNR)
+                DFN(thin_block)(DTNR, 1, accumulate, wk + r, ldw, gp + p0 * kc, kc,
+                                c + p0 * ldc + r, ldc);
+            if (p0 < n_pos)
+                DFN(thin_tail)((int)(n_pos - p0), 1, accumulate, wk + r, ldw, gp + p0 * kc,
+                               kc, c + p0 * ldc + r, ldc);
+            r += DVEC;
+        }
+        for (; r < n_rows; r++)        /* the last rows, fewer than a vector */
+            for (ptrdiff_t p = 0; p < n_pos; p++) {
+                const ptrdiff_t p0 = p - p % DTNR;
+                const ptrdiff_t nr = n_pos - p0 < DTNR ? n_pos - p0 : DTNR;
+                const DT* gt = gp + p0 * kc + (p - p0);
+                DT sum = accumulate ? c[p * ldc + r] : (DT)0;
+                for (ptrdiff_t o = 0; o < kc; o++)
+                    sum += wk[o * ldw + r] * gt[o * nr];
+                c[p * ldc + r] = sum;
+            }
+    }
+}

@@ -43,6 +43,9 @@ typedef struct {
 #define DIRECT_WCHUNK 1024
 /* Bytes of grid per output channel (DIRECT_MAX_CO of them stay in L1). */
 #define DIRECT_GRID_BYTES 4096
+/* Terms per pass of the thin GEMM: a block of rows' slice of the weights
+ * (THIN_KC x 2 vectors: 16 KiB with 64-byte vectors) stays in L1. */
+#define THIN_KC 128
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTIM2COL_NO_VECTOR_EXT)
 #define DIRECT_VECTOR_EXT 1
@@ -67,10 +70,12 @@ typedef struct {
 #define DIRECT_CAT(a, b, c) DIRECT_CAT_(a, b, c)
 
 /* 16 registers (SSE2, AVX2): 3 channels x 4 vectors of sums + 4 of inputs;
- * weight gradient: 2 channels x 5 taps of sums + 2 of grad_output + 1 input */
+ * weight gradient: 2 channels x 5 taps of sums + 2 of grad_output + 1 input;
+ * thin GEMM: 6 positions x 2 vectors of sums + 2 of weights + 1 broadcast */
 #define DCO 3
 #define DWCO 2
 #define DWT 5
+#define DTNR 6
 #define DISA base
 #define DISA_BYTES DIRECT_BYTES
 #define DTARGET
@@ -90,12 +95,15 @@ typedef struct {
 #undef DCO
 #undef DWCO
 #undef DWT
+#undef DTNR
 
 /* 32 registers: 6 channels x 4 vectors of sums + 4 of inputs; weight
- * gradient: 4 channels x 6 taps of sums + 4 of grad_output + 1 of input */
+ * gradient: 4 channels x 6 taps of sums + 4 of grad_output + 1 of input;
+ * thin GEMM: 12 positions x 2 vectors of sums + 2 of weights + 1 broadcast */
 #define DCO 6
 #define DWCO 4
 #define DWT 6
+#define DTNR 12
 #define DISA avx512
 #define DISA_BYTES 64
 #define DTARGET __attribute__((target("avx512f,avx2,fma")))
@@ -107,6 +115,7 @@ typedef struct {
 #undef DCO
 #undef DWCO
 #undef DWT
+#undef DTNR
 
 /* 0: baseline, 1: AVX2+FMA, 2: AVX-512 (x86-64 only). */
 static int direct_detect_isa(void)
@@ -224,5 +233,31 @@ static int all_finite_##SUF(const DT_* x, ptrdiff_t n)                          
 
 DIRECT_WEIGHT_DISPATCH(f, float)
 DIRECT_WEIGHT_DISPATCH(d, double)
+
+#define THIN_GEMM_ARGS(DT_)                                                               \
+    ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms, const DT_* w, ptrdiff_t ldw,    \
+    const DT_* g, ptrdiff_t g_term, ptrdiff_t g_pos, DT_* c, ptrdiff_t ldc, DT_* gp
+#define THIN_GEMM_CALL(NAME) NAME(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp)
+#if DIRECT_X86_DISPATCH
+#define THIN_GEMM_DISPATCH_X86(SUF)                                                       \
+    switch (direct_isa_level()) {                                                         \
+    case 2: THIN_GEMM_CALL(thin_gemm_##SUF##_avx512); return;                             \
+    case 1: THIN_GEMM_CALL(thin_gemm_##SUF##_avx2); return;                               \
+    default: break;                                                                       \
+    }
+#else
+#define THIN_GEMM_DISPATCH_X86(SUF)
+#endif
+/* thin_gemm (see _direct_impl.h) at the best ISA; gp: THIN_KC x n_pos elements */
+static void thin_gemm_f(THIN_GEMM_ARGS(float))
+{
+    THIN_GEMM_DISPATCH_X86(f)
+    THIN_GEMM_CALL(thin_gemm_f_base);
+}
+static void thin_gemm_d(THIN_GEMM_ARGS(double))
+{
+    THIN_GEMM_DISPATCH_X86(d)
+    THIN_GEMM_CALL(thin_gemm_d_base);
+}
 
 #endif

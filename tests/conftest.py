@@ -155,7 +155,7 @@ def kernel_threads(request, monkeypatch, restore_threads):
     return request.param
 
 
-@pytest.fixture(params=["auto", "gemm", "gemm-channels", "direct", "direct-1row"])
+@pytest.fixture(params=["auto", "gemm", "gemm-channels", "gemm-thin", "direct", "direct-1row"])
 def conv_path(request, monkeypatch):
     """The kernels NCHW conv2d and its gradients use: the planner's choice,
     the blocked GEMM always (gemm-channels: with the weight gradient split by
@@ -163,13 +163,18 @@ def conv_path(request, monkeypatch):
     per GEMM, GEMMs in both orientations), or the direct kernels always (with
     the planner's bands of output rows, or bands of one row). gemm-channels
     also runs every NCHW input gradient's GEMMs transposed (the planner does
-    so only in float64, for some shapes). NHWC calls follow the same forcing
-    where their kernels take NHWC (the direct kernels read strided NCHW
-    views of it); the NHWC depthwise kernel is chosen apart."""
+    so only in float64, for some shapes). The input gradient's GEMMs are
+    BLAS's on the gemm paths, the thin kernel's on gemm-thin (the planner's
+    choice: float32 tiles of few positions), both dtypes, every tile size.
+    NHWC calls follow the same forcing where their kernels take NHWC (the
+    direct kernels read strided NCHW views of it); the NHWC depthwise kernel
+    is chosen apart."""
     from fastim2col import _plan
     if request.param.startswith("gemm"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: False)
+        thin = request.param == "gemm-thin"
+        monkeypatch.setattr(_plan, "thin_gemm", lambda *args: thin)
     if request.param == "gemm-channels":
         monkeypatch.setattr(_plan, "MIN_CHUNK_COLUMNS", 1)
         monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)

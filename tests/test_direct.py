@@ -249,3 +249,29 @@ def test_isa_names():
     finally:
         _direct.force_isa(-1)
     assert F.show_config("dicts")["build"]["direct_kernels_isa"] == _direct.isa()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thin_gemm_kernel(isa_level, rng, dtype):
+    """The thin GEMM (src/_direct_impl.h thin_gemm), each ISA instance: rows
+    around one and two vectors (whole blocks, a one-vector block, the scalar
+    rest), positions around its register tile (6 or 12), terms around its
+    packing pass (THIN_KC = 128), grad_output read positions- or
+    terms-contiguous, leading dimensions past the rows; the columns past
+    n_rows stay untouched."""
+    vector = {0: 16, 1: 32, 2: 64}[isa_level] // np.dtype(dtype).itemsize
+    row_counts = sorted({1, vector - 1, vector, vector + 1, 2 * vector - 1, 2 * vector,
+                         2 * vector + 1, 3 * vector + vector // 2 + 1, 5 * vector} - {0})
+    for n_terms in (1, 5, 127, 128, 129, 300):
+        for n_pos in (1, 5, 6, 7, 11, 12, 13, 25, 49):
+            for n_rows in row_counts:
+                w = rand(rng, (n_terms, n_rows + 3), dtype)
+                if (n_terms + n_pos + n_rows) % 2:   # positions contiguous (NCHW)
+                    g = rand(rng, (n_terms, n_pos + 2), dtype)[:, :n_pos]
+                else:                               # terms contiguous (NHWC)
+                    g = rand(rng, (n_pos, n_terms + 1), dtype)[:, :n_terms].T
+                c = np.full((n_pos, n_rows + 5), np.nan, dtype)
+                _direct.thin_gemm(w, g, n_rows, c)
+                expected = np.einsum("or,op->pr", as64(w[:, :n_rows]), as64(g))
+                assert_close(np.ascontiguousarray(c[:, :n_rows]), expected, dtype)
+                assert np.isnan(c[:, n_rows:]).all()

@@ -323,18 +323,76 @@ def test_input_gradient_tiles_ending_mid_row(rng, monkeypatch, restore_threads, 
         assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d), dtype)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
+    """Input gradients whose GEMMs run in the thin kernel (forced, both
+    dtypes), through every kernel path: tiles of output rows folded back,
+    whole images a unit, 1x1 with nothing to fold, groups, and
+    conv_transpose2d's bias on each; against the reference, and with the
+    same bits on 1 and 3 threads (each sum runs over grad_output's channels
+    in order, however the work is split). Tiles of a few output rows, so
+    that an image has several."""
+    from conftest import split_small_work
+    from fastim2col import _conv, _plan
+    calls = []
+    real = _conv.conv2d_grad_input
+    monkeypatch.setattr(_conv, "conv2d_grad_input",
+                        lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
+    monkeypatch.setattr(_plan, "thin_gemm", lambda *a: True)
+    split_small_work(monkeypatch)
+    monkeypatch.setattr(_plan, "TILE_BYTES", 1)
+    monkeypatch.setattr(_plan, "MIN_GEMM_TILE", 1)
+    # (batch, channels, outputs, size, kernel, stride, padding, groups): the
+    # second runs whole images a unit, the third and fourth are 1x1, the last
+    # has more positions than a tile
+    cases = [(1, 24, 8, 9, 3, 2, 1, 1), (4, 32, 40, 8, 3, 2, 1, 1), (2, 40, 16, 4, 1, 1, 0, 1),
+             (3, 12, 20, 5, 1, 1, 0, 2), (2, 6, 10, 17, 3, 1, 1, 2), (1, 5, 7, 40, 3, 1, 0, 1)]
+    images = tiles = 0
+    for n, c, o, size, k, s, p, groups in cases:
+        x_shape, w_shape = (n, c, size, size), (o, c // groups, k, k)
+        w = rand(rng, w_shape, dtype)
+        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
+                           groups=groups).shape
+        g = rand(rng, y_shape, dtype)
+        expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, groups=groups)
+        b = rand(rng, c, dtype)   # conv_transpose2d: w maps g's o channels back to c
+        op = (size + 2 * p - k) % s
+        expected_t = R.conv_transpose2d(as64(g), as64(w), as64(b), s, p, output_padding=op,
+                                        groups=groups)
+        got = {}
+        for threads in (1, 3):
+            F.set_num_threads(threads)
+            calls.clear()
+            got[threads] = conv2d_input(img_to(np.empty(x_shape), layout).shape,
+                                        weight_to(w, layout), img_to(g, layout), s, p,
+                                        groups=groups, layout=layout)
+            assert calls[-1][12] is True   # thin
+            images += calls[-1][10] > 1
+            tiles += calls[-1][6][0] < y_shape[2] * y_shape[3]
+            assert_close(got[threads], img_to(expected, layout), dtype)
+            got_t = F.conv_transpose2d(img_to(g, layout), weight_to(w, layout), b, s, p,
+                                       output_padding=op, groups=groups, layout=layout)
+            assert_close(got_t, img_to(expected_t, layout), dtype)
+        assert np.array_equal(got[1], got[3])
+    assert images and tiles   # whole images a unit, and images cut into tiles
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype):
     """NCHW input gradients whose GEMMs run transposed (float64, rows of a
     unit at least twice its positions) and those that do not, through every
     kernel path that has the choice (unrolled tiles, whole images a unit,
     1x1 with nothing to fold, and conv_transpose2d's bias on each), checked
-    against the reference; float32 transposed too, forced."""
+    against the reference; float32 transposed too, forced. BLAS GEMMs
+    only: the thin kernel's tiles are always transposed (test_thin_gemm_paths)."""
     from fastim2col import _conv, _plan
     calls = []
     real = _conv.conv2d_grad_input
     monkeypatch.setattr(_conv, "conv2d_grad_input",
                         lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(_plan, "thin_gemm", lambda *a: False)
     item = np.dtype(dtype).itemsize
     rule = _plan.grad_input_transposed
     # (batch, channels, outputs, size, kernel, stride, padding): stride 2 keeps
@@ -474,20 +532,23 @@ def test_direct_weight_gradient_blocks_same_bits(rng, monkeypatch, restore_threa
     assert np.array_equal(got[1], got[16])
 
 
+@pytest.mark.parametrize("thin", [False, True], ids=["blas", "thin"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel, stride, groups", [(3, 1, 1), (3, 2, 1), (2, 1, 2), (1, 1, 1),
                                                      (1, 1, 2)])
 def test_nhwc_input_gradient_split_for_threads(rng, monkeypatch, restore_threads, dtype, kernel,
-                                              stride, groups):
+                                              stride, groups, thin):
     """NHWC input gradients of one image on 3 threads: blocks of input
     channels (one GEMM per tap, each a slice of the tap's weight columns;
     uneven blocks) or, 1x1, tiles of positions; conv2d_input and
-    conv_transpose2d with its bias, against the reference."""
+    conv_transpose2d with its bias, against the reference; the GEMMs BLAS's
+    or the thin kernel's."""
     from conftest import split_small_work
     from fastim2col import _plan
     split_small_work(monkeypatch)
     monkeypatch.setattr(_plan, "NHWC_MIN_BLOCK", 3)
     monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
+    monkeypatch.setattr(_plan, "thin_gemm", lambda *a: thin)
     splits = []
     real = _plan.grad_input
     monkeypatch.setattr(_plan, "grad_input", lambda *a: splits.append(real(*a)) or splits[-1])
