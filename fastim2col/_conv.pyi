@@ -36,10 +36,12 @@ def conv2d_grad_input(
     images_per_tile: int = 1,
     transposed: bool = False,
     thin: bool = False,
+    thin_positions: bool = False,
 ) -> None:
     """gx = the input gradient of conv2d (+ bias per channel of gx);
     transposed (NCHW): GEMMs with positions as their rows; thin: GEMMs by the
-    thin kernel (NCHW: transposed too)."""
+    thin kernel (NCHW: transposed too); thin_positions (NCHW 1x1): by the
+    thin kernel over grad_output's rows, straight into gx."""
 
 def conv2d_grad_weight(
     x: np.ndarray,

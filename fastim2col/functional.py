@@ -247,14 +247,19 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     else:
         split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct)
         scratch = kg * split[0]
-    thin = _plan.thin_gemm(split[0], res.itemsize, _direct.best_isa_level())
-    _plan.check_scratch(n_threads, scratch, _plan.THIN_TERMS * split[0] if thin else 0,
+    isa_level = _direct.best_isa_level()
+    thin = _plan.thin_gemm(split[0], res.itemsize, isa_level)
+    thin_positions = not thin and _plan.thin_positions(direct, nhwc, split[1], res.itemsize,
+                                                       isa_level)
+    thin_scratch = split[1] if thin_positions else split[0] if thin else 0
+    _plan.check_scratch(n_threads, scratch, _plan.THIN_TERMS * thin_scratch,
                         itemsize=res.itemsize)
-    transposed = not nhwc and (thin or _plan.grad_input_transposed(
+    transposed = not nhwc and not thin_positions and (thin or _plan.grad_input_transposed(
         split[0], split[1] * win.kernel_h * win.kernel_w, res.itemsize))
     with blas_single_threaded:
         _conv.conv2d_grad_input(grad, weight, bias, res, (n, c, rows, groups), tuple(win),
-                                split, nhwc, direct, n_threads, per_tile, transposed, thin)
+                                split, nhwc, direct, n_threads, per_tile, transposed, thin,
+                                thin_positions)
 
 
 def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,

@@ -47,12 +47,13 @@ cdef inline void thin_gemm(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_ter
         thin_gemm_d(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp)
 
 
-cdef inline floating* thin_scratch(bint thin, Py_ssize_t tile, floating* like) noexcept nogil:
-    # a thread's packing buffer for thin_gemm over tiles of `tile` positions;
-    # NULL where the GEMMs are BLAS's (`like` only picks the type)
+cdef inline floating* thin_scratch(bint thin, Py_ssize_t n_pos, floating* like) noexcept nogil:
+    # a thread's packing buffer for thin_gemm calls of up to n_pos positions
+    # (its broadcast side); NULL where the GEMMs are BLAS's (`like` only
+    # picks the type)
     if not thin:
         return NULL
-    return <floating*> malloc(THIN_KC * tile * sizeof(floating))
+    return <floating*> malloc(THIN_KC * n_pos * sizeof(floating))
 
 
 cdef struct Conv:
@@ -359,7 +360,7 @@ cdef inline void nhwc_gemm(Py_ssize_t n_pos, Py_ssize_t n_cols, Py_ssize_t og,
 
 cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating* bias,
                            floating* gx, Conv cv, Geometry g, int n_threads,
-                           bint transposed, bint thin) noexcept nogil:
+                           bint transposed, bint thin, bint thin_positions) noexcept nogil:
     # gx = col2im(W^T go), a tile at a time. Units (image, group, block of
     # input channels, band of `tile` positions = whole output rows). Units of
     # different images/groups/channel blocks write disjoint elements; bands two
@@ -370,7 +371,10 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     # writes the tile's transpose, (positions x rows), into buf (BLAS runs
     # that orientation faster for some shapes: _plan.grad_input_transposed),
     # folded (or, 1x1, copied) from there. thin: the GEMMs are the thin
-    # kernel's (_plan.thin_gemm; NCHW: transposed too).
+    # kernel's (_plan.thin_gemm; NCHW: transposed too). thin_positions (NCHW
+    # 1x1): the thin kernel the other way round, grad_output's rows read in
+    # place as its vectors, the block's weights broadcast, straight into gx
+    # (_plan.thin_positions).
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -402,7 +406,8 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
             buf = NULL
             if not cv.direct or transposed:
                 buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
-            gp = thin_scratch(thin, cv.tile, buf)
+            gp = thin_scratch(thin or thin_positions, cv.block if thin_positions else cv.tile,
+                              buf)
             for u in prange(n_units, schedule='static'):
                 t = u % n_pairs
                 if not cv.direct:
@@ -412,7 +417,8 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                 n = u // (n_pairs * n_blocks * cv.groups)
                 if t >= n_tiles:
                     pass
-                elif ((not cv.direct or transposed) and buf == NULL) or (thin and gp == NULL):
+                elif (((not cv.direct or transposed) and buf == NULL)
+                      or ((thin or thin_positions) and gp == NULL)):
                     n_failed += 1
                 else:
                     p0 = t * cv.tile
@@ -449,7 +455,10 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                         src = src + grp * og * n_pos + p0
                         rows = (c1 - c0) * kk
                         dst = gx + n * image_size + (grp * cg + c0) * plane
-                        if cv.direct and not transposed:   # straight into gx
+                        if thin_positions:   # gx[c, p] = sum_o go[o, p] w[o, c]
+                            thin_gemm(p1 - p0, c1 - c0, og, src, n_pos, w + grp * og * kg + c0,
+                                      kg, 1, dst + p0, plane, gp)
+                        elif cv.direct and not transposed:   # straight into gx
                             gemm_rm(True, False, rows, p1 - p0, og, 1,
                                     w + grp * og * kg + c0, kg, src, n_pos, 0, dst + p0, plane)
                         else:
@@ -887,16 +896,20 @@ def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
 def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx,
                       tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
                       int n_threads, Py_ssize_t images_per_tile=1, bint transposed=False,
-                      bint thin=False):
+                      bint thin=False, bint thin_positions=False):
     """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx); all C-contiguous.
     images_per_tile > 1: units of that many whole images (not direct).
     transposed (NCHW only): each GEMM in the orientation with positions as
     its rows (see grad_input). thin: the GEMMs by the thin kernel
-    (_plan.thin_gemm), in the transposed orientation in NCHW."""
+    (_plan.thin_gemm), in the transposed orientation in NCHW. thin_positions
+    (NCHW 1x1 only, `direct`): by the thin kernel over grad_output's rows
+    (_plan.thin_positions)."""
     if transposed and nhwc:
         raise ValueError("conv2d_grad_input: transposed GEMMs are for NCHW only")
     if thin and not (transposed or nhwc):
         raise ValueError("conv2d_grad_input: the thin GEMM writes the transposed orientation")
+    if thin_positions and (nhwc or not direct or transposed or thin or images_per_tile > 1):
+        raise ValueError("conv2d_grad_input: thin_positions is for NCHW 1x1 (direct) alone")
     cdef Conv cv = make_conv(gx, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* gop = data(go)
@@ -914,10 +927,10 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
                                        transposed, thin)
         elif cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
-                                cv, g, n_threads, transposed, thin)
+                                cv, g, n_threads, transposed, thin, thin_positions)
         else:
             failed = grad_input(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
-                                cv, g, n_threads, transposed, thin)
+                                cv, g, n_threads, transposed, thin, thin_positions)
     if failed:
         raise MemoryError("conv2d_input: could not allocate the per-thread tile buffers")
 

@@ -349,6 +349,34 @@ DFN(thin_tail)(const int nr, const int nv, const int accumulate, const DT* w, pt
 #undef THIN_TAIL
 }
 
+/* thin_gemm's last n_rest (< DVEC) rows, as one vector: their weights
+ * copied into a zero-padded slice, each tile's sums through a vector-wide
+ * scratch tile (reading or writing past the rows could leave the arrays).
+ * Scalar loops took a third longer than the whole rest of the GEMM where
+ * the rows were a few past a multiple of 2 vectors (392 = 12 x 32 + 8). */
+static __attribute__((noinline)) DTARGET void
+DFN(thin_rest)(ptrdiff_t n_rest, ptrdiff_t n_pos, ptrdiff_t kc, int accumulate, const DT* w,
+               ptrdiff_t ldw, const DT* gp, DT* c, ptrdiff_t ldc)
+{
+    DT w_pad[THIN_KC * DVEC], c_tile[DTNR * DVEC];
+    for (ptrdiff_t o = 0; o < kc; o++)
+        for (ptrdiff_t i = 0; i < DVEC; i++)
+            w_pad[o * DVEC + i] = i < n_rest ? w[o * ldw + i] : (DT)0;
+    for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DTNR) {
+        const int nr = (int)(n_pos - p0 < DTNR ? n_pos - p0 : DTNR);
+        for (int j = 0; j < nr; j++)
+            for (ptrdiff_t i = 0; i < DVEC; i++)
+                c_tile[j * DVEC + i] = accumulate && i < n_rest ? c[(p0 + j) * ldc + i] : (DT)0;
+        if (nr == DTNR)
+            DFN(thin_block)(DTNR, 1, 1, w_pad, DVEC, gp + p0 * kc, kc, c_tile, DVEC);
+        else
+            DFN(thin_tail)(nr, 1, 1, w_pad, DVEC, gp + p0 * kc, kc, c_tile, DVEC);
+        for (int j = 0; j < nr; j++)
+            for (ptrdiff_t i = 0; i < n_rest; i++)
+                c[(p0 + j) * ldc + i] = c_tile[j * DVEC + i];
+    }
+}
+
 /* c[p * ldc + r] = sum over o < n_terms of w[o * ldw + r] * g[o * g_term + p * g_pos],
  * for r < n_rows, p < n_pos: the input gradient's W^T grad_output for a tile
  * of few positions, written positions x rows. BLAS packs all of W^T for each
@@ -395,15 +423,7 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
                                kc, c + p0 * ldc + r, ldc);
             r += DVEC;
         }
-        for (; r < n_rows; r++)        /* the last rows, fewer than a vector */
-            for (ptrdiff_t p = 0; p < n_pos; p++) {
-                const ptrdiff_t p0 = p - p % DTNR;
-                const ptrdiff_t nr = n_pos - p0 < DTNR ? n_pos - p0 : DTNR;
-                const DT* gt = gp + p0 * kc + (p - p0);
-                DT sum = accumulate ? c[p * ldc + r] : (DT)0;
-                for (ptrdiff_t o = 0; o < kc; o++)
-                    sum += wk[o * ldw + r] * gt[o * nr];
-                c[p * ldc + r] = sum;
-            }
+        if (r < n_rows)   /* the last rows, fewer than a vector */
+            DFN(thin_rest)(n_rows - r, n_pos, kc, accumulate, wk + r, ldw, gp, c + r, ldc);
     }
 }

@@ -165,7 +165,8 @@ def conv_path(request, monkeypatch):
     also runs every NCHW input gradient's GEMMs transposed (the planner does
     so only in float64, for some shapes). The input gradient's GEMMs are
     BLAS's on the gemm paths, the thin kernel's on gemm-thin (the planner's
-    choice: float32 tiles of few positions), both dtypes, every tile size.
+    choice for float32 tiles of few positions), both dtypes, every tile size
+    (its other orientation, for NCHW 1x1 layers: test_thin_positions_paths).
     NHWC calls follow the same forcing where their kernels take NHWC (the
     direct kernels read strided NCHW views of it); the NHWC depthwise kernel
     is chosen apart."""
@@ -175,6 +176,7 @@ def conv_path(request, monkeypatch):
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: False)
         thin = request.param == "gemm-thin"
         monkeypatch.setattr(_plan, "thin_gemm", lambda *args: thin)
+        monkeypatch.setattr(_plan, "thin_positions", lambda *args: False)
     if request.param == "gemm-channels":
         monkeypatch.setattr(_plan, "MIN_CHUNK_COLUMNS", 1)
         monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)

@@ -341,6 +341,7 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
                         lambda *a: calls.append(a) or real(*a))
     monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
     monkeypatch.setattr(_plan, "thin_gemm", lambda *a: True)
+    monkeypatch.setattr(_plan, "thin_positions", lambda *a: False)
     split_small_work(monkeypatch)
     monkeypatch.setattr(_plan, "TILE_BYTES", 1)
     monkeypatch.setattr(_plan, "MIN_GEMM_TILE", 1)
@@ -380,6 +381,44 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
+    """NCHW 1x1 input gradients by the thin kernel over grad_output's rows
+    (forced, both dtypes): one and several tiles of positions, blocks of
+    input channels, groups, conv_transpose2d's bias; against the reference,
+    the same bits on 1 and 3 threads."""
+    from conftest import split_small_work
+    from fastim2col import _conv, _plan
+    calls = []
+    real = _conv.conv2d_grad_input
+    monkeypatch.setattr(_conv, "conv2d_grad_input",
+                        lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(_plan, "thin_positions", lambda direct, *a: direct)
+    monkeypatch.setattr(_plan, "thin_gemm", lambda *a: False)
+    split_small_work(monkeypatch)
+    splits = set()
+    # (batch, channels, outputs, height, width, groups)
+    for n, c, o, h, w_, groups in [(1, 40, 16, 9, 11, 1), (2, 7, 33, 5, 13, 1),
+                                   (1, 12, 20, 16, 16, 2), (3, 3, 5, 1, 50, 1)]:
+        w = rand(rng, (o, c // groups, 1, 1), dtype)
+        g = rand(rng, (n, o, h, w_), dtype)
+        b = rand(rng, c, dtype)
+        expected = R.conv2d_input_grad((n, c, h, w_), as64(w), as64(g), groups=groups)
+        got = {}
+        for threads in (1, 3):
+            F.set_num_threads(threads)
+            calls.clear()
+            got[threads] = conv2d_input((n, c, h, w_), w, g, groups=groups)
+            assert calls[-1][13] is True   # thin_positions
+            tile, block = calls[-1][6]
+            splits.add((tile < h * w_, block < c // groups))
+            assert_close(got[threads], expected, dtype)
+            got_t = F.conv_transpose2d(g, w, b, groups=groups)
+            assert_close(got_t, expected + as64(b)[:, None, None], dtype)
+        assert np.array_equal(got[1], got[3])
+    assert (True, False) in splits and (False, True) in splits   # tiles, channel blocks
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype):
     """NCHW input gradients whose GEMMs run transposed (float64, rows of a
     unit at least twice its positions) and those that do not, through every
@@ -393,6 +432,7 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
     monkeypatch.setattr(_conv, "conv2d_grad_input",
                         lambda *a: calls.append(a) or real(*a))
     monkeypatch.setattr(_plan, "thin_gemm", lambda *a: False)
+    monkeypatch.setattr(_plan, "thin_positions", lambda *a: False)
     item = np.dtype(dtype).itemsize
     rule = _plan.grad_input_transposed
     # (batch, channels, outputs, size, kernel, stride, padding): stride 2 keeps
