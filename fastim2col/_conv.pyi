@@ -57,5 +57,7 @@ def conv2d_grad_weight(
     images_per_tile: int = 1,
     by_channels: bool = False,
     transposed: bool = False,
+    thin: bool = False,
 ) -> None:
-    """gw = the weight gradient of conv2d."""
+    """gw = the weight gradient of conv2d; thin (NHWC, one image a tile):
+    GEMMs by the thin kernel."""

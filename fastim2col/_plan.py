@@ -345,6 +345,25 @@ def thin_positions(direct: bool, nhwc: bool, block: int, itemsize: int, isa_leve
             and block <= THIN_POSITIONS_MAX_CHANNELS)
 
 
+# NHWC weight gradients with tiles of this many positions (one image a
+# tile): the thin kernel, the unrolled tile's rows (positions x kh*kw*C) its
+# vectors, the block's grad_output broadcast. BLAS packs the unrolled tile
+# again for every GEMM. Whole calls, 2 threads, time / the bare GEMM's, BLAS
+# -> thin: ResNet 3x3 at 56 px 1.37 -> 1.05 (batch 1), 1.18 -> 0.87 (8); at
+# 28 px 1.36 -> 1.31, 1.19 -> 1.12; at 14 px batch 1 1.50 -> 1.25 (with one
+# block of output channels a thread, see grad_weight). 7 px (49 positions):
+# 1.29 -> 1.31-1.35, so not there.
+THIN_WEIGHT_MIN_POSITIONS = 96
+THIN_WEIGHT_MAX_POSITIONS = 512
+
+
+def thin_weight(tile: int, itemsize: int, isa_level: int) -> bool:
+    """Whether an NHWC weight gradient with tiles of `tile` positions (one
+    image a tile) runs its GEMMs in the thin kernel: float32, vector FMA."""
+    return (itemsize == 4 and isa_level >= 1
+            and THIN_WEIGHT_MIN_POSITIONS <= tile <= THIN_WEIGHT_MAX_POSITIONS)
+
+
 # A channel unit's part of gw, and its unrolled set of images: wide chunks
 # keep the GEMMs wide (512 channels at 7 px, batch 8, 2 threads: 7.2 ms with
 # chunks of 256 channels over sets of 4 images, 9.4 ms with 64 over 8 in
@@ -409,8 +428,10 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
 
 
 def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
-                direct=False) -> tuple[int, int, bool]:
-    """(tile, block of output channels, per-thread sums?) for the weight gradient."""
+                direct=False, thin_isa_level=-1) -> tuple[int, int, bool]:
+    """(tile, block of output channels, per-thread sums?) for the weight
+    gradient. thin_isa_level (NHWC): the ISA level for thin_weight(); -1
+    where the thin kernel is not an option (NCHW)."""
     outer = n_images * groups
     if direct:
         # Nothing is unrolled (1x1 stride 1): no tile buffer to bound, so
@@ -441,7 +462,11 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
     # thread took the stem at batch 1 on 16 threads from 6.3 to 0.72 ms, but
     # failed that test too, 11 runs in 30, with the same plan and thread
     # count as the sequential call: not kept, cause not found.)
-    n_blocks = min(og, max(1, _ceil_div(2 * n_threads, groups))) if n_threads > 1 else 1
+    # The thin kernel (NHWC) calls no BLAS and passes that test with one
+    # block a thread: NHWC 3x3 at 14 px batch 1, 2 threads, 1.25 of the bare
+    # GEMM's time (1.35 with two blocks a thread, 1.50 with BLAS).
+    per_thread = 1 if thin_weight(tile, itemsize, thin_isa_level) else 2
+    n_blocks = min(og, max(1, _ceil_div(per_thread * n_threads, groups))) if n_threads > 1 else 1
     return tile, _ceil_div(og, n_blocks), False
 
 

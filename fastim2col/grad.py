@@ -119,6 +119,7 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
     kg, n_pos = cg * taps, win.out_h * win.out_w
     itemsize = res.itemsize
     direct = _is_direct(x, win, nhwc, cg)
+    isa_level = _direct.best_isa_level()
     # NCHW: split by input channels where they split evenly (no per-thread
     # sums of the whole gw to reduce, no tile unrolled twice); measured
     # faster than tiles of positions into per-thread sums on every ResNet
@@ -141,15 +142,18 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
             _plan.check_scratch(n_threads, (kg + og) * tile, c_out * kg, itemsize=itemsize)
         else:
             tile, block, sums = _plan.grad_weight(n, groups, og, kg, n_pos, itemsize,
-                                                  n_threads, c_out, direct)
+                                                  n_threads, c_out, direct,
+                                                  isa_level if nhwc else -1)
             _plan.check_scratch(n_threads, kg * tile, (c_out * kg) if sums else 0,
                                 itemsize=itemsize)
             transposed = sums and not nhwc and _plan.transposed_sums(og, kg, itemsize,
                                                                      tile == n_pos)
+    thin = nhwc and per_tile == 1 and _plan.thin_weight(tile, itemsize, isa_level)
+    _plan.check_scratch(n_threads, _plan.THIN_TERMS * og if thin else 0, itemsize=itemsize)
     with blas_single_threaded:
         _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),
                                  (tile, block), nhwc, direct, sums, n_threads, per_tile,
-                                 by_channels is not None, transposed)
+                                 by_channels is not None, transposed, thin)
 
 
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,

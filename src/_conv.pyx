@@ -29,22 +29,22 @@ cdef extern from "_direct_kernels.h" nogil:
     int THIN_KC
     void thin_gemm_f(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const float* w,
                      Py_ssize_t ldw, const float* g, Py_ssize_t g_term, Py_ssize_t g_pos,
-                     float* c, Py_ssize_t ldc, float* gp)
+                     float* c, Py_ssize_t ldc, float* gp, int add)
     void thin_gemm_d(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const double* w,
                      Py_ssize_t ldw, const double* g, Py_ssize_t g_term, Py_ssize_t g_pos,
-                     double* c, Py_ssize_t ldc, double* gp)
+                     double* c, Py_ssize_t ldc, double* gp, int add)
 
 
 cdef inline void thin_gemm(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms,
                            const floating* w, Py_ssize_t ldw, const floating* g,
                            Py_ssize_t g_term, Py_ssize_t g_pos, floating* c, Py_ssize_t ldc,
-                           floating* gp) noexcept nogil:
-    # c[p*ldc + r] = sum_o w[o*ldw + r] g[o*g_term + p*g_pos] (the vector
-    # kernel of _direct_kernels.h; gp: THIN_KC x n_pos scratch)
+                           floating* gp, bint add=False) noexcept nogil:
+    # c[p*ldc + r] = (add ? c[p*ldc + r] : 0) + sum_o w[o*ldw + r] g[o*g_term + p*g_pos]
+    # (the vector kernel of _direct_kernels.h; gp: THIN_KC x n_pos scratch)
     if floating is float:
-        thin_gemm_f(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp)
+        thin_gemm_f(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp, add)
     else:
-        thin_gemm_d(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp)
+        thin_gemm_d(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp, add)
 
 
 cdef inline floating* thin_scratch(bint thin, Py_ssize_t n_pos, floating* like) noexcept nogil:
@@ -576,9 +576,21 @@ cdef void reduce_thread_sums(floating* sums, Py_ssize_t n_threads, Py_ssize_t n_
     free(sums)
 
 
+cdef inline void nhwc_weight_gemm(Py_ssize_t n_out, Py_ssize_t kg, Py_ssize_t n_pos,
+                                  const floating* go, Py_ssize_t ld_go, const floating* cols,
+                                  Py_ssize_t ld_cols, floating* dst, Py_ssize_t ld_dst,
+                                  floating* gp) noexcept nogil:
+    # NHWC: dst (n_out x kg) += go^T cols, go (n_pos x n_out), cols (n_pos x
+    # kg), by BLAS or (gp not NULL: _plan.thin_weight) the thin GEMM
+    if gp != NULL:
+        thin_gemm(kg, n_out, n_pos, cols, ld_cols, go, ld_go, 1, dst, ld_dst, gp, True)
+    else:
+        gemm_rm(True, False, n_out, kg, n_pos, 1, go, ld_go, cols, ld_cols, 1, dst, ld_dst)
+
+
 cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                             Conv cv, Geometry g, bint per_thread_sums,
-                            bint transposed, int n_threads) noexcept nogil:
+                            bint transposed, int n_threads, bint thin) noexcept nogil:
     # gw_g = sum over images and tiles of go_tile @ unrolled_tile^T.
     # per_thread_sums: units (image, group, tile) add into one private
     #   (n_out, K_g) sum per thread, reduced in thread order at the end.
@@ -588,7 +600,9 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
     # Both are deterministic for a given thread count (static schedule).
     # transposed (NCHW, per-thread sums): each group's sums are (K_g x og),
     # GEMMs in the orientation OpenBLAS runs faster for thin groups (see
-    # grad_weight_channels), transposed in the reduction.
+    # grad_weight_channels), transposed in the reduction. thin (NHWC): the
+    # GEMMs are the thin kernel's, the tile's unrolled rows its vectors, the
+    # block's grad_output broadcast (_plan.thin_weight).
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -599,6 +613,7 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
     cdef Py_ssize_t n_units, u, n, grp, t, b, p0, p1, m0, m1, ld, k
     cdef Py_ssize_t n_failed = 0
     cdef floating* buf
+    cdef floating* gp
     cdef floating* sums = NULL
     cdef floating* dst
     cdef const floating* cols
@@ -613,12 +628,14 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
         for k in prange(size, nogil=True, num_threads=n_threads, schedule='static'):
             gw[k] = 0
     buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
+    gp = NULL
     with parallel(num_threads=n_threads):
         buf = NULL
         if not cv.direct:
             buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
+        gp = thin_scratch(thin, og if per_thread_sums else cv.block, buf)
         for u in prange(n_units, schedule='static'):
-            if not cv.direct and buf == NULL:
+            if (not cv.direct and buf == NULL) or (thin and gp == NULL):
                 n_failed += 1
             elif per_thread_sums:
                 t = u % n_tiles
@@ -631,8 +648,7 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                 dst = sums + omp_get_thread_num() * size + grp * og * kg
                 if cv.nhwc:
                     src = go + (n * n_pos + p0) * cv.n_out + grp * og
-                    gemm_rm(True, False, og, kg, p1 - p0, 1, src, cv.n_out,
-                            cols, ld, 1, dst, kg)
+                    nhwc_weight_gemm(og, kg, p1 - p0, src, cv.n_out, cols, ld, dst, kg, gp)
                 elif transposed:
                     src = go + (n * cv.n_out + grp * og) * n_pos + p0
                     gemm_rm(False, True, kg, og, p1 - p0, 1, cols, ld, src, n_pos,
@@ -654,13 +670,14 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
                         ld = tile_ld(&cv, &g, p0, p1)
                         if cv.nhwc:
                             src = go + (n * n_pos + p0) * cv.n_out + m0
-                            gemm_rm(True, False, m1 - m0, kg, p1 - p0, 1, src, cv.n_out,
-                                    cols, ld, 1, gw + m0 * kg, kg)
+                            nhwc_weight_gemm(m1 - m0, kg, p1 - p0, src, cv.n_out, cols, ld,
+                                             gw + m0 * kg, kg, gp)
                         else:
                             src = go + (n * cv.n_out + m0) * n_pos + p0
                             gemm_rm(False, True, m1 - m0, kg, p1 - p0, 1, src, n_pos,
                                     cols, ld, 1, gw + m0 * kg, kg)
         free(buf)
+        free(gp)
     if per_thread_sums:
         reduce_thread_sums(sums, n_threads, cv.n_out, og, kg, transposed, gw)
     return n_failed
@@ -938,13 +955,16 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
 def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shape,
                        tuple geom, tuple split, bint nhwc, bint direct,
                        bint per_thread_sums, int n_threads, Py_ssize_t images_per_tile=1,
-                       bint by_channels=False, bint transposed=False):
+                       bint by_channels=False, bint transposed=False, bint thin=False):
     """gw = d/dw <conv2d(x, w), go>; x any strides, go/gw C-contiguous.
     by_channels (NCHW): units own chunks of split[1] input channels
     (grad_weight_channels; images_per_tile > 1: sets of whole images,
     grad_weight_channels_images). transposed (NCHW, one image a tile, by
     channels or per-thread sums): GEMMs in the transposed orientation.
-    Else images_per_tile > 1: tiles of that many whole images, per-thread sums."""
+    Else images_per_tile > 1: tiles of that many whole images, per-thread sums.
+    thin (NHWC, one image a tile): the GEMMs by the thin kernel."""
+    if thin and not (nhwc and not by_channels and images_per_tile == 1):
+        raise ValueError("conv2d_grad_weight: the thin GEMM is for NHWC tiles of one image")
     cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* xp = data(x)
@@ -972,9 +992,9 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
                                         images_per_tile, n_threads)
         elif cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight(<float*> xp, <float*> gop, <float*> gwp, cv, g,
-                                 per_thread_sums, transposed, n_threads)
+                                 per_thread_sums, transposed, n_threads, thin)
         else:
             failed = grad_weight(<double*> xp, <double*> gop, <double*> gwp, cv, g,
-                                 per_thread_sums, transposed, n_threads)
+                                 per_thread_sums, transposed, n_threads, thin)
     if failed:
         raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")

@@ -68,10 +68,10 @@ cdef extern from "_direct_kernels.h" nogil:
     int THIN_KC
     void thin_gemm_f(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms, const float* w,
                      ptrdiff_t ldw, const float* g, ptrdiff_t g_term, ptrdiff_t g_pos,
-                     float* c, ptrdiff_t ldc, float* gp)
+                     float* c, ptrdiff_t ldc, float* gp, int add)
     void thin_gemm_d(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms, const double* w,
                      ptrdiff_t ldw, const double* g, ptrdiff_t g_term, ptrdiff_t g_pos,
-                     double* c, ptrdiff_t ldc, double* gp)
+                     double* c, ptrdiff_t ldc, double* gp, int add)
     const char* direct_isa_name()
     int direct_detect_isa()
     int direct_force_isa(int level)
@@ -95,10 +95,10 @@ def best_isa_level():
     return direct_detect_isa()
 
 
-def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c):
+def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bint add=False):
     """For tests: the thin GEMM kernel at the ISA in effect (force_isa).
-    c[p, r] = sum_o w[o, r] g[o, p] for r < n_rows; other columns of c are
-    left alone. w: (n_terms, >= n_rows) with unit column stride; g: (n_terms,
+    c[p, r] = sum_o w[o, r] g[o, p] (add: c[p, r] plus that sum) for r <
+    n_rows; other columns of c are left alone. w: (n_terms, >= n_rows) with unit column stride; g: (n_terms,
     n_pos), any strides; c: (n_pos, >= n_rows) with unit column stride; one
     float dtype. Shapes are checked here, not in the kernel."""
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(w)
@@ -120,11 +120,11 @@ def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c):
     if w.dtype == np.float32:
         thin_gemm_f(n_rows, n_pos, n_terms, <float*> cnp.PyArray_DATA(w), ldw,
                     <float*> cnp.PyArray_DATA(g), g_term, g_pos, <float*> cnp.PyArray_DATA(c),
-                    ldc, <float*> cnp.PyArray_DATA(gp))
+                    ldc, <float*> cnp.PyArray_DATA(gp), add)
     else:
         thin_gemm_d(n_rows, n_pos, n_terms, <double*> cnp.PyArray_DATA(w), ldw,
                     <double*> cnp.PyArray_DATA(g), g_term, g_pos,
-                    <double*> cnp.PyArray_DATA(c), ldc, <double*> cnp.PyArray_DATA(gp))
+                    <double*> cnp.PyArray_DATA(c), ldc, <double*> cnp.PyArray_DATA(gp), add)
     return c
 
 

@@ -377,8 +377,8 @@ DFN(thin_rest)(ptrdiff_t n_rest, ptrdiff_t n_pos, ptrdiff_t kc, int accumulate, 
     }
 }
 
-/* c[p * ldc + r] = sum over o < n_terms of w[o * ldw + r] * g[o * g_term + p * g_pos],
- * for r < n_rows, p < n_pos: the input gradient's W^T grad_output for a tile
+/* c[p * ldc + r] = (add ? c[p * ldc + r] : 0) + sum over o < n_terms of
+ * w[o * ldw + r] * g[o * g_term + p * g_pos], for r < n_rows, p < n_pos: the input gradient's W^T grad_output for a tile
  * of few positions, written positions x rows. BLAS packs all of W^T for each
  * GEMM and uses each packed element only n_pos times (49 on a 7 px image:
  * OpenBLAS's sgemm ran at 60% of its peak there); here W is read in place,
@@ -389,11 +389,11 @@ DFN(thin_rest)(ptrdiff_t n_rest, ptrdiff_t n_pos, ptrdiff_t kc, int accumulate, 
  * whatever the blocking: the same bits for any split of rows or positions. */
 static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms,
                                    const DT* w, ptrdiff_t ldw, const DT* g, ptrdiff_t g_term,
-                                   ptrdiff_t g_pos, DT* c, ptrdiff_t ldc, DT* gp)
+                                   ptrdiff_t g_pos, DT* c, ptrdiff_t ldc, DT* gp, int add)
 {
     for (ptrdiff_t o0 = 0; o0 < n_terms; o0 += THIN_KC) {
         const ptrdiff_t kc = n_terms - o0 < THIN_KC ? n_terms - o0 : THIN_KC;
-        const int accumulate = o0 > 0;
+        const int accumulate = add || o0 > 0;
         const DT* wk = w + o0 * ldw;
         /* tile p0 (nr positions) at gp + p0 * kc, element (o, j) at o * nr + j */
         for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DTNR) {

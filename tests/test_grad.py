@@ -419,6 +419,49 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thin_weight_paths(rng, monkeypatch, restore_threads, dtype):
+    """NHWC weight gradients by the thin kernel (forced, both dtypes): blocks
+    of output channels each summing every image and tile (one block a thread
+    where the planner allows it), per-thread sums, groups, 1x1 read in place;
+    against the reference. Each weight's sum runs over the positions in
+    order, whatever the tiles: blocks give the same bits on 1 and 3 threads."""
+    from conftest import split_small_work
+    from fastim2col import _conv, _plan
+    calls = []
+    real = _conv.conv2d_grad_weight
+    monkeypatch.setattr(_conv, "conv2d_grad_weight",
+                        lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(_plan, "use_direct_weight", lambda *a: False)
+    monkeypatch.setattr(_plan, "thin_weight", lambda tile, itemsize, isa_level: isa_level >= 0)
+    monkeypatch.setattr(_plan, "grad_weight_images", lambda *a: None)
+    split_small_work(monkeypatch)
+    plans = set()
+    # (batch, channels, outputs, size, kernel, stride, padding, groups)
+    for n, c, o, size, k, s, p, groups in [(1, 5, 13, 11, 3, 1, 1, 1), (3, 8, 6, 9, 3, 2, 1, 1),
+                                           (2, 6, 10, 8, 3, 1, 0, 2), (2, 7, 9, 10, 1, 1, 0, 1),
+                                           (1, 4, 40, 30, 2, 1, 0, 1), (8, 3, 5, 12, 3, 1, 1, 1)]:
+        x = rand(rng, (n, c, size, size), dtype)
+        w_shape = (o, c // groups, k, k)
+        y_shape = R.conv2d(np.zeros(x.shape), np.zeros(w_shape), stride=s, padding=p,
+                           groups=groups).shape
+        g = rand(rng, y_shape, dtype)
+        expected = R.conv2d_weight_grad(as64(x), w_shape, as64(g), s, p, groups=groups)
+        got = {}
+        for threads in (1, 3):
+            F.set_num_threads(threads)
+            calls.clear()
+            got[threads] = conv2d_weight(R.to_nhwc(x), weight_to(np.zeros(w_shape), "NHWC").shape,
+                                         R.to_nhwc(g), s, p, groups=groups, layout="NHWC")
+            assert calls[-1][13] is True   # thin
+            sums = calls[-1][8]
+            plans.add(sums)
+            assert_close(got[threads], weight_to(expected, "NHWC"), dtype)
+        if not sums:
+            assert np.array_equal(got[1], got[3])
+    assert plans == {False, True}   # blocks and per-thread sums
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype):
     """NCHW input gradients whose GEMMs run transposed (float64, rows of a
     unit at least twice its positions) and those that do not, through every
