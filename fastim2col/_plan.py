@@ -321,28 +321,31 @@ def thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
     return itemsize == 4 and isa_level >= 1 and tile <= THIN_MAX_POSITIONS
 
 
-# NCHW 1x1 input gradients (nothing to fold) whose tiles are too wide for
-# thin_gemm, with at most this many input channels a unit, run in the thin
-# kernel the other way round: grad_output's rows, positions contiguous, read
-# in place as its vectors, the weights (the small operand) broadcast. With
-# BLAS, positions-contiguous grad_output is the slower orientation (OpenBLAS
-# packs it, sgemm_itcopy; the bare GEMM's channels-contiguous one ran 0.82x
-# the time). One thread, float32, GFLOP/s thin / BLAS on this layout / BLAS
+# NCHW input gradients whose tiles are too wide for thin_gemm, with at most
+# this many rows (input channels x taps) a unit, run in the thin kernel the
+# other way round: grad_output's rows, positions contiguous, read in place as
+# its vectors, the unit's weights (the small operand) broadcast; the tile
+# then folds (or, 1x1, lands in the result) as from BLAS. With BLAS,
+# positions-contiguous grad_output is the slower orientation (OpenBLAS packs
+# it, sgemm_itcopy; the bare GEMM's channels-contiguous one ran 0.82x the
+# time). One thread, float32, GFLOP/s thin / BLAS on this layout / BLAS
 # channels-contiguous: 64 <- 256 channels, 1568 positions 137 / 104 / 129;
 # 64 <- 64 167 / 107 / 117; 256 <- 1024, 196 positions 156 / 138 / 146; 512
 # <- 2048 147 / 140 / 143; float64 63-68 / 64-72 (so not there). Whole calls,
 # 2 threads, thin / BLAS time: ResNet's 1x1 layers at 56 to 14 px, batch 1
-# 0.75-0.90, batch 8 0.71-0.93.
-THIN_POSITIONS_MAX_CHANNELS = 512
+# 0.75-0.90, batch 8 0.71-0.93; its 1x1 stride-2 downsampling layers
+# 0.81-0.95; a 3x3 stride-2 layer of 32 -> 64 channels at 112 px 0.80-0.91;
+# the stem 0.97.
+THIN_POSITIONS_MAX_ROWS = 512
 
 
-def thin_positions(direct: bool, nhwc: bool, block: int, itemsize: int, isa_level: int) -> bool:
-    """Whether an NCHW 1x1 input gradient (`direct`: nothing unrolled or
-    folded) with `block` input channels a unit runs in the thin kernel over
-    grad_output's rows (see THIN_POSITIONS_MAX_CHANNELS): float32, vector FMA;
-    the caller asks only where thin_gemm() declined the tile."""
-    return (direct and not nhwc and itemsize == 4 and isa_level >= 1
-            and block <= THIN_POSITIONS_MAX_CHANNELS)
+def thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int) -> bool:
+    """Whether an NCHW input gradient whose units compute `unit_rows` rows
+    (input channels x taps) runs in the thin kernel over grad_output's rows
+    (see THIN_POSITIONS_MAX_ROWS): float32, vector FMA; the caller asks only
+    where thin_gemm() declined the tile."""
+    return (not nhwc and itemsize == 4 and isa_level >= 1
+            and unit_rows <= THIN_POSITIONS_MAX_ROWS)
 
 
 # NHWC weight gradients with tiles of this many positions (one image a

@@ -249,9 +249,9 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
         scratch = kg * split[0]
     isa_level = _direct.best_isa_level()
     thin = _plan.thin_gemm(split[0], res.itemsize, isa_level)
-    thin_positions = not thin and _plan.thin_positions(direct, nhwc, split[1], res.itemsize,
-                                                       isa_level)
-    thin_scratch = split[1] if thin_positions else split[0] if thin else 0
+    unit_rows = split[1] * win.kernel_h * win.kernel_w   # a unit's channels x taps
+    thin_positions = not thin and _plan.thin_positions(nhwc, unit_rows, res.itemsize, isa_level)
+    thin_scratch = unit_rows if thin_positions else split[0] if thin else 0
     _plan.check_scratch(n_threads, scratch, _plan.THIN_TERMS * thin_scratch,
                         itemsize=res.itemsize)
     transposed = not nhwc and not thin_positions and (thin or _plan.grad_input_transposed(

@@ -336,9 +336,13 @@ cdef inline void input_grad_gemm(bint transposed, const floating* w, Py_ssize_t 
                                  Py_ssize_t n_pos, Py_ssize_t og, floating* buf,
                                  floating* gp) noexcept nogil:
     # buf = W^T go of one tile: (rows x n_pos), or transposed (n_pos x rows)
-    # with the rows as BLAS's M (_plan.grad_input_transposed), or (gp not
-    # NULL: _plan.thin_gemm) transposed by the thin GEMM.
-    if gp != NULL:
+    # with the rows as BLAS's M (_plan.grad_input_transposed). By the thin
+    # GEMM where gp is not NULL: transposed, w's rows its vectors
+    # (_plan.thin_gemm), or not transposed, go's rows its vectors
+    # (_plan.thin_positions).
+    if gp != NULL and not transposed:
+        thin_gemm(n_pos, rows, og, go, ld_go, w, ld_w, 1, buf, n_pos, gp)
+    elif gp != NULL:
         thin_gemm(rows, n_pos, og, w, ld_w, go, ld_go, 1, buf, rows, gp)
     elif transposed:
         gemm_rm(True, False, n_pos, rows, og, 1, go, ld_go, w, ld_w, 0, buf, rows)
@@ -371,10 +375,10 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     # writes the tile's transpose, (positions x rows), into buf (BLAS runs
     # that orientation faster for some shapes: _plan.grad_input_transposed),
     # folded (or, 1x1, copied) from there. thin: the GEMMs are the thin
-    # kernel's (_plan.thin_gemm; NCHW: transposed too). thin_positions (NCHW
-    # 1x1): the thin kernel the other way round, grad_output's rows read in
-    # place as its vectors, the block's weights broadcast, straight into gx
-    # (_plan.thin_positions).
+    # kernel's (_plan.thin_gemm; NCHW: transposed too). thin_positions (NCHW):
+    # the thin kernel the other way round, grad_output's rows read in place
+    # as its vectors, the unit's weights broadcast (_plan.thin_positions); 1x1
+    # straight into gx.
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -406,8 +410,8 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
             buf = NULL
             if not cv.direct or transposed:
                 buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
-            gp = thin_scratch(thin or thin_positions, cv.block if thin_positions else cv.tile,
-                              buf)
+            gp = thin_scratch(thin or thin_positions,
+                              cv.block * kk if thin_positions else cv.tile, buf)
             for u in prange(n_units, schedule='static'):
                 t = u % n_pairs
                 if not cv.direct:
@@ -455,7 +459,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                         src = src + grp * og * n_pos + p0
                         rows = (c1 - c0) * kk
                         dst = gx + n * image_size + (grp * cg + c0) * plane
-                        if thin_positions:   # gx[c, p] = sum_o go[o, p] w[o, c]
+                        if cv.direct and thin_positions:   # straight into gx
                             thin_gemm(p1 - p0, c1 - c0, og, src, n_pos, w + grp * og * kg + c0,
                                       kg, 1, dst + p0, plane, gp)
                         elif cv.direct and not transposed:   # straight into gx
@@ -482,13 +486,14 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
 cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                                   const floating* bias, floating* gx, Conv cv, Geometry g,
                                   Py_ssize_t per_tile, int n_threads,
-                                  bint transposed, bint thin) noexcept nogil:
+                                  bint transposed, bint thin,
+                                  bint thin_positions) noexcept nogil:
     # grad_input() for small images: units (image group, group, block of
     # input channels) each compute W^T go for `per_tile` whole images in one
     # GEMM (weights packed once per several images), then fold every image's
     # columns. Units touch disjoint (image, channel) sets: no phases needed.
     # NCHW gathers the images' grad_output rows into a (og x tile) buffer;
-    # transposed and thin as in grad_input().
+    # transposed, thin and thin_positions as in grad_input().
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -513,9 +518,11 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
         gbuf = NULL
         if not cv.nhwc:
             gbuf = <floating*> malloc(og * tile * sizeof(floating))
-        gp = thin_scratch(thin, tile, buf)
+        gp = thin_scratch(thin or thin_positions,
+                          cv.block * kk if thin_positions else tile, buf)
         for u in prange(n_units, schedule='static'):
-            if buf == NULL or (not cv.nhwc and gbuf == NULL) or (thin and gp == NULL):
+            if (buf == NULL or (not cv.nhwc and gbuf == NULL)
+                    or ((thin or thin_positions) and gp == NULL)):
                 n_failed += 1
             else:
                 b = u % n_blocks
@@ -919,14 +926,14 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
     transposed (NCHW only): each GEMM in the orientation with positions as
     its rows (see grad_input). thin: the GEMMs by the thin kernel
     (_plan.thin_gemm), in the transposed orientation in NCHW. thin_positions
-    (NCHW 1x1 only, `direct`): by the thin kernel over grad_output's rows
-    (_plan.thin_positions)."""
+    (NCHW): by the thin kernel over grad_output's rows (_plan.thin_positions)."""
     if transposed and nhwc:
         raise ValueError("conv2d_grad_input: transposed GEMMs are for NCHW only")
     if thin and not (transposed or nhwc):
         raise ValueError("conv2d_grad_input: the thin GEMM writes the transposed orientation")
-    if thin_positions and (nhwc or not direct or transposed or thin or images_per_tile > 1):
-        raise ValueError("conv2d_grad_input: thin_positions is for NCHW 1x1 (direct) alone")
+    if thin_positions and (nhwc or transposed or thin):
+        raise ValueError("conv2d_grad_input: thin_positions is for NCHW, not transposed, "
+                         "instead of thin")
     cdef Conv cv = make_conv(gx, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* gop = data(go)
@@ -937,11 +944,12 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
     with nogil:
         if images_per_tile > 1 and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input_images(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
-                                       cv, g, images_per_tile, n_threads, transposed, thin)
+                                       cv, g, images_per_tile, n_threads, transposed, thin,
+                                       thin_positions)
         elif images_per_tile > 1:
             failed = grad_input_images(<double*> gop, <double*> wp, <double*> bp,
                                        <double*> gxp, cv, g, images_per_tile, n_threads,
-                                       transposed, thin)
+                                       transposed, thin, thin_positions)
         elif cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
                                 cv, g, n_threads, transposed, thin, thin_positions)

@@ -382,40 +382,61 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
-    """NCHW 1x1 input gradients by the thin kernel over grad_output's rows
-    (forced, both dtypes): one and several tiles of positions, blocks of
-    input channels, groups, conv_transpose2d's bias; against the reference,
-    the same bits on 1 and 3 threads."""
+    """NCHW input gradients by the thin kernel over grad_output's rows
+    (forced, both dtypes): 1x1 straight into the result (one and several
+    tiles of positions, blocks of input channels; the same bits on 1 and 3
+    threads), tiles folded back, whole images a unit, groups, and
+    conv_transpose2d's bias on each; against the reference."""
     from conftest import split_small_work
     from fastim2col import _conv, _plan
     calls = []
     real = _conv.conv2d_grad_input
     monkeypatch.setattr(_conv, "conv2d_grad_input",
                         lambda *a: calls.append(a) or real(*a))
-    monkeypatch.setattr(_plan, "thin_positions", lambda direct, *a: direct)
+    monkeypatch.setattr(_plan, "thin_positions", lambda *a: True)
     monkeypatch.setattr(_plan, "thin_gemm", lambda *a: False)
+    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
     split_small_work(monkeypatch)
-    splits = set()
-    # (batch, channels, outputs, height, width, groups)
-    for n, c, o, h, w_, groups in [(1, 40, 16, 9, 11, 1), (2, 7, 33, 5, 13, 1),
-                                   (1, 12, 20, 16, 16, 2), (3, 3, 5, 1, 50, 1)]:
-        w = rand(rng, (o, c // groups, 1, 1), dtype)
-        g = rand(rng, (n, o, h, w_), dtype)
+    monkeypatch.setattr(_plan, "TILE_BYTES", 1)   # bands of a few rows: several a image
+    monkeypatch.setattr(_plan, "MIN_GEMM_TILE", 1)
+    seen = set()
+    # (batch, channels, outputs, height, width, kernel, stride, padding, groups)
+    for n, c, o, h, w_, k, s, p, groups in [
+            (1, 40, 16, 9, 11, 1, 1, 0, 1), (2, 7, 33, 5, 13, 1, 1, 0, 1),
+            (1, 12, 20, 16, 16, 1, 1, 0, 2), (3, 3, 5, 1, 50, 1, 1, 0, 1),
+            (2, 6, 10, 15, 12, 3, 2, 1, 1), (1, 8, 6, 20, 9, 3, 1, 1, 2),
+            (4, 8, 40, 4, 4, 3, 2, 1, 1), (2, 10, 12, 14, 14, 1, 2, 0, 1)]:
+        x_shape, w_shape = (n, c, h, w_), (o, c // groups, k, k)
+        w = rand(rng, w_shape, dtype)
+        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
+                           groups=groups).shape
+        g = rand(rng, y_shape, dtype)
         b = rand(rng, c, dtype)
-        expected = R.conv2d_input_grad((n, c, h, w_), as64(w), as64(g), groups=groups)
+        op = ((h + 2 * p - k) % s, (w_ + 2 * p - k) % s)
+        expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, groups=groups)
+        expected_t = R.conv_transpose2d(as64(g), as64(w), as64(b), s, p, output_padding=op,
+                                        groups=groups)
         got = {}
         for threads in (1, 3):
             F.set_num_threads(threads)
             calls.clear()
-            got[threads] = conv2d_input((n, c, h, w_), w, g, groups=groups)
+            got[threads] = conv2d_input(x_shape, w, g, s, p, groups=groups)
             assert calls[-1][13] is True   # thin_positions
-            tile, block = calls[-1][6]
-            splits.add((tile < h * w_, block < c // groups))
+            (tile, block), direct, per_tile = calls[-1][6], calls[-1][8], calls[-1][10]
+            if direct:
+                seen.add("1x1 tiles" if tile < h * w_ else "1x1 whole images")
+                seen.add("1x1 channel blocks" if block < c // groups else "1x1 all channels")
+            elif per_tile > 1:
+                seen.add("image sets")
+            elif tile < y_shape[2] * y_shape[3]:
+                seen.add("folded tiles")
             assert_close(got[threads], expected, dtype)
-            got_t = F.conv_transpose2d(g, w, b, groups=groups)
-            assert_close(got_t, expected + as64(b)[:, None, None], dtype)
-        assert np.array_equal(got[1], got[3])
-    assert (True, False) in splits and (False, True) in splits   # tiles, channel blocks
+            got_t = F.conv_transpose2d(g, w, b, s, p, output_padding=op, groups=groups)
+            assert_close(got_t, expected_t, dtype)
+        if k == 1 and s == 1:
+            assert np.array_equal(got[1], got[3])
+    assert seen == {"1x1 tiles", "1x1 whole images", "1x1 channel blocks", "1x1 all channels",
+                    "image sets", "folded tiles"}, seen
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
