@@ -17,10 +17,12 @@ def conv2d_forward(
     direct: bool,
     n_threads: int,
     images_per_tile: int = 1,
+    thin: bool = False,
 ) -> None:
     """out = conv2d(x, w) + bias; shape = (N, C, C_out, groups), geom = the
     12 ints of fastim2col._args.Window, split = (tile, block);
-    images_per_tile > 1: tiles of that many whole images."""
+    images_per_tile > 1: tiles of that many whole images; thin (NCHW, one
+    image a tile): GEMMs by the thin kernel."""
 
 def conv2d_grad_input(
     go: np.ndarray,

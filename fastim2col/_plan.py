@@ -367,6 +367,30 @@ def thin_weight(tile: int, itemsize: int, isa_level: int) -> bool:
             and THIN_WEIGHT_MIN_POSITIONS <= tile <= THIN_WEIGHT_MAX_POSITIONS)
 
 
+# NCHW conv2d GEMMs (1x1 layers, and others off the direct kernels) of
+# tiles of at least THIN_FORWARD_MIN_POSITIONS positions, at most
+# THIN_FORWARD_MAX_OUTPUTS output channels a block and THIN_FORWARD_MAX_TERMS
+# input channels x taps: the thin kernel, the tile's rows (x's own rows for
+# 1x1) its vectors, the block's weights broadcast. Whole calls, 2 threads,
+# thin / BLAS time, batch 1 / 8: ResNet's 1x1 layers 64 -> 256 at 56 px
+# 0.82 / 0.80, 256 -> 64 0.90 / 0.93, 512 -> 128 at 28 px 0.84 / 0.97, 128 ->
+# 512 0.73 / 0.98, 1024 -> 256 at 14 px 0.90 / 1.00; 2048 -> 512 at 7 px
+# 1.28-1.29 (49 positions a tile, 2048 terms), so not there.
+THIN_FORWARD_MIN_POSITIONS = 128
+THIN_FORWARD_MAX_OUTPUTS = 512
+THIN_FORWARD_MAX_TERMS = 1024
+
+
+def thin_forward(nhwc: bool, tile: int, block: int, kg: int, itemsize: int,
+                 isa_level: int) -> bool:
+    """Whether an NCHW conv2d with tiles of `tile` positions (one image a
+    tile), blocks of `block` output channels and kg = C/groups*kh*kw runs
+    its GEMMs in the thin kernel: float32, vector FMA, the limits above."""
+    return (not nhwc and itemsize == 4 and isa_level >= 1
+            and tile >= THIN_FORWARD_MIN_POSITIONS and block <= THIN_FORWARD_MAX_OUTPUTS
+            and kg <= THIN_FORWARD_MAX_TERMS)
+
+
 # A channel unit's part of gw, and its unrolled set of images: wide chunks
 # keep the GEMMs wide (512 channels at 7 px, batch 8, 2 threads: 7.2 ms with
 # chunks of 256 channels over sets of 4 images, 9.4 ms with 64 over 8 in

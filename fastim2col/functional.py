@@ -189,9 +189,13 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                 split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads,
                                       direct, nhwc)
                 _plan.check_scratch(n_threads, kg * split[0], itemsize=dtype.itemsize)
+            thin = per_tile == 1 and _plan.thin_forward(nhwc, split[0], split[1], kg,
+                                                        dtype.itemsize, _direct.best_isa_level())
+            _plan.check_scratch(n_threads, _plan.THIN_TERMS * split[1] if thin else 0,
+                                itemsize=dtype.itemsize)
             with blas_single_threaded:
                 _conv.conv2d_forward(x, w2, bias, res, (n, c, c_out, groups), tuple(win),
-                                     split, nhwc, direct, n_threads, per_tile)
+                                     split, nhwc, direct, n_threads, per_tile, thin)
     return out if out is not None else _squeeze(res, unbatched)
 
 

@@ -157,10 +157,13 @@ cdef inline const floating* unrolled_tile(const floating* x_img, const Conv* cv,
 
 
 cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bias,
-                        floating* out, Conv cv, Geometry g, int n_threads) noexcept nogil:
+                        floating* out, Conv cv, Geometry g, int n_threads,
+                        bint thin) noexcept nogil:
     # Units (image, group, tile, block of output channels), block innermost:
     # with a static schedule a thread gets consecutive units, so consecutive
     # blocks of one tile reuse the tile it unrolled (keyed per thread).
+    # thin (NCHW): the GEMMs are the thin kernel's, the tile's rows (x itself
+    # for 1x1) its vectors, the block's weights broadcast (_plan.thin_forward).
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -171,6 +174,7 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
     cdef Py_ssize_t u, n, grp, t, b, p0, p1, m0, m1, tile_key, ld, r, q
     cdef Py_ssize_t n_failed = 0
     cdef floating* buf
+    cdef floating* gp
     cdef const floating* cols
     cdef floating* dst
     cdef int tid
@@ -178,12 +182,14 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
     if last_key == NULL:
         return 1
     buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
+    gp = NULL
     with parallel(num_threads=n_threads):
         buf = NULL
         if not cv.direct:
             buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
+        gp = thin_scratch(thin, cv.block, buf)
         for u in prange(n_units, schedule='static'):
-            if not cv.direct and buf == NULL:
+            if (not cv.direct and buf == NULL) or (thin and gp == NULL):
                 n_failed += 1
             else:
                 tid = omp_get_thread_num()
@@ -210,13 +216,18 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
                                 dst[r * cv.n_out + q] += bias[m0 + q]
                 else:
                     dst = out + (n * cv.n_out + m0) * n_pos + p0
-                    gemm_rm(False, False, m1 - m0, p1 - p0, kg, 1, w + m0 * kg, kg,
-                            cols, ld, 0, dst, n_pos)
+                    if thin:   # out[m, p] = sum_k cols[k, p] w[m, k]
+                        thin_gemm(p1 - p0, m1 - m0, kg, cols, ld, w + m0 * kg, 1, kg, dst,
+                                  n_pos, gp)
+                    else:
+                        gemm_rm(False, False, m1 - m0, p1 - p0, kg, 1, w + m0 * kg, kg,
+                                cols, ld, 0, dst, n_pos)
                     if bias != NULL:
                         for r in range(m1 - m0):
                             for q in range(p1 - p0):
                                 dst[r * n_pos + q] += bias[m0 + r]
         free(buf)
+        free(gp)
     free(last_key)
     return n_failed
 
@@ -890,9 +901,12 @@ cdef inline void* data(cnp.ndarray a):
 
 def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
                    tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
-                   int n_threads, Py_ssize_t images_per_tile=1):
+                   int n_threads, Py_ssize_t images_per_tile=1, bint thin=False):
     """out = conv2d(x, w) + bias; x any strides, w/bias/out C-contiguous.
-    images_per_tile > 1: tiles of that many whole images (not direct)."""
+    images_per_tile > 1: tiles of that many whole images (not direct).
+    thin (NCHW, one image a tile): the GEMMs by the thin kernel."""
+    if thin and (nhwc or images_per_tile > 1):
+        raise ValueError("conv2d_forward: the thin GEMM is for NCHW tiles of one image")
     cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* xp = data(x)
@@ -909,10 +923,10 @@ def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
                                     cv, g, images_per_tile, n_threads)
         elif cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32:
             failed = forward(<float*> xp, <float*> wp, <float*> bp, <float*> op,
-                             cv, g, n_threads)
+                             cv, g, n_threads, thin)
         else:
             failed = forward(<double*> xp, <double*> wp, <double*> bp, <double*> op,
-                             cv, g, n_threads)
+                             cv, g, n_threads, thin)
     if failed:
         raise MemoryError("conv2d: could not allocate the per-thread tile buffers")
 

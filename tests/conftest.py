@@ -165,8 +165,9 @@ def conv_path(request, monkeypatch):
     also runs every NCHW input gradient's GEMMs transposed (the planner does
     so only in float64, for some shapes). The input gradient's GEMMs are
     BLAS's on the gemm paths, the thin kernel's on gemm-thin (the planner's
-    choice for float32 tiles of few positions), both dtypes, every tile size
-    (its other orientation, for NCHW 1x1 layers: test_thin_positions_paths).
+    choice for float32 input gradients of few positions, NCHW conv2d and
+    NHWC weight gradients), both dtypes, every tile size (its other
+    orientation for NCHW input gradients: test_thin_positions_paths).
     NHWC calls follow the same forcing where their kernels take NHWC (the
     direct kernels read strided NCHW views of it); the NHWC depthwise kernel
     is chosen apart."""
@@ -177,6 +178,8 @@ def conv_path(request, monkeypatch):
         thin = request.param == "gemm-thin"
         monkeypatch.setattr(_plan, "thin_gemm", lambda *args: thin)
         monkeypatch.setattr(_plan, "thin_positions", lambda *args: False)
+        monkeypatch.setattr(_plan, "thin_forward", lambda nhwc, *args: thin and not nhwc)
+        monkeypatch.setattr(_plan, "thin_weight", lambda *args: thin)
     if request.param == "gemm-channels":
         monkeypatch.setattr(_plan, "MIN_CHUNK_COLUMNS", 1)
         monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)
