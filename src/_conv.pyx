@@ -21,30 +21,10 @@ from libc.string cimport memcpy
 
 from _blas cimport gemm_rm
 from _openmp cimport new_thread_keys, omp_get_thread_num
+from _thin_gemm cimport THIN_KC, thin_gemm
 from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
 
 cnp.import_array()
-
-cdef extern from "_direct_kernels.h" nogil:
-    int THIN_KC
-    void thin_gemm_f(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const float* w,
-                     Py_ssize_t ldw, const float* g, Py_ssize_t g_term, Py_ssize_t g_pos,
-                     float* c, Py_ssize_t ldc, float* gp, int add)
-    void thin_gemm_d(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const double* w,
-                     Py_ssize_t ldw, const double* g, Py_ssize_t g_term, Py_ssize_t g_pos,
-                     double* c, Py_ssize_t ldc, double* gp, int add)
-
-
-cdef inline void thin_gemm(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms,
-                           const floating* w, Py_ssize_t ldw, const floating* g,
-                           Py_ssize_t g_term, Py_ssize_t g_pos, floating* c, Py_ssize_t ldc,
-                           floating* gp, bint add=False) noexcept nogil:
-    # c[p*ldc + r] = (add ? c[p*ldc + r] : 0) + sum_o w[o*ldw + r] g[o*g_term + p*g_pos]
-    # (the vector kernel of _direct_kernels.h; gp: THIN_KC x n_pos scratch)
-    if floating is float:
-        thin_gemm_f(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp, add)
-    else:
-        thin_gemm_d(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp, add)
 
 
 cdef inline floating* thin_scratch(bint thin, Py_ssize_t n_pos, floating* like) noexcept nogil:

@@ -22,6 +22,7 @@ from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
 from _openmp cimport new_thread_keys, omp_get_thread_num
+from _thin_gemm cimport THIN_KC, thin_gemm_f, thin_gemm_d
 from _unroll cimport Geometry
 
 cnp.import_array()
@@ -65,13 +66,6 @@ cdef extern from "_direct_kernels.h" nogil:
                        double* dw, ptrdiff_t dw_stride)
     int all_finite_f(const float* x, ptrdiff_t n)
     int all_finite_d(const double* x, ptrdiff_t n)
-    int THIN_KC
-    void thin_gemm_f(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms, const float* w,
-                     ptrdiff_t ldw, const float* g, ptrdiff_t g_term, ptrdiff_t g_pos,
-                     float* c, ptrdiff_t ldc, float* gp, int add)
-    void thin_gemm_d(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms, const double* w,
-                     ptrdiff_t ldw, const double* g, ptrdiff_t g_term, ptrdiff_t g_pos,
-                     double* c, ptrdiff_t ldc, double* gp, int add)
     const char* direct_isa_name()
     int direct_detect_isa()
     int direct_force_isa(int level)

@@ -349,6 +349,20 @@ DFN(thin_tail)(const int nr, const int nv, const int accumulate, const DT* w, pt
 #undef THIN_TAIL
 }
 
+/* nv (1 or 2) vectors of rows over all n_pos positions: whole tiles of
+ * DTNR, then the narrower last one. */
+static inline __attribute__((always_inline)) DTARGET void
+DFN(thin_rows)(const int nv, const int accumulate, const DT* w, ptrdiff_t ldw, const DT* gp,
+               ptrdiff_t kc, ptrdiff_t n_pos, DT* c, ptrdiff_t ldc)
+{
+    ptrdiff_t p0 = 0;
+    for (; p0 + DTNR <= n_pos; p0 += DTNR)
+        DFN(thin_block)(DTNR, nv, accumulate, w, ldw, gp + p0 * kc, kc, c + p0 * ldc, ldc);
+    if (p0 < n_pos)
+        DFN(thin_tail)((int)(n_pos - p0), nv, accumulate, w, ldw, gp + p0 * kc, kc,
+                       c + p0 * ldc, ldc);
+}
+
 /* thin_gemm's last n_rest (< DVEC) rows, as one vector: their weights
  * copied into a zero-padded slice, each tile's sums through a vector-wide
  * scratch tile (reading or writing past the rows could leave the arrays).
@@ -404,23 +418,10 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
                     dst[o * nr + j] = g[(o0 + o) * g_term + (p0 + j) * g_pos];
         }
         ptrdiff_t r = 0;
-        for (; r + 2 * DVEC <= n_rows; r += 2 * DVEC) {
-            ptrdiff_t p0 = 0;
-            for (; p0 + DTNR <= n_pos; p0 += DTNR)
-                DFN(thin_block)(DTNR, 2, accumulate, wk + r, ldw, gp + p0 * kc, kc,
-                                c + p0 * ldc + r, ldc);
-            if (p0 < n_pos)
-                DFN(thin_tail)((int)(n_pos - p0), 2, accumulate, wk + r, ldw, gp + p0 * kc,
-                               kc, c + p0 * ldc + r, ldc);
-        }
+        for (; r + 2 * DVEC <= n_rows; r += 2 * DVEC)
+            DFN(thin_rows)(2, accumulate, wk + r, ldw, gp, kc, n_pos, c + r, ldc);
         if (n_rows - r >= DVEC) {
-            ptrdiff_t p0 = 0;
-            for (; p0 + DTNR <= n_pos; p0 += DTNR)
-                DFN(thin_block)(DTNR, 1, accumulate, wk + r, ldw, gp + p0 * kc, kc,
-                                c + p0 * ldc + r, ldc);
-            if (p0 < n_pos)
-                DFN(thin_tail)((int)(n_pos - p0), 1, accumulate, wk + r, ldw, gp + p0 * kc,
-                               kc, c + p0 * ldc + r, ldc);
+            DFN(thin_rows)(1, accumulate, wk + r, ldw, gp, kc, n_pos, c + r, ldc);
             r += DVEC;
         }
         if (r < n_rows)   /* the last rows, fewer than a vector */

@@ -323,6 +323,40 @@ def test_input_gradient_tiles_ending_mid_row(rng, monkeypatch, restore_threads, 
         assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d), dtype)
 
 
+def _thin_input_gradients(monkeypatch):
+    """For the thin GEMM's input-gradient tests: the GEMM kernels always (not
+    the direct ones), work split among threads even when small, tiles of a
+    few output rows (several an image); returns the list that collects the
+    arguments of each conv2d_grad_input kernel call."""
+    from conftest import split_small_work
+    from fastim2col import _conv, _plan
+    calls = []
+    real = _conv.conv2d_grad_input
+    monkeypatch.setattr(_conv, "conv2d_grad_input",
+                        lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
+    split_small_work(monkeypatch)
+    monkeypatch.setattr(_plan, "TILE_BYTES", 1)
+    monkeypatch.setattr(_plan, "MIN_GEMM_TILE", 1)
+    return calls
+
+
+def _input_gradient_case(rng, dtype, x_shape, w_shape, stride, padding, groups):
+    """(w, g, bias, output_padding, the input gradient, conv_transpose2d(g, w,
+    bias) reaching x's size) for x's shape (NCHW), from the reference;
+    conv_transpose2d's weight is w (it maps g's channels back to x's)."""
+    w = rand(rng, w_shape, dtype)
+    y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=stride, padding=padding,
+                       groups=groups).shape
+    g = rand(rng, y_shape, dtype)
+    b = rand(rng, x_shape[1], dtype)
+    op = tuple((x_shape[i] + 2 * padding - w_shape[i]) % stride for i in (2, 3))
+    expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), stride, padding, groups=groups)
+    expected_t = R.conv_transpose2d(as64(g), as64(w), as64(b), stride, padding,
+                                    output_padding=op, groups=groups)
+    return w, g, b, op, expected, expected_t
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
@@ -331,20 +365,11 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
     whole images a unit, 1x1 with nothing to fold, groups, and
     conv_transpose2d's bias on each; against the reference, and with the
     same bits on 1 and 3 threads (each sum runs over grad_output's channels
-    in order, however the work is split). Tiles of a few output rows, so
-    that an image has several."""
-    from conftest import split_small_work
-    from fastim2col import _conv, _plan
-    calls = []
-    real = _conv.conv2d_grad_input
-    monkeypatch.setattr(_conv, "conv2d_grad_input",
-                        lambda *a: calls.append(a) or real(*a))
-    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
+    in order, however the work is split)."""
+    from fastim2col import _plan
+    calls = _thin_input_gradients(monkeypatch)
     monkeypatch.setattr(_plan, "thin_gemm", lambda *a: True)
     monkeypatch.setattr(_plan, "thin_positions", lambda *a: False)
-    split_small_work(monkeypatch)
-    monkeypatch.setattr(_plan, "TILE_BYTES", 1)
-    monkeypatch.setattr(_plan, "MIN_GEMM_TILE", 1)
     # (batch, channels, outputs, size, kernel, stride, padding, groups): the
     # second runs whole images a unit, the third and fourth are 1x1, the last
     # has more positions than a tile
@@ -352,16 +377,9 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
              (3, 12, 20, 5, 1, 1, 0, 2), (2, 6, 10, 17, 3, 1, 1, 2), (1, 5, 7, 40, 3, 1, 0, 1)]
     images = tiles = 0
     for n, c, o, size, k, s, p, groups in cases:
-        x_shape, w_shape = (n, c, size, size), (o, c // groups, k, k)
-        w = rand(rng, w_shape, dtype)
-        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
-                           groups=groups).shape
-        g = rand(rng, y_shape, dtype)
-        expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, groups=groups)
-        b = rand(rng, c, dtype)   # conv_transpose2d: w maps g's o channels back to c
-        op = (size + 2 * p - k) % s
-        expected_t = R.conv_transpose2d(as64(g), as64(w), as64(b), s, p, output_padding=op,
-                                        groups=groups)
+        x_shape = (n, c, size, size)
+        w, g, b, op, expected, expected_t = _input_gradient_case(
+            rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups)
         got = {}
         for threads in (1, 3):
             F.set_num_threads(threads)
@@ -371,7 +389,7 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
                                         groups=groups, layout=layout)
             assert calls[-1][12] is True   # thin
             images += calls[-1][10] > 1
-            tiles += calls[-1][6][0] < y_shape[2] * y_shape[3]
+            tiles += calls[-1][6][0] < g.shape[2] * g.shape[3]
             assert_close(got[threads], img_to(expected, layout), dtype)
             got_t = F.conv_transpose2d(img_to(g, layout), weight_to(w, layout), b, s, p,
                                        output_padding=op, groups=groups, layout=layout)
@@ -387,18 +405,10 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
     tiles of positions, blocks of input channels; the same bits on 1 and 3
     threads), tiles folded back, whole images a unit, groups, and
     conv_transpose2d's bias on each; against the reference."""
-    from conftest import split_small_work
-    from fastim2col import _conv, _plan
-    calls = []
-    real = _conv.conv2d_grad_input
-    monkeypatch.setattr(_conv, "conv2d_grad_input",
-                        lambda *a: calls.append(a) or real(*a))
+    from fastim2col import _plan
+    calls = _thin_input_gradients(monkeypatch)
     monkeypatch.setattr(_plan, "thin_positions", lambda *a: True)
     monkeypatch.setattr(_plan, "thin_gemm", lambda *a: False)
-    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
-    split_small_work(monkeypatch)
-    monkeypatch.setattr(_plan, "TILE_BYTES", 1)   # bands of a few rows: several a image
-    monkeypatch.setattr(_plan, "MIN_GEMM_TILE", 1)
     seen = set()
     # (batch, channels, outputs, height, width, kernel, stride, padding, groups)
     for n, c, o, h, w_, k, s, p, groups in [
@@ -406,16 +416,9 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
             (1, 12, 20, 16, 16, 1, 1, 0, 2), (3, 3, 5, 1, 50, 1, 1, 0, 1),
             (2, 6, 10, 15, 12, 3, 2, 1, 1), (1, 8, 6, 20, 9, 3, 1, 1, 2),
             (4, 8, 40, 4, 4, 3, 2, 1, 1), (2, 10, 12, 14, 14, 1, 2, 0, 1)]:
-        x_shape, w_shape = (n, c, h, w_), (o, c // groups, k, k)
-        w = rand(rng, w_shape, dtype)
-        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
-                           groups=groups).shape
-        g = rand(rng, y_shape, dtype)
-        b = rand(rng, c, dtype)
-        op = ((h + 2 * p - k) % s, (w_ + 2 * p - k) % s)
-        expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, groups=groups)
-        expected_t = R.conv_transpose2d(as64(g), as64(w), as64(b), s, p, output_padding=op,
-                                        groups=groups)
+        x_shape = (n, c, h, w_)
+        w, g, b, op, expected, expected_t = _input_gradient_case(
+            rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups)
         got = {}
         for threads in (1, 3):
             F.set_num_threads(threads)
@@ -428,7 +431,7 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
                 seen.add("1x1 channel blocks" if block < c // groups else "1x1 all channels")
             elif per_tile > 1:
                 seen.add("image sets")
-            elif tile < y_shape[2] * y_shape[3]:
+            elif tile < g.shape[2] * g.shape[3]:
                 seen.add("folded tiles")
             assert_close(got[threads], expected, dtype)
             got_t = F.conv_transpose2d(g, w, b, s, p, output_padding=op, groups=groups)
