@@ -13,9 +13,10 @@ def force_isa(level: int) -> int:
 def best_isa_level() -> int:
     """The best ISA level this CPU runs (see force_isa), whatever is forced."""
 
-def thin_gemm(w: np.ndarray, g: np.ndarray, n_rows: int, c: np.ndarray) -> np.ndarray:
-    """For tests: c[p, r] = sum_o w[o, r] g[o, p] for r < n_rows, by the thin
-    GEMM kernel at the ISA in effect; returns c."""
+def thin_gemm(w: np.ndarray, g: np.ndarray, n_rows: int, c: np.ndarray,
+              add: bool = False) -> np.ndarray:
+    """For tests: c[p, r] = sum_o w[o, r] g[o, p] (add: c[p, r] plus that sum)
+    for r < n_rows, by the thin GEMM kernel at the ISA in effect; returns c."""
 
 def vector_elements(itemsize: int) -> int:
     """Elements per vector of the direct kernels for this item size."""

@@ -257,8 +257,8 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
     around one and two vectors (whole blocks, a one-vector block, the scalar
     rest), positions around its register tile (6 or 12), terms around its
     packing pass (THIN_KC = 128), grad_output read positions- or
-    terms-contiguous, leading dimensions past the rows; the columns past
-    n_rows stay untouched."""
+    terms-contiguous, leading dimensions past the rows, the result written
+    or added to; the columns past n_rows stay untouched."""
     vector = {0: 16, 1: 32, 2: 64}[isa_level] // np.dtype(dtype).itemsize
     row_counts = sorted({1, vector - 1, vector, vector + 1, 2 * vector - 1, 2 * vector,
                          2 * vector + 1, 3 * vector + vector // 2 + 1, 5 * vector} - {0})
@@ -271,7 +271,12 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
                 else:                               # terms contiguous (NHWC)
                     g = rand(rng, (n_pos, n_terms + 1), dtype)[:, :n_terms].T
                 c = np.full((n_pos, n_rows + 5), np.nan, dtype)
-                _direct.thin_gemm(w, g, n_rows, c)
+                add = (n_terms + n_pos) % 2 == 1
+                if add:
+                    c[:, :n_rows] = rand(rng, (n_pos, n_rows), dtype)
                 expected = np.einsum("or,op->pr", as64(w[:, :n_rows]), as64(g))
+                if add:
+                    expected += c[:, :n_rows]
+                _direct.thin_gemm(w, g, n_rows, c, add)
                 assert_close(np.ascontiguousarray(c[:, :n_rows]), expected, dtype)
                 assert np.isnan(c[:, n_rows:]).all()
