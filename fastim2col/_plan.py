@@ -313,7 +313,7 @@ THIN_MAX_POSITIONS = 128
 THIN_TERMS = 128      # terms per packing pass: THIN_KC in src/_direct_kernels.h
 
 
-def thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
+def use_thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
     """Whether the input gradient's GEMMs of `tile` positions run in the thin
     kernel: float32, on CPUs with vector FMA (isa_level >= 1: AVX2 or
     AVX-512; the baseline build has no FMA), tiles of at most
@@ -321,7 +321,7 @@ def thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
     return itemsize == 4 and isa_level >= 1 and tile <= THIN_MAX_POSITIONS
 
 
-# NCHW input gradients whose tiles are too wide for thin_gemm, with at most
+# NCHW input gradients whose tiles use_thin_gemm() declines, with at most
 # this many rows (input channels x taps) a unit, run in the thin kernel the
 # other way round: grad_output's rows, positions contiguous, read in place as
 # its vectors, the unit's weights (the small operand) broadcast; the tile
@@ -339,11 +339,11 @@ def thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
 THIN_POSITIONS_MAX_ROWS = 512
 
 
-def thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int) -> bool:
+def use_thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int) -> bool:
     """Whether an NCHW input gradient whose units compute `unit_rows` rows
     (input channels x taps) runs in the thin kernel over grad_output's rows
     (see THIN_POSITIONS_MAX_ROWS): float32, vector FMA; the caller asks only
-    where thin_gemm() declined the tile."""
+    where use_thin_gemm() declined the tile."""
     return (not nhwc and itemsize == 4 and isa_level >= 1
             and unit_rows <= THIN_POSITIONS_MAX_ROWS)
 
@@ -360,7 +360,7 @@ THIN_WEIGHT_MIN_POSITIONS = 96
 THIN_WEIGHT_MAX_POSITIONS = 512
 
 
-def thin_weight(tile: int, itemsize: int, isa_level: int) -> bool:
+def use_thin_weight(tile: int, itemsize: int, isa_level: int) -> bool:
     """Whether an NHWC weight gradient with tiles of `tile` positions (one
     image a tile) runs its GEMMs in the thin kernel: float32, vector FMA."""
     return (itemsize == 4 and isa_level >= 1
@@ -381,7 +381,7 @@ THIN_FORWARD_MAX_OUTPUTS = 512
 THIN_FORWARD_MAX_TERMS = 1024
 
 
-def thin_forward(nhwc: bool, tile: int, block: int, kg: int, itemsize: int,
+def use_thin_forward(nhwc: bool, tile: int, block: int, kg: int, itemsize: int,
                  isa_level: int) -> bool:
     """Whether an NCHW conv2d with tiles of `tile` positions (one image a
     tile), blocks of `block` output channels and kg = C/groups*kh*kw runs
@@ -457,7 +457,7 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
 def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
                 direct=False, thin_isa_level=-1) -> tuple[int, int, bool]:
     """(tile, block of output channels, per-thread sums?) for the weight
-    gradient. thin_isa_level (NHWC): the ISA level for thin_weight(); -1
+    gradient. thin_isa_level (NHWC): the ISA level for use_thin_weight(); -1
     where the thin kernel is not an option (NCHW)."""
     outer = n_images * groups
     if direct:
@@ -492,7 +492,7 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
     # The thin kernel (NHWC) calls no BLAS and passes that test with one
     # block a thread: NHWC 3x3 at 14 px batch 1, 2 threads, 1.25 of the bare
     # GEMM's time (1.35 with two blocks a thread, 1.50 with BLAS).
-    per_thread = 1 if thin_weight(tile, itemsize, thin_isa_level) else 2
+    per_thread = 1 if use_thin_weight(tile, itemsize, thin_isa_level) else 2
     n_blocks = min(og, max(1, _ceil_div(per_thread * n_threads, groups))) if n_threads > 1 else 1
     return tile, _ceil_div(og, n_blocks), False
 

@@ -189,7 +189,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                 split = _plan.forward(n, groups, og, kg, n_pos, dtype.itemsize, n_threads,
                                       direct, nhwc)
                 _plan.check_scratch(n_threads, kg * split[0], itemsize=dtype.itemsize)
-            thin = per_tile == 1 and _plan.thin_forward(nhwc, split[0], split[1], kg,
+            thin = per_tile == 1 and _plan.use_thin_forward(nhwc, split[0], split[1], kg,
                                                         dtype.itemsize, _direct.best_isa_level())
             _plan.check_scratch(n_threads, _plan.THIN_TERMS * split[1] if thin else 0,
                                 itemsize=dtype.itemsize)
@@ -252,9 +252,10 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
         split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct)
         scratch = kg * split[0]
     isa_level = _direct.best_isa_level()
-    thin = _plan.thin_gemm(split[0], res.itemsize, isa_level)
+    thin = _plan.use_thin_gemm(split[0], res.itemsize, isa_level)
     unit_rows = split[1] * win.kernel_h * win.kernel_w   # a unit's channels x taps
-    thin_positions = not thin and _plan.thin_positions(nhwc, unit_rows, res.itemsize, isa_level)
+    thin_positions = not thin and _plan.use_thin_positions(nhwc, unit_rows, res.itemsize,
+                                                           isa_level)
     thin_scratch = unit_rows if thin_positions else split[0] if thin else 0
     _plan.check_scratch(n_threads, scratch, _plan.THIN_TERMS * thin_scratch,
                         itemsize=res.itemsize)

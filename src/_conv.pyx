@@ -143,7 +143,8 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
     # with a static schedule a thread gets consecutive units, so consecutive
     # blocks of one tile reuse the tile it unrolled (keyed per thread).
     # thin (NCHW): the GEMMs are the thin kernel's, the tile's rows (x itself
-    # for 1x1) its vectors, the block's weights broadcast (_plan.thin_forward).
+    # for 1x1) its vectors, the block's weights broadcast
+    # (_plan.use_thin_forward).
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -329,8 +330,8 @@ cdef inline void input_grad_gemm(bint transposed, const floating* w, Py_ssize_t 
     # buf = W^T go of one tile: (rows x n_pos), or transposed (n_pos x rows)
     # with the rows as BLAS's M (_plan.grad_input_transposed). By the thin
     # GEMM where gp is not NULL: transposed, w's rows its vectors
-    # (_plan.thin_gemm), or not transposed, go's rows its vectors
-    # (_plan.thin_positions).
+    # (_plan.use_thin_gemm), or not transposed, go's rows its vectors
+    # (_plan.use_thin_positions).
     if gp != NULL and not transposed:
         thin_gemm(n_pos, rows, og, go, ld_go, w, ld_w, 1, buf, n_pos, gp)
     elif gp != NULL:
@@ -346,7 +347,7 @@ cdef inline void nhwc_gemm(Py_ssize_t n_pos, Py_ssize_t n_cols, Py_ssize_t og,
                            Py_ssize_t ld_w, floating* dst, Py_ssize_t ld_dst,
                            floating* gp) noexcept nogil:
     # NHWC: dst (n_pos x n_cols) = go (n_pos x og) W (og x n_cols), by BLAS or
-    # (gp not NULL: _plan.thin_gemm) the thin GEMM
+    # (gp not NULL: _plan.use_thin_gemm) the thin GEMM
     if gp != NULL:
         thin_gemm(n_cols, n_pos, og, w, ld_w, go, 1, ld_go, dst, ld_dst, gp)
     else:
@@ -366,10 +367,10 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     # writes the tile's transpose, (positions x rows), into buf (BLAS runs
     # that orientation faster for some shapes: _plan.grad_input_transposed),
     # folded (or, 1x1, copied) from there. thin: the GEMMs are the thin
-    # kernel's (_plan.thin_gemm; NCHW: transposed too). thin_positions (NCHW):
-    # the thin kernel the other way round, grad_output's rows read in place
-    # as its vectors, the unit's weights broadcast (_plan.thin_positions); 1x1
-    # straight into gx.
+    # kernel's (_plan.use_thin_gemm; NCHW: transposed too). thin_positions
+    # (NCHW): the thin kernel the other way round, grad_output's rows read
+    # in place as its vectors, the unit's weights broadcast
+    # (_plan.use_thin_positions); 1x1 straight into gx.
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -579,7 +580,7 @@ cdef inline void nhwc_weight_gemm(Py_ssize_t n_out, Py_ssize_t kg, Py_ssize_t n_
                                   Py_ssize_t ld_cols, floating* dst, Py_ssize_t ld_dst,
                                   floating* gp) noexcept nogil:
     # NHWC: dst (n_out x kg) += go^T cols, go (n_pos x n_out), cols (n_pos x
-    # kg), by BLAS or (gp not NULL: _plan.thin_weight) the thin GEMM
+    # kg), by BLAS or (gp not NULL: _plan.use_thin_weight) the thin GEMM
     if gp != NULL:
         thin_gemm(kg, n_out, n_pos, cols, ld_cols, go, ld_go, 1, dst, ld_dst, gp, True)
     else:
@@ -600,7 +601,7 @@ cdef Py_ssize_t grad_weight(const floating* x, const floating* go, floating* gw,
     # GEMMs in the orientation OpenBLAS runs faster for thin groups (see
     # grad_weight_channels), transposed in the reduction. thin (NHWC): the
     # GEMMs are the thin kernel's, the tile's unrolled rows its vectors, the
-    # block's grad_output broadcast (_plan.thin_weight).
+    # block's grad_output broadcast (_plan.use_thin_weight).
     cdef Py_ssize_t n_pos = g.out_h * g.out_w
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
@@ -919,8 +920,8 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
     images_per_tile > 1: units of that many whole images (not direct).
     transposed (NCHW only): each GEMM in the orientation with positions as
     its rows (see grad_input). thin: the GEMMs by the thin kernel
-    (_plan.thin_gemm), in the transposed orientation in NCHW. thin_positions
-    (NCHW): by the thin kernel over grad_output's rows (_plan.thin_positions)."""
+    (_plan.use_thin_gemm), in the transposed orientation in NCHW. thin_positions
+    (NCHW): by the thin kernel over grad_output's rows (_plan.use_thin_positions)."""
     if transposed and nhwc:
         raise ValueError("conv2d_grad_input: transposed GEMMs are for NCHW only")
     if thin and not (transposed or nhwc):

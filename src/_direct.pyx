@@ -92,9 +92,10 @@ def best_isa_level():
 def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bint add=False):
     """For tests: the thin GEMM kernel at the ISA in effect (force_isa).
     c[p, r] = sum_o w[o, r] g[o, p] (add: c[p, r] plus that sum) for r <
-    n_rows; other columns of c are left alone. w: (n_terms, >= n_rows) with unit column stride; g: (n_terms,
-    n_pos), any strides; c: (n_pos, >= n_rows) with unit column stride; one
-    float dtype. Shapes are checked here, not in the kernel."""
+    n_rows; other columns of c are left alone. w: (n_terms, >= n_rows) with
+    unit column stride; g: (n_terms, n_pos), any strides; c: (n_pos, >=
+    n_rows) with unit column stride; one float dtype. Shapes are checked
+    here, not in the kernel."""
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(w)
     if not (w.ndim == g.ndim == c.ndim == 2 and w.dtype == g.dtype == c.dtype
             and w.dtype in (np.float32, np.float64)):

@@ -392,15 +392,17 @@ DFN(thin_rest)(ptrdiff_t n_rest, ptrdiff_t n_pos, ptrdiff_t kc, int accumulate, 
 }
 
 /* c[p * ldc + r] = (add ? c[p * ldc + r] : 0) + sum over o < n_terms of
- * w[o * ldw + r] * g[o * g_term + p * g_pos], for r < n_rows, p < n_pos: the input gradient's W^T grad_output for a tile
- * of few positions, written positions x rows. BLAS packs all of W^T for each
- * GEMM and uses each packed element only n_pos times (49 on a 7 px image:
- * OpenBLAS's sgemm ran at 60% of its peak there); here W is read in place,
- * its rows being the vectors, and only g, the small operand, is packed:
- * THIN_KC terms at a time, into gp (THIN_KC x n_pos elements), tiles of
- * DTNR positions whose sums stay in registers while a block of rows' slice of
- * w (THIN_KC rows of 2 vectors) stays in L1. Each sum runs over o in order,
- * whatever the blocking: the same bits for any split of rows or positions. */
+ * w[o * ldw + r] * g[o * g_term + p * g_pos], for r < n_rows, p < n_pos: a GEMM
+ * whose operand w is read in place, its rows being the vectors, and only g,
+ * the small operand, is packed: THIN_KC terms at a time, into gp (THIN_KC x
+ * n_pos elements), tiles of DTNR positions whose sums stay in registers while
+ * a block of rows' slice of w (THIN_KC rows of 2 vectors) stays in L1. For
+ * GEMMs that BLAS would pack for little reuse (the input gradient's W^T
+ * grad_output on a 7 px image uses each packed weight 49 times: OpenBLAS's
+ * sgemm ran at 60% of its peak there) or whose large operand it packs in
+ * its slow orientation; _conv.pyx and fastim2col._plan (use_thin_*) say
+ * where. Each sum runs over o in order, whatever the blocking: the same bits
+ * for any split of rows or positions. */
 static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms,
                                    const DT* w, ptrdiff_t ldw, const DT* g, ptrdiff_t g_term,
                                    ptrdiff_t g_pos, DT* c, ptrdiff_t ldc, DT* gp, int add)

@@ -176,10 +176,10 @@ def conv_path(request, monkeypatch):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: False)
         thin = request.param == "gemm-thin"
-        monkeypatch.setattr(_plan, "thin_gemm", lambda *args: thin)
-        monkeypatch.setattr(_plan, "thin_positions", lambda *args: False)
-        monkeypatch.setattr(_plan, "thin_forward", lambda nhwc, *args: thin and not nhwc)
-        monkeypatch.setattr(_plan, "thin_weight", lambda *args: thin)
+        monkeypatch.setattr(_plan, "use_thin_gemm", lambda *args: thin)
+        monkeypatch.setattr(_plan, "use_thin_positions", lambda *args: False)
+        monkeypatch.setattr(_plan, "use_thin_forward", lambda nhwc, *args: thin and not nhwc)
+        monkeypatch.setattr(_plan, "use_thin_weight", lambda *args: thin)
     if request.param == "gemm-channels":
         monkeypatch.setattr(_plan, "MIN_CHUNK_COLUMNS", 1)
         monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)

@@ -368,8 +368,8 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
     in order, however the work is split)."""
     from fastim2col import _plan
     calls = _thin_input_gradients(monkeypatch)
-    monkeypatch.setattr(_plan, "thin_gemm", lambda *a: True)
-    monkeypatch.setattr(_plan, "thin_positions", lambda *a: False)
+    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: True)
+    monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: False)
     # (batch, channels, outputs, size, kernel, stride, padding, groups): the
     # second runs whole images a unit, the third and fourth are 1x1, the last
     # has more positions than a tile
@@ -407,8 +407,8 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
     conv_transpose2d's bias on each; against the reference."""
     from fastim2col import _plan
     calls = _thin_input_gradients(monkeypatch)
-    monkeypatch.setattr(_plan, "thin_positions", lambda *a: True)
-    monkeypatch.setattr(_plan, "thin_gemm", lambda *a: False)
+    monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: True)
+    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
     seen = set()
     # (batch, channels, outputs, height, width, kernel, stride, padding, groups)
     for n, c, o, h, w_, k, s, p, groups in [
@@ -456,7 +456,7 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, dtype):
     monkeypatch.setattr(_conv, "conv2d_grad_weight",
                         lambda *a: calls.append(a) or real(*a))
     monkeypatch.setattr(_plan, "use_direct_weight", lambda *a: False)
-    monkeypatch.setattr(_plan, "thin_weight", lambda tile, itemsize, isa_level: isa_level >= 0)
+    monkeypatch.setattr(_plan, "use_thin_weight", lambda tile, itemsize, isa_level: isa_level >= 0)
     monkeypatch.setattr(_plan, "grad_weight_images", lambda *a: None)
     split_small_work(monkeypatch)
     plans = set()
@@ -498,8 +498,8 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
     real = _conv.conv2d_grad_input
     monkeypatch.setattr(_conv, "conv2d_grad_input",
                         lambda *a: calls.append(a) or real(*a))
-    monkeypatch.setattr(_plan, "thin_gemm", lambda *a: False)
-    monkeypatch.setattr(_plan, "thin_positions", lambda *a: False)
+    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
+    monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: False)
     item = np.dtype(dtype).itemsize
     rule = _plan.grad_input_transposed
     # (batch, channels, outputs, size, kernel, stride, padding): stride 2 keeps
@@ -655,7 +655,7 @@ def test_nhwc_input_gradient_split_for_threads(rng, monkeypatch, restore_threads
     split_small_work(monkeypatch)
     monkeypatch.setattr(_plan, "NHWC_MIN_BLOCK", 3)
     monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
-    monkeypatch.setattr(_plan, "thin_gemm", lambda *a: thin)
+    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: thin)
     splits = []
     real = _plan.grad_input
     monkeypatch.setattr(_plan, "grad_input", lambda *a: splits.append(real(*a)) or splits[-1])
