@@ -248,8 +248,26 @@ def band_rows(kernel_h, stride_h, dilation_h) -> int:
 NHWC_MIN_BLOCK = 32   # input channels per NHWC input-gradient block (GEMMs of that width)
 
 
-def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct) -> tuple[int, int]:
-    """(tile of whole output rows, block of input channels) for the input gradient."""
+# Input gradients folded from thin-GEMM tiles (use_thin_positions) of
+# layers with at most THIN_FOLD_MAX_CHANNELS input channels (RGB first
+# layers: no channel blocks to share among the threads): bands of output
+# rows of even height, at least THIN_FOLD_BANDS_PER_THREAD a thread in each
+# of the two fold phases. The thin GEMM runs as fast on thin tiles as on
+# wide ones, and uneven bands left a thread waiting at the phase barrier:
+# the stem at batch 1 had 8 bands of 15 rows, the last of 7; 16 of 7 rows
+# took 0.90-0.91x the time, 8 of 14 0.95x; batch 8 0.99. With more channels
+# (1x1 and 3x3 stride-2 layers of 16-512 channels) the same rule measured
+# 0.94-1.13x: not there.
+THIN_FOLD_MAX_CHANNELS = 3
+THIN_FOLD_BANDS_PER_THREAD = 4
+THIN_FOLD_MIN_POSITIONS = 256
+
+
+def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct,
+               thin_fold=False) -> tuple[int, int]:
+    """(tile of whole output rows, block of input channels) for the input
+    gradient. thin_fold: the tiles' GEMMs will likely be the thin kernel's
+    (see THIN_FOLD_BANDS_PER_THREAD)."""
     n_pos = win.out_h * win.out_w
     if direct:
         tile = n_pos
@@ -267,6 +285,14 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct)
                    TILE_BYTES // max(1, kg * win.out_w * itemsize),
                    MIN_GEMM_TILE // win.out_w)
         rows = min(rows, win.out_h)
+        if (thin_fold and cg <= THIN_FOLD_MAX_CHANNELS
+                and rows * win.out_w > THIN_MAX_POSITIONS):   # (else use_thin_gemm's)
+            bands = max(_ceil_div(win.out_h, rows), _ceil_div(
+                2 * THIN_FOLD_BANDS_PER_THREAD * n_threads, n_images * groups))
+            rows = max(band_rows(win.kernel_h, win.stride_h, win.dilation_h),
+                       _ceil_div(THIN_FOLD_MIN_POSITIONS, win.out_w),
+                       win.out_h // bands)
+            rows = _ceil_div(win.out_h, _ceil_div(win.out_h, min(rows, win.out_h)))   # even
         tile = rows * win.out_w
         units = n_images * groups * _ceil_div(_ceil_div(win.out_h, rows), 2)
     block = cg

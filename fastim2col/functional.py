@@ -241,6 +241,7 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     direct = (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w,
               win.out_h, win.out_w) == (1, 1, 1, 1, 0, 0, win.in_h, win.in_w)
     n_pos = win.out_h * win.out_w
+    isa_level = _direct.best_isa_level()
     images = _plan.grad_input_images(n, groups, cg, rows // groups, kg, n_pos, res.itemsize,
                                      n_threads, nhwc, direct)
     per_tile = 1
@@ -249,9 +250,10 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
         split = (per_tile * n_pos, block)
         scratch = (kg + rows // groups) * split[0]
     else:
-        split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct)
+        thin_fold = _plan.use_thin_positions(nhwc, kg, res.itemsize, isa_level)
+        split = _plan.grad_input(n, groups, cg, kg, win, res.itemsize, n_threads, nhwc, direct,
+                                 thin_fold)
         scratch = kg * split[0]
-    isa_level = _direct.best_isa_level()
     thin = _plan.use_thin_gemm(split[0], res.itemsize, isa_level)
     unit_rows = split[1] * win.kernel_h * win.kernel_w   # a unit's channels x taps
     thin_positions = not thin and _plan.use_thin_positions(nhwc, unit_rows, res.itemsize,

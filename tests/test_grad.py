@@ -415,7 +415,8 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
             (1, 40, 16, 9, 11, 1, 1, 0, 1), (2, 7, 33, 5, 13, 1, 1, 0, 1),
             (1, 12, 20, 16, 16, 1, 1, 0, 2), (3, 3, 5, 1, 50, 1, 1, 0, 1),
             (2, 6, 10, 15, 12, 3, 2, 1, 1), (1, 8, 6, 20, 9, 3, 1, 1, 2),
-            (4, 8, 40, 4, 4, 3, 2, 1, 1), (2, 10, 12, 14, 14, 1, 2, 0, 1)]:
+            (4, 8, 40, 4, 4, 3, 2, 1, 1), (2, 10, 12, 14, 14, 1, 2, 0, 1),
+            (1, 3, 8, 64, 60, 7, 2, 3, 1)]:   # the stem's shape, smaller: even bands
         x_shape = (n, c, h, w_)
         w, g, b, op, expected, expected_t = _input_gradient_case(
             rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups)
@@ -440,6 +441,30 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
             assert np.array_equal(got[1], got[3])
     assert seen == {"1x1 tiles", "1x1 whole images", "1x1 channel blocks", "1x1 all channels",
                     "image sets", "folded tiles"}, seen
+
+
+def test_thin_fold_bands():
+    """The planner's bands for input gradients folded from thin-GEMM tiles
+    of few-channel layers (the stem): even heights, never below the fold's
+    phase-safe minimum, at least THIN_FOLD_BANDS_PER_THREAD a thread and
+    phase for one image; more channels, or not thin, keep the old bands."""
+    from fastim2col import _args, _plan
+    win = _args.window((224, 224), (7, 7), 2, 3, 1, allow_strings=False)
+    kg = 3 * 49
+    old = _plan.grad_input(1, 1, 3, kg, win, 4, 2, False, False)
+    for n_images, threads in [(1, 2), (1, 3), (8, 2), (1, 16)]:
+        tile, block = _plan.grad_input(n_images, 1, 3, kg, win, 4, threads, False, False, True)
+        rows = tile // win.out_w
+        bands = -(-win.out_h // rows)
+        assert tile % win.out_w == 0 and block <= 3
+        assert rows >= _plan.band_rows(7, 2, 1) and tile >= _plan.THIN_FOLD_MIN_POSITIONS
+        assert rows == -(-win.out_h // bands)   # even: no band taller than it must be
+        floor = max(_plan.band_rows(7, 2, 1), -(-_plan.THIN_FOLD_MIN_POSITIONS // win.out_w))
+        if n_images == 1 and rows > floor:   # (16 threads: held at the floor)
+            assert bands >= 2 * _plan.THIN_FOLD_BANDS_PER_THREAD * threads
+    assert old == _plan.grad_input(1, 1, 3, kg, win, 4, 2, False, False, False)
+    assert _plan.grad_input(1, 1, 16, 16 * 49, win, 4, 2, False, False, True) == \
+        _plan.grad_input(1, 1, 16, 16 * 49, win, 4, 2, False, False)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
