@@ -10,6 +10,8 @@ def isa() -> str:
 def force_isa(level: int) -> int:
     """For tests: run the kernels at ISA level `level` (-1: the best)."""
 
+THIN_TERMS: int
+
 def best_isa_level() -> int:
     """The best ISA level this CPU runs (see force_isa), whatever is forced."""
 

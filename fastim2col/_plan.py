@@ -336,15 +336,19 @@ def grad_input_transposed(tile, rows, itemsize) -> bool:
 # px 0.65-0.74 (NHWC 0.74-0.87), NHWC 3x3 at 14 px batch 1 0.90. float64 not:
 # 0.90-1.2 against its transposed BLAS GEMMs (grad_input_transposed).
 THIN_MAX_POSITIONS = 128
-THIN_TERMS = 128      # terms per packing pass: THIN_KC in src/_direct_kernels.h
+
+
+def thin_kernel_runs(itemsize: int, isa_level: int) -> bool:
+    """Whether the thin kernel is an option at all: float32 (in float64 it
+    measured no faster than dgemm), on CPUs with vector FMA (isa_level >= 1:
+    AVX2 or AVX-512; the baseline build has no FMA)."""
+    return itemsize == 4 and isa_level >= 1
 
 
 def use_thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
     """Whether the input gradient's GEMMs of `tile` positions run in the thin
-    kernel: float32, on CPUs with vector FMA (isa_level >= 1: AVX2 or
-    AVX-512; the baseline build has no FMA), tiles of at most
-    THIN_MAX_POSITIONS."""
-    return itemsize == 4 and isa_level >= 1 and tile <= THIN_MAX_POSITIONS
+    kernel (thin_kernel_runs; tiles of at most THIN_MAX_POSITIONS)."""
+    return thin_kernel_runs(itemsize, isa_level) and tile <= THIN_MAX_POSITIONS
 
 
 # NCHW input gradients whose tiles use_thin_gemm() declines, with at most
@@ -368,9 +372,9 @@ THIN_POSITIONS_MAX_ROWS = 512
 def use_thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int) -> bool:
     """Whether an NCHW input gradient whose units compute `unit_rows` rows
     (input channels x taps) runs in the thin kernel over grad_output's rows
-    (see THIN_POSITIONS_MAX_ROWS): float32, vector FMA; the caller asks only
+    (see THIN_POSITIONS_MAX_ROWS; thin_kernel_runs); the caller asks only
     where use_thin_gemm() declined the tile."""
-    return (not nhwc and itemsize == 4 and isa_level >= 1
+    return (not nhwc and thin_kernel_runs(itemsize, isa_level)
             and unit_rows <= THIN_POSITIONS_MAX_ROWS)
 
 
@@ -388,8 +392,8 @@ THIN_WEIGHT_MAX_POSITIONS = 512
 
 def use_thin_weight(tile: int, itemsize: int, isa_level: int) -> bool:
     """Whether an NHWC weight gradient with tiles of `tile` positions (one
-    image a tile) runs its GEMMs in the thin kernel: float32, vector FMA."""
-    return (itemsize == 4 and isa_level >= 1
+    image a tile) runs its GEMMs in the thin kernel (thin_kernel_runs)."""
+    return (thin_kernel_runs(itemsize, isa_level)
             and THIN_WEIGHT_MIN_POSITIONS <= tile <= THIN_WEIGHT_MAX_POSITIONS)
 
 
@@ -408,11 +412,11 @@ THIN_FORWARD_MAX_TERMS = 1024
 
 
 def use_thin_forward(nhwc: bool, tile: int, block: int, kg: int, itemsize: int,
-                 isa_level: int) -> bool:
+                     isa_level: int) -> bool:
     """Whether an NCHW conv2d with tiles of `tile` positions (one image a
     tile), blocks of `block` output channels and kg = C/groups*kh*kw runs
-    its GEMMs in the thin kernel: float32, vector FMA, the limits above."""
-    return (not nhwc and itemsize == 4 and isa_level >= 1
+    its GEMMs in the thin kernel (thin_kernel_runs; the limits above)."""
+    return (not nhwc and thin_kernel_runs(itemsize, isa_level)
             and tile >= THIN_FORWARD_MIN_POSITIONS and block <= THIN_FORWARD_MAX_OUTPUTS
             and kg <= THIN_FORWARD_MAX_TERMS)
 

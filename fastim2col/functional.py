@@ -191,7 +191,7 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                 _plan.check_scratch(n_threads, kg * split[0], itemsize=dtype.itemsize)
             thin = per_tile == 1 and _plan.use_thin_forward(nhwc, split[0], split[1], kg,
                                                         dtype.itemsize, _direct.best_isa_level())
-            _plan.check_scratch(n_threads, _plan.THIN_TERMS * split[1] if thin else 0,
+            _plan.check_scratch(n_threads, _direct.THIN_TERMS * split[1] if thin else 0,
                                 itemsize=dtype.itemsize)
             with blas_single_threaded:
                 _conv.conv2d_forward(x, w2, bias, res, (n, c, c_out, groups), tuple(win),
@@ -259,7 +259,7 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     thin_positions = not thin and _plan.use_thin_positions(nhwc, unit_rows, res.itemsize,
                                                            isa_level)
     thin_scratch = unit_rows if thin_positions else split[0] if thin else 0
-    _plan.check_scratch(n_threads, scratch, _plan.THIN_TERMS * thin_scratch,
+    _plan.check_scratch(n_threads, scratch, _direct.THIN_TERMS * thin_scratch,
                         itemsize=res.itemsize)
     transposed = not nhwc and not thin_positions and (thin or _plan.grad_input_transposed(
         split[0], split[1] * win.kernel_h * win.kernel_w, res.itemsize))

@@ -149,7 +149,7 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
             transposed = sums and not nhwc and _plan.transposed_sums(og, kg, itemsize,
                                                                      tile == n_pos)
     thin = nhwc and per_tile == 1 and _plan.use_thin_weight(tile, itemsize, isa_level)
-    _plan.check_scratch(n_threads, _plan.THIN_TERMS * og if thin else 0, itemsize=itemsize)
+    _plan.check_scratch(n_threads, _direct.THIN_TERMS * og if thin else 0, itemsize=itemsize)
     with blas_single_threaded:
         _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),
                                  (tile, block), nhwc, direct, sums, n_threads, per_tile,

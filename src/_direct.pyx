@@ -84,9 +84,19 @@ def force_isa(int level):
     return direct_force_isa(level)
 
 
+# Terms per packing pass of the thin GEMM: its scratch is THIN_TERMS x its
+# broadcast side, per thread (fastim2col._plan.check_scratch).
+THIN_TERMS = THIN_KC
+cdef int best_level = -1
+
+
 def best_isa_level():
-    """The best ISA level this CPU runs (see force_isa), whatever is forced."""
-    return direct_detect_isa()
+    """The best ISA level this CPU runs (see force_isa), whatever is forced
+    (detected once: the planner asks on every call)."""
+    global best_level
+    if best_level < 0:
+        best_level = direct_detect_isa()
+    return best_level
 
 
 def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bint add=False):
