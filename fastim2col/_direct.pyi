@@ -2,6 +2,8 @@
 
 Internal: fastim2col.functional.conv2d checks every argument before calling it.
 """
+from typing import Sequence
+
 import numpy as np
 
 def isa() -> str:
@@ -16,9 +18,11 @@ def best_isa_level() -> int:
     """The best ISA level this CPU runs (see force_isa), whatever is forced."""
 
 def thin_gemm(w: np.ndarray, g: np.ndarray, n_rows: int, c: np.ndarray,
-              add: bool = False) -> np.ndarray:
+              add: bool = False, g_at: Sequence[int] | None = None,
+              c_at: Sequence[int] | None = None) -> np.ndarray:
     """For tests: c[p, r] = sum_o w[o, r] g[o, p] (add: c[p, r] plus that sum)
-    for r < n_rows, by the thin GEMM kernel at the ISA in effect; returns c."""
+    for r < n_rows, by the thin GEMM kernel at the ISA in effect; returns c.
+    g_at, c_at: position p is g's column g_at[p] and c's row c_at[p]."""
 
 def vector_elements(itemsize: int) -> int:
     """Elements per vector of the direct kernels for this item size."""

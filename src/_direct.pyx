@@ -99,37 +99,50 @@ def best_isa_level():
     return best_level
 
 
-def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bint add=False):
+def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bint add=False,
+              object g_at=None, object c_at=None):
     """For tests: the thin GEMM kernel at the ISA in effect (force_isa).
     c[p, r] = sum_o w[o, r] g[o, p] (add: c[p, r] plus that sum) for r <
     n_rows; other columns of c are left alone. w: (n_terms, >= n_rows) with
     unit column stride; g: (n_terms, n_pos), any strides; c: (n_pos, >=
-    n_rows) with unit column stride; one float dtype. Shapes are checked
-    here, not in the kernel."""
+    n_rows) with unit column stride; one float dtype. g_at, c_at (integer
+    sequences of n_pos): position p is g's column g_at[p] and c's row c_at[p]
+    instead (the kernel's offset tables). Shapes are checked here, not in
+    the kernel."""
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(w)
     if not (w.ndim == g.ndim == c.ndim == 2 and w.dtype == g.dtype == c.dtype
             and w.dtype in (np.float32, np.float64)):
         raise TypeError("thin_gemm: w, g and c must be 2-d, of one float dtype")
-    if not (g.shape[0] == w.shape[0] and c.shape[0] == g.shape[1]
+    cdef Py_ssize_t n_terms = w.shape[0]
+    cols = np.arange(g.shape[1]) if g_at is None else np.asarray(g_at, np.intp)
+    rows = np.arange(c.shape[0]) if c_at is None else np.asarray(c_at, np.intp)
+    cdef Py_ssize_t n_pos = len(cols)
+    if not (g.shape[0] == n_terms and len(rows) == n_pos
             and 0 <= n_rows <= min(w.shape[1], c.shape[1])
+            and ((cols >= 0) & (cols < g.shape[1])).all()
+            and ((rows >= 0) & (rows < c.shape[0])).all()
             and w.strides[1] == item and c.strides[1] == item
             and w.strides[0] % item == 0 and c.strides[0] % item == 0
             and g.strides[0] % item == 0 and g.strides[1] % item == 0):
-        raise ValueError("thin_gemm: shapes or strides do not fit")
-    cdef Py_ssize_t n_terms = w.shape[0], n_pos = g.shape[1]
+        raise ValueError("thin_gemm: shapes, strides or positions do not fit")
     cdef Py_ssize_t ldw = w.strides[0] // item, ldc = c.strides[0] // item
     cdef Py_ssize_t g_term = g.strides[0] // item, g_pos = g.strides[1] // item
     cdef cnp.ndarray gp = np.empty(max(1, THIN_KC * n_pos), w.dtype)
+    cdef cnp.ndarray g_off = np.ascontiguousarray(cols * g_pos, np.intp)
+    cdef cnp.ndarray c_off = np.ascontiguousarray(rows * ldc, np.intp)
+    cdef Py_ssize_t* g_ptr = NULL if g_at is None else <Py_ssize_t*> cnp.PyArray_DATA(g_off)
+    cdef Py_ssize_t* c_ptr = NULL if c_at is None else <Py_ssize_t*> cnp.PyArray_DATA(c_off)
     if n_rows == 0 or n_pos == 0 or n_terms == 0:
         return c
     if w.dtype == np.float32:
         thin_gemm_f(n_rows, n_pos, n_terms, <float*> cnp.PyArray_DATA(w), ldw,
-                    <float*> cnp.PyArray_DATA(g), g_term, g_pos, <float*> cnp.PyArray_DATA(c),
-                    ldc, <float*> cnp.PyArray_DATA(gp), add)
+                    <float*> cnp.PyArray_DATA(g), g_term, g_pos, g_ptr,
+                    <float*> cnp.PyArray_DATA(c), ldc, c_ptr, <float*> cnp.PyArray_DATA(gp), add)
     else:
         thin_gemm_d(n_rows, n_pos, n_terms, <double*> cnp.PyArray_DATA(w), ldw,
-                    <double*> cnp.PyArray_DATA(g), g_term, g_pos,
-                    <double*> cnp.PyArray_DATA(c), ldc, <double*> cnp.PyArray_DATA(gp), add)
+                    <double*> cnp.PyArray_DATA(g), g_term, g_pos, g_ptr,
+                    <double*> cnp.PyArray_DATA(c), ldc, c_ptr, <double*> cnp.PyArray_DATA(gp),
+                    add)
     return c
 
 

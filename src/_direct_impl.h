@@ -293,19 +293,28 @@ static DTARGET int DFN(all_finite)(const DT* x, ptrdiff_t n)
 
 /* ---- thin GEMM: the input gradient's GEMM where a tile has few positions ---- */
 
+/* Where position j of a tile lies in c: at c + c_at[j] where the caller gave
+ * a table of offsets (thin_gemm's c_at), else c + j * ldc. */
+static inline __attribute__((always_inline)) DT*
+DFN(thin_at)(DT* c, ptrdiff_t ldc, const ptrdiff_t* c_at, ptrdiff_t j)
+{
+    return c_at != NULL ? c + c_at[j] : c + j * ldc;
+}
+
 /* nr (<= DTNR) positions x nv (1 or 2) vectors of rows, over kc terms:
- * c[j * ldc + r] = (accumulate ? c[j * ldc + r] : 0) + sum over o < kc of
- * w[o * ldw + r] * gp[o * nr + j]. w is read in place, a row's vectors per
- * term; gp is the packed tile of positions (thin_gemm). */
+ * c[j] = (accumulate ? c[j] : 0) + sum over o < kc of w[o * ldw + r] *
+ * gp[o * nr + j], position j's row of c at thin_at(c, ldc, c_at, j). w is
+ * read in place, a row's vectors per term; gp is the packed tile of
+ * positions (thin_gemm). */
 static inline __attribute__((always_inline)) DTARGET void
 DFN(thin_block)(const int nr, const int nv, const int accumulate, const DT* w, ptrdiff_t ldw,
-                const DT* gp, ptrdiff_t kc, DT* c, ptrdiff_t ldc)
+                const DT* gp, ptrdiff_t kc, DT* c, ptrdiff_t ldc, const ptrdiff_t* c_at)
 {
     DFN(vec) acc[DTNR][2];
     for (int j = 0; j < nr; j++)
         for (int v = 0; v < nv; v++) {
             if (accumulate)
-                acc[j][v] = *(const DFN(uvec)*)(c + j * ldc + v * DVEC);
+                acc[j][v] = *(const DFN(uvec)*)(DFN(thin_at)(c, ldc, c_at, j) + v * DVEC);
             else
                 memset(&acc[j][v], 0, sizeof(acc[j][v]));
         }
@@ -322,21 +331,21 @@ DFN(thin_block)(const int nr, const int nv, const int accumulate, const DT* w, p
     }
     for (int j = 0; j < nr; j++)
         for (int v = 0; v < nv; v++)
-            *(DFN(uvec)*)(c + j * ldc + v * DVEC) = acc[j][v];
+            *(DFN(uvec)*)(DFN(thin_at)(c, ldc, c_at, j) + v * DVEC) = acc[j][v];
 }
 
 /* thin_block for the last, narrower tile of positions (1 to DTNR - 1): out
  * of line, it runs once per row block. */
 static __attribute__((noinline)) DTARGET void
 DFN(thin_tail)(const int nr, const int nv, const int accumulate, const DT* w, ptrdiff_t ldw,
-               const DT* gp, ptrdiff_t kc, DT* c, ptrdiff_t ldc)
+               const DT* gp, ptrdiff_t kc, DT* c, ptrdiff_t ldc, const ptrdiff_t* c_at)
 {
 #define THIN_TAIL(N)                                                                       \
     case N:                                                                                \
         if (nv == 2)                                                                       \
-            DFN(thin_block)(N, 2, accumulate, w, ldw, gp, kc, c, ldc);                    \
+            DFN(thin_block)(N, 2, accumulate, w, ldw, gp, kc, c, ldc, c_at);              \
         else                                                                               \
-            DFN(thin_block)(N, 1, accumulate, w, ldw, gp, kc, c, ldc);                    \
+            DFN(thin_block)(N, 1, accumulate, w, ldw, gp, kc, c, ldc, c_at);              \
         break;
     _Static_assert(DTNR == 6 || DTNR == 12, "tails are 1 to DTNR - 1 positions");
     switch (nr) {
@@ -353,14 +362,15 @@ DFN(thin_tail)(const int nr, const int nv, const int accumulate, const DT* w, pt
  * DTNR, then the narrower last one. */
 static inline __attribute__((always_inline)) DTARGET void
 DFN(thin_rows)(const int nv, const int accumulate, const DT* w, ptrdiff_t ldw, const DT* gp,
-               ptrdiff_t kc, ptrdiff_t n_pos, DT* c, ptrdiff_t ldc)
+               ptrdiff_t kc, ptrdiff_t n_pos, DT* c, ptrdiff_t ldc, const ptrdiff_t* c_at)
 {
     ptrdiff_t p0 = 0;
     for (; p0 + DTNR <= n_pos; p0 += DTNR)
-        DFN(thin_block)(DTNR, nv, accumulate, w, ldw, gp + p0 * kc, kc, c + p0 * ldc, ldc);
+        DFN(thin_block)(DTNR, nv, accumulate, w, ldw, gp + p0 * kc, kc,
+                        c_at ? c : c + p0 * ldc, ldc, c_at ? c_at + p0 : NULL);
     if (p0 < n_pos)
         DFN(thin_tail)((int)(n_pos - p0), nv, accumulate, w, ldw, gp + p0 * kc, kc,
-                       c + p0 * ldc, ldc);
+                       c_at ? c : c + p0 * ldc, ldc, c_at ? c_at + p0 : NULL);
 }
 
 /* thin_gemm's last n_rest (< DVEC) rows, as one vector: their weights
@@ -370,7 +380,7 @@ DFN(thin_rows)(const int nv, const int accumulate, const DT* w, ptrdiff_t ldw, c
  * the rows were a few past a multiple of 2 vectors (392 = 12 x 32 + 8). */
 static __attribute__((noinline)) DTARGET void
 DFN(thin_rest)(ptrdiff_t n_rest, ptrdiff_t n_pos, ptrdiff_t kc, int accumulate, const DT* w,
-               ptrdiff_t ldw, const DT* gp, DT* c, ptrdiff_t ldc)
+               ptrdiff_t ldw, const DT* gp, DT* c, ptrdiff_t ldc, const ptrdiff_t* c_at)
 {
     DT w_pad[THIN_KC * DVEC], c_tile[DTNR * DVEC];
     for (ptrdiff_t o = 0; o < kc; o++)
@@ -378,16 +388,20 @@ DFN(thin_rest)(ptrdiff_t n_rest, ptrdiff_t n_pos, ptrdiff_t kc, int accumulate, 
             w_pad[o * DVEC + i] = i < n_rest ? w[o * ldw + i] : (DT)0;
     for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DTNR) {
         const int nr = (int)(n_pos - p0 < DTNR ? n_pos - p0 : DTNR);
-        for (int j = 0; j < nr; j++)
+        for (int j = 0; j < nr; j++) {
+            const DT* cj = DFN(thin_at)(c, ldc, c_at, p0 + j);
             for (ptrdiff_t i = 0; i < DVEC; i++)
-                c_tile[j * DVEC + i] = accumulate && i < n_rest ? c[(p0 + j) * ldc + i] : (DT)0;
+                c_tile[j * DVEC + i] = accumulate && i < n_rest ? cj[i] : (DT)0;
+        }
         if (nr == DTNR)
-            DFN(thin_block)(DTNR, 1, 1, w_pad, DVEC, gp + p0 * kc, kc, c_tile, DVEC);
+            DFN(thin_block)(DTNR, 1, 1, w_pad, DVEC, gp + p0 * kc, kc, c_tile, DVEC, NULL);
         else
-            DFN(thin_tail)(nr, 1, 1, w_pad, DVEC, gp + p0 * kc, kc, c_tile, DVEC);
-        for (int j = 0; j < nr; j++)
+            DFN(thin_tail)(nr, 1, 1, w_pad, DVEC, gp + p0 * kc, kc, c_tile, DVEC, NULL);
+        for (int j = 0; j < nr; j++) {
+            DT* cj = DFN(thin_at)(c, ldc, c_at, p0 + j);
             for (ptrdiff_t i = 0; i < n_rest; i++)
-                c[(p0 + j) * ldc + i] = c_tile[j * DVEC + i];
+                cj[i] = c_tile[j * DVEC + i];
+        }
     }
 }
 
@@ -402,10 +416,15 @@ DFN(thin_rest)(ptrdiff_t n_rest, ptrdiff_t n_pos, ptrdiff_t kc, int accumulate, 
  * sgemm ran at 60% of its peak there) or whose large operand it packs in
  * its slow orientation; _conv.pyx and fastim2col._plan (use_thin_*) say
  * where. Each sum runs over o in order, whatever the blocking: the same bits
- * for any split of rows or positions. */
+ * for any split of rows or positions.
+ * g_at, c_at (either may be NULL): tables of n_pos offsets that replace
+ * p * g_pos and p * ldc, for positions that lie in no regular pattern (the
+ * NHWC input gradient's taps: a gather of grad_output, a scatter into the
+ * result, _conv.pyx grad_input_taps). */
 static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms,
                                    const DT* w, ptrdiff_t ldw, const DT* g, ptrdiff_t g_term,
-                                   ptrdiff_t g_pos, DT* c, ptrdiff_t ldc, DT* gp, int add)
+                                   ptrdiff_t g_pos, const ptrdiff_t* g_at, DT* c,
+                                   ptrdiff_t ldc, const ptrdiff_t* c_at, DT* gp, int add)
 {
     for (ptrdiff_t o0 = 0; o0 < n_terms; o0 += THIN_KC) {
         const ptrdiff_t kc = n_terms - o0 < THIN_KC ? n_terms - o0 : THIN_KC;
@@ -414,19 +433,23 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
         /* tile p0 (nr positions) at gp + p0 * kc, element (o, j) at o * nr + j */
         for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DTNR) {
             const ptrdiff_t nr = n_pos - p0 < DTNR ? n_pos - p0 : DTNR;
+            const DT* gj[DTNR];
+            for (ptrdiff_t j = 0; j < nr; j++)
+                gj[j] = g + o0 * g_term + (g_at != NULL ? g_at[p0 + j] : (p0 + j) * g_pos);
             DT* dst = gp + p0 * kc;
             for (ptrdiff_t o = 0; o < kc; o++)
                 for (ptrdiff_t j = 0; j < nr; j++)
-                    dst[o * nr + j] = g[(o0 + o) * g_term + (p0 + j) * g_pos];
+                    dst[o * nr + j] = gj[j][o * g_term];
         }
         ptrdiff_t r = 0;
         for (; r + 2 * DVEC <= n_rows; r += 2 * DVEC)
-            DFN(thin_rows)(2, accumulate, wk + r, ldw, gp, kc, n_pos, c + r, ldc);
+            DFN(thin_rows)(2, accumulate, wk + r, ldw, gp, kc, n_pos, c + r, ldc, c_at);
         if (n_rows - r >= DVEC) {
-            DFN(thin_rows)(1, accumulate, wk + r, ldw, gp, kc, n_pos, c + r, ldc);
+            DFN(thin_rows)(1, accumulate, wk + r, ldw, gp, kc, n_pos, c + r, ldc, c_at);
             r += DVEC;
         }
         if (r < n_rows)   /* the last rows, fewer than a vector */
-            DFN(thin_rest)(n_rows - r, n_pos, kc, accumulate, wk + r, ldw, gp, c + r, ldc);
+            DFN(thin_rest)(n_rows - r, n_pos, kc, accumulate, wk + r, ldw, gp, c + r, ldc,
+                           c_at);
     }
 }

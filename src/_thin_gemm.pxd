@@ -8,10 +8,12 @@ cdef extern from "_direct_kernels.h" nogil:
     int THIN_KC   # terms per packing pass: gp holds THIN_KC x n_pos elements
     void thin_gemm_f(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const float* w,
                      Py_ssize_t ldw, const float* g, Py_ssize_t g_term, Py_ssize_t g_pos,
-                     float* c, Py_ssize_t ldc, float* gp, int add)
+                     const Py_ssize_t* g_at, float* c, Py_ssize_t ldc, const Py_ssize_t* c_at,
+                     float* gp, int add)
     void thin_gemm_d(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const double* w,
                      Py_ssize_t ldw, const double* g, Py_ssize_t g_term, Py_ssize_t g_pos,
-                     double* c, Py_ssize_t ldc, double* gp, int add)
+                     const Py_ssize_t* g_at, double* c, Py_ssize_t ldc,
+                     const Py_ssize_t* c_at, double* gp, int add)
 
 
 cdef inline void thin_gemm(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms,
@@ -21,6 +23,22 @@ cdef inline void thin_gemm(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_ter
     # c[p*ldc + r] = (add ? c[p*ldc + r] : 0) + sum_o w[o*ldw + r] g[o*g_term + p*g_pos],
     # at the best ISA the CPU runs; gp: THIN_KC x n_pos scratch
     if floating is float:
-        thin_gemm_f(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp, add)
+        thin_gemm_f(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, NULL, c, ldc, NULL, gp,
+                    add)
     else:
-        thin_gemm_d(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, c, ldc, gp, add)
+        thin_gemm_d(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, NULL, c, ldc, NULL, gp,
+                    add)
+
+
+cdef inline void thin_gemm_at(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms,
+                              const floating* w, Py_ssize_t ldw, const floating* g,
+                              Py_ssize_t g_term, const Py_ssize_t* g_at, floating* c,
+                              const Py_ssize_t* c_at, floating* gp,
+                              bint add=False) noexcept nogil:
+    # thin_gemm with position p's operand at g + g_at[p] and its result at
+    # c + c_at[p] (a gather and a scatter): c[c_at[p] + r] = (add ? ... : 0)
+    # + sum_o w[o*ldw + r] g[o*g_term + g_at[p]]
+    if floating is float:
+        thin_gemm_f(n_rows, n_pos, n_terms, w, ldw, g, g_term, 0, g_at, c, 0, c_at, gp, add)
+    else:
+        thin_gemm_d(n_rows, n_pos, n_terms, w, ldw, g, g_term, 0, g_at, c, 0, c_at, gp, add)

@@ -258,7 +258,9 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
     rest), positions around its register tile (6 or 12), terms around its
     packing pass (THIN_KC = 128), grad_output read positions- or
     terms-contiguous, leading dimensions past the rows, the result written
-    or added to; the columns past n_rows stay untouched."""
+    or added to; the columns past n_rows stay untouched. Then the same
+    through offset tables (g_at, c_at: a gather and a scatter of positions):
+    rows of c no position maps to stay untouched."""
     vector = {0: 16, 1: 32, 2: 64}[isa_level] // np.dtype(dtype).itemsize
     row_counts = sorted({1, vector - 1, vector, vector + 1, 2 * vector - 1, 2 * vector,
                          2 * vector + 1, 3 * vector + vector // 2 + 1, 5 * vector} - {0})
@@ -280,3 +282,17 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
                 _direct.thin_gemm(w, g, n_rows, c, add)
                 assert_close(np.ascontiguousarray(c[:, :n_rows]), expected, dtype)
                 assert np.isnan(c[:, n_rows:]).all()
+                # offset tables: g's columns gathered (some twice, some not),
+                # c's rows scattered in another order, with rows of c unused
+                g_at = rng.integers(0, n_pos, n_pos)
+                c_at = rng.permutation(n_pos + 3)[:n_pos]
+                c = np.full((n_pos + 3, n_rows + 5), np.nan, dtype)
+                if add:
+                    c[c_at, :n_rows] = rand(rng, (n_pos, n_rows), dtype)
+                expected = np.einsum("or,op->pr", as64(w[:, :n_rows]), as64(g[:, g_at]))
+                if add:
+                    expected += c[c_at, :n_rows]
+                _direct.thin_gemm(w, g, n_rows, c, add, g_at, c_at)
+                assert_close(np.ascontiguousarray(c[c_at, :n_rows]), expected, dtype)
+                unused = np.setdiff1d(np.arange(n_pos + 3), c_at)
+                assert np.isnan(c[:, n_rows:]).all() and np.isnan(c[unused]).all()
