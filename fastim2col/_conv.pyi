@@ -39,11 +39,15 @@ def conv2d_grad_input(
     transposed: bool = False,
     thin: bool = False,
     thin_positions: bool = False,
+    by_taps: bool = False,
+    weights_copy_ld: int = 0,
 ) -> None:
     """gx = the input gradient of conv2d (+ bias per channel of gx);
     transposed (NCHW): GEMMs with positions as their rows; thin: GEMMs by the
-    thin kernel (NCHW: transposed too); thin_positions (NCHW 1x1): by the
-    thin kernel over grad_output's rows, straight into gx."""
+    thin kernel (NCHW: transposed too); thin_positions (NCHW): by the thin
+    kernel over grad_output's rows; by_taps (NHWC): tap by tap, split =
+    (input rows, input channels) a unit, images_per_tile images a unit,
+    weights_copy_ld > 0: each tap's weights copied first, rows that far apart."""
 
 def conv2d_grad_weight(
     x: np.ndarray,

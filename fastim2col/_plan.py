@@ -397,6 +397,77 @@ def use_thin_weight(tile: int, itemsize: int, isa_level: int) -> bool:
             and THIN_WEIGHT_MIN_POSITIONS <= tile <= THIN_WEIGHT_MAX_POSITIONS)
 
 
+# NHWC input gradients (float32, thin_kernel_runs) of layers with at least
+# TAPS_MIN_CHANNELS input channels a group, except 1x1 stride 1 (one GEMM
+# straight into the result): tap by tap (src/_conv.pyx grad_input_taps), each
+# tap one thin GEMM that gathers grad_output's rows and scatters its result
+# rows into the input gradient; nothing unrolled, folded or split in phases.
+# A unit's positions: bands of whole rows, at most TAPS_MAX_POSITIONS (its
+# packing scratch, THIN_KC x positions, stays in L2), at least
+# TAPS_MIN_POSITIONS (8 register tiles) when bands are cut for balance; images
+# smaller than TAPS_SET_POSITIONS go several to a unit (each tap's weights
+# then serve them all). Fewer channels: the thin kernel's vectors (channels)
+# would run part empty.
+TAPS_MIN_CHANNELS = 32
+TAPS_MAX_POSITIONS = 400
+TAPS_MIN_POSITIONS = 96
+TAPS_SET_POSITIONS = 196
+# A tap's weights, read in place, are rows kg * itemsize bytes apart: where
+# that maps THIN_KC rows onto fewer than TAPS_MIN_L1_SETS of the L1's 64
+# sets (64-byte lines), the kernel's slice of them no longer stays in L1;
+# each unit then copies each tap's weights (og x block, at most
+# TAPS_MAX_COPY_BYTES, so it stays in L2) into rows block + TAPS_COPY_PAD
+# apart (odd multiples of 64 bytes for whole register blocks of rows).
+TAPS_MIN_L1_SETS = 16
+TAPS_MAX_COPY_BYTES = 1024 * 1024
+TAPS_COPY_PAD = 16
+
+
+def use_taps(nhwc: bool, cg: int, direct: bool, isa_level: int) -> bool:
+    """Whether an input gradient runs tap by tap (see TAPS_MIN_CHANNELS), in
+    both dtypes, on CPUs with vector FMA (isa_level >= 1)."""
+    return nhwc and not direct and cg >= TAPS_MIN_CHANNELS and isa_level >= 1
+
+
+def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
+                    vector_elements) -> tuple[int, int, int, int]:
+    """(input rows a band, input channels a block, images a set, leading
+    dimension of the copied weights or 0: read in place) for the tap-by-tap
+    input gradient (see use_taps). Units are
+    (set, group, band, block); their count is made a multiple of the threads
+    where it is small (finer bands while they keep TAPS_MIN_POSITIONS, then
+    blocks of whole register blocks of channels)."""
+    h, w = win.in_h, win.in_w
+    per_set = 1
+    if h * w < TAPS_SET_POSITIONS:
+        per_set = max(1, min(n_images, _ceil_div(TAPS_SET_POSITIONS, h * w),
+                             _ceil_div(n_images * groups, n_threads)))
+    sets = _ceil_div(n_images, per_set) * groups
+
+    def balanced(units):
+        return units % n_threads == 0 or units >= 2 * n_threads
+
+    n_bands = 1 if per_set > 1 else _ceil_div(h, max(1, TAPS_MAX_POSITIONS // w))
+    if per_set == 1 and not balanced(sets * n_bands):
+        most = max(n_bands, h // max(1, _ceil_div(TAPS_MIN_POSITIONS, w)))
+        for more in range(n_bands + 1, most + 1):
+            n_bands = _ceil_div(h, _ceil_div(h, more))   # bands of even height
+            if balanced(sets * n_bands):
+                break
+    rows = _ceil_div(h, n_bands)
+    units = sets * _ceil_div(h, rows)
+    block = cg
+    if n_threads > 1 and not balanced(units):
+        n_blocks = _ceil_div(n_threads, math.gcd(units, n_threads))
+        step = 2 * vector_elements   # the thin kernel's register block of rows
+        block = min(cg, _ceil_div(_ceil_div(cg, n_blocks), step) * step)
+    stride_bytes, copy_ld = kg * itemsize, block + TAPS_COPY_PAD
+    if (stride_bytes % 64 or og * copy_ld * itemsize > TAPS_MAX_COPY_BYTES
+            or 64 // math.gcd(stride_bytes // 64, 64) >= TAPS_MIN_L1_SETS):
+        copy_ld = 0
+    return rows, block, per_set, copy_ld
+
+
 # NCHW conv2d GEMMs (1x1 layers, and others off the direct kernels) of
 # tiles of at least THIN_FORWARD_MIN_POSITIONS positions, at most
 # THIN_FORWARD_MAX_OUTPUTS output channels a block and THIN_FORWARD_MAX_TERMS

@@ -229,6 +229,23 @@ def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc
     return True
 
 
+def _taps_input_gradient(grad, weight, bias, res, dims, win, groups, n_threads) -> None:
+    """The NHWC input gradient tap by tap (src/_conv.pyx grad_input_taps),
+    split as _plan.grad_input_taps says."""
+    n, c, rows = dims
+    cg, og = c // groups, rows // groups
+    band, block, per_set, copy_ld = _plan.grad_input_taps(
+        n, groups, cg, og, weight.shape[1], win, res.itemsize, n_threads,
+        _direct.vector_elements(res.itemsize))
+    positions = per_set * band * win.in_w
+    _plan.check_scratch(n_threads, _direct.THIN_TERMS * positions, og * copy_ld,
+                        itemsize=res.itemsize)
+    _plan.check_scratch(n_threads, 2 * positions, itemsize=8)   # the offset tables
+    _conv.conv2d_grad_input(grad, weight, bias, res, (n, c, rows, groups), tuple(win),
+                            (band, block), True, False, n_threads, per_set, by_taps=True,
+                            weights_copy_ld=copy_ld)
+
+
 def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     """res = the input gradient of conv2d (or conv_transpose2d) computed by the
     blocked kernel: grad (N, rows, ...) C-contiguous, weight (rows, cg*kh*kw)."""
@@ -236,12 +253,15 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     cg = c // groups
     kg = cg * win.kernel_h * win.kernel_w
     n_threads = _plan.conv_threads(2.0 * grad.size * kg)
-    if _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc):
-        return
     direct = (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w,
               win.out_h, win.out_w) == (1, 1, 1, 1, 0, 0, win.in_h, win.in_w)
-    n_pos = win.out_h * win.out_w
     isa_level = _direct.best_isa_level()
+    if _plan.use_taps(nhwc, cg, direct, isa_level):
+        _taps_input_gradient(grad, weight, bias, res, dims, win, groups, n_threads)
+        return
+    if _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc):
+        return
+    n_pos = win.out_h * win.out_w
     images = _plan.grad_input_images(n, groups, cg, rows // groups, kg, n_pos, res.itemsize,
                                      n_threads, nhwc, direct)
     per_tile = 1

@@ -21,7 +21,7 @@ from libc.string cimport memcpy
 
 from _blas cimport gemm_rm
 from _openmp cimport new_thread_keys, omp_get_thread_num
-from _thin_gemm cimport THIN_KC, thin_gemm
+from _thin_gemm cimport THIN_KC, thin_gemm, thin_gemm_at
 from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
 
 cnp.import_array()
@@ -475,6 +475,113 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     return n_failed
 
 
+cdef inline Py_ssize_t tap_positions(const Geometry* g, Py_ssize_t i, Py_ssize_t j,
+                                     Py_ssize_t y0, Py_ssize_t y1, Py_ssize_t n_img,
+                                     Py_ssize_t go_ld, Py_ssize_t gx_ld, Py_ssize_t* g_at,
+                                     Py_ssize_t* c_at) noexcept nogil:
+    # The input positions of rows [y0, y1) of n_img images that tap (i, j)
+    # reaches, and the grad_output positions it reaches them from: input (y,
+    # x) gets output (oy, ox) where y + pad_h - i * dilation_h = oy * stride_h
+    # (likewise x), within the output. g_at: output offsets from the first
+    # image's, ((m * out_h + oy) * out_w + ox) * go_ld for image m; c_at:
+    # input offsets from row y0 of the first image's, ((m * in_h + y - y0) *
+    # in_w + x) * gx_ld. Returns their count.
+    cdef Py_ssize_t n_at = 0, m, y, x, ry, rx, oy, ox
+    for m in range(n_img):
+        for y in range(y0, y1):
+            ry = y + g.pad_h - i * g.dilation_h
+            if ry < 0 or ry % g.stride_h:
+                continue
+            oy = ry // g.stride_h
+            if oy >= g.out_h:
+                continue
+            for x in range(g.in_w):
+                rx = x + g.pad_w - j * g.dilation_w
+                if rx < 0 or rx % g.stride_w:
+                    continue
+                ox = rx // g.stride_w
+                if ox >= g.out_w:
+                    continue
+                g_at[n_at] = ((m * g.out_h + oy) * g.out_w + ox) * go_ld
+                c_at[n_at] = ((m * g.in_h + y - y0) * g.in_w + x) * gx_ld
+                n_at += 1
+    return n_at
+
+
+cdef Py_ssize_t grad_input_taps(const floating* go, const floating* w, const floating* bias,
+                                floating* gx, Conv cv, Geometry g, Py_ssize_t per_set,
+                                Py_ssize_t ld_copy, int n_threads) noexcept nogil:
+    # NHWC: gx = the input gradient tap by tap, nothing unrolled or folded.
+    # Units (set of per_set images, group, band of cv.tile input rows of
+    # each of them, block of cv.block input channels) own their part of gx:
+    # each seeds it (zeros, or conv_transpose2d's bias), then adds, tap (i, j)
+    # after tap, grad_output's rows at the output positions the tap reaches
+    # the unit from times the tap's weights W[:, i, j, block] (og x block,
+    # rows kg apart; ld_copy > 0: copied first into rows ld_copy apart, see
+    # _plan.TAPS_MIN_L1_SETS), in one thin GEMM that gathers those rows and
+    # scatters its result rows into gx (thin_gemm_at). Every element of gx is
+    # summed by one unit, taps and then output channels in order: the same
+    # bits for any split and any number of threads; no phases, no tile buffer.
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t og = cv.n_out // cv.groups
+    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t n_sets = (cv.n_images + per_set - 1) // per_set
+    cdef Py_ssize_t n_bands = (g.in_h + cv.tile - 1) // cv.tile
+    cdef Py_ssize_t n_blocks = (cg + cv.block - 1) // cv.block
+    cdef Py_ssize_t n_units = n_sets * cv.groups * n_bands * n_blocks
+    cdef Py_ssize_t max_pos = per_set * cv.tile * g.in_w
+    cdef Py_ssize_t u, n0, n_img, grp, b, y0, y1, c0, c1, i, j, q, c, o, m, n_at
+    cdef Py_ssize_t n_failed = 0
+    cdef floating* gp = NULL
+    cdef Py_ssize_t* at = NULL   # a tap's output offsets, then its input offsets
+    cdef floating* w_copy = NULL
+    cdef floating* dst
+    cdef const floating* w_tap
+    with parallel(num_threads=n_threads):
+        gp = <floating*> malloc(THIN_KC * max_pos * sizeof(floating))
+        at = <Py_ssize_t*> malloc(2 * max_pos * sizeof(Py_ssize_t))
+        w_copy = NULL
+        if ld_copy:
+            w_copy = <floating*> malloc(og * ld_copy * sizeof(floating))
+        for u in prange(n_units, schedule='static'):
+            if gp == NULL or at == NULL or (ld_copy and w_copy == NULL):
+                n_failed += 1
+            else:
+                b = u % n_blocks
+                y0 = ((u // n_blocks) % n_bands) * cv.tile
+                grp = (u // (n_blocks * n_bands)) % cv.groups
+                n0 = (u // (n_blocks * n_bands * cv.groups)) * per_set
+                n_img = min(per_set, cv.n_images - n0)
+                y1 = min(g.in_h, y0 + cv.tile)
+                c0 = b * cv.block
+                c1 = min(cg, c0 + cv.block)
+                dst = gx + ((n0 * g.in_h + y0) * g.in_w * cv.n_channels + grp * cg + c0)
+                for m in range(n_img):
+                    for q in range((m * g.in_h) * g.in_w, (m * g.in_h + y1 - y0) * g.in_w):
+                        for c in range(c1 - c0):
+                            dst[q * cv.n_channels + c] = (0 if bias == NULL
+                                                          else bias[grp * cg + c0 + c])
+                for i in range(g.kernel_h):
+                    for j in range(g.kernel_w):
+                        n_at = tap_positions(&g, i, j, y0, y1, n_img, cv.n_out, cv.n_channels,
+                                             at, at + max_pos)
+                        if n_at == 0:
+                            continue
+                        w_tap = w + grp * og * kg + (i * g.kernel_w + j) * cg + c0
+                        if ld_copy:
+                            for o in range(og):
+                                memcpy(w_copy + o * ld_copy, w_tap + o * kg,
+                                       (c1 - c0) * sizeof(floating))
+                        thin_gemm_at(c1 - c0, n_at, og, w_copy if ld_copy else w_tap,
+                                     ld_copy if ld_copy else kg,
+                                     go + n0 * g.out_h * g.out_w * cv.n_out + grp * og,
+                                     1, at, dst, at + max_pos, gp, True)
+        free(w_copy)
+        free(gp)
+        free(at)
+    return n_failed
+
+
 cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                                   const floating* bias, floating* gx, Conv cv, Geometry g,
                                   Py_ssize_t per_tile, int n_threads,
@@ -915,8 +1022,13 @@ def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
 def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx,
                       tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
                       int n_threads, Py_ssize_t images_per_tile=1, bint transposed=False,
-                      bint thin=False, bint thin_positions=False):
+                      bint thin=False, bint thin_positions=False, bint by_taps=False,
+                      Py_ssize_t weights_copy_ld=0):
     """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx); all C-contiguous.
+    by_taps (NHWC): tap by tap in the thin kernel, units of split[0] input
+    rows, split[1] input channels and images_per_tile images; weights_copy_ld
+    > 0 (at least split[1]): each tap's weights copied first, rows that far
+    apart (grad_input_taps).
     images_per_tile > 1: units of that many whole images (not direct).
     transposed (NCHW only): each GEMM in the orientation with positions as
     its rows (see grad_input). thin: the GEMMs by the thin kernel
@@ -936,8 +1048,18 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
     cdef void* bp = data(bias)
     cdef void* gxp = data(gx)
     cdef Py_ssize_t failed
+    if by_taps and (not nhwc or direct):
+        raise ValueError("conv2d_grad_input: by_taps is for NHWC, not direct")
+    if weights_copy_ld and weights_copy_ld < min(split[1], shape[1] // shape[3]):
+        raise ValueError("conv2d_grad_input: weights_copy_ld is shorter than a block")
     with nogil:
-        if images_per_tile > 1 and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+        if by_taps and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+            failed = grad_input_taps(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
+                                     cv, g, images_per_tile, weights_copy_ld, n_threads)
+        elif by_taps:
+            failed = grad_input_taps(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
+                                     cv, g, images_per_tile, weights_copy_ld, n_threads)
+        elif images_per_tile > 1 and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input_images(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
                                        cv, g, images_per_tile, n_threads, transposed, thin,
                                        thin_positions)

@@ -155,7 +155,8 @@ def kernel_threads(request, monkeypatch, restore_threads):
     return request.param
 
 
-@pytest.fixture(params=["auto", "gemm", "gemm-channels", "gemm-thin", "direct", "direct-1row"])
+@pytest.fixture(params=["auto", "gemm", "gemm-channels", "gemm-thin", "direct", "direct-1row",
+                        "taps"])
 def conv_path(request, monkeypatch):
     """The kernels NCHW conv2d and its gradients use: the planner's choice,
     the blocked GEMM always (gemm-channels: with the weight gradient split by
@@ -170,8 +171,26 @@ def conv_path(request, monkeypatch):
     orientation for NCHW input gradients: test_thin_positions_paths).
     NHWC calls follow the same forcing where their kernels take NHWC (the
     direct kernels read strided NCHW views of it); the NHWC depthwise kernel
-    is chosen apart."""
+    is chosen apart. NHWC input gradients run tap by tap (grad_input_taps)
+    on taps, whatever their channels, in bands of a few positions, images
+    small enough to go several to a unit, each tap's weights copied in
+    every other call; never on the gemm and direct paths."""
     from fastim2col import _plan
+    if request.param == "taps":
+        split_small_work(monkeypatch)
+        monkeypatch.setattr(_plan, "use_taps", lambda nhwc, cg, direct, isa: nhwc and not direct)
+        monkeypatch.setattr(_plan, "TAPS_MAX_POSITIONS", 20)
+        monkeypatch.setattr(_plan, "TAPS_MIN_POSITIONS", 1)
+        monkeypatch.setattr(_plan, "TAPS_SET_POSITIONS", 40)
+        real_split, calls = _plan.grad_input_taps, []
+
+        def alternate_copy(*args):
+            calls.append(None)
+            rows, block, per_set, _ = real_split(*args)
+            return rows, block, per_set, (block + 3) * (len(calls) % 2)
+        monkeypatch.setattr(_plan, "grad_input_taps", alternate_copy)
+    else:
+        monkeypatch.setattr(_plan, "use_taps", lambda *args: False)
     if request.param.startswith("gemm"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: False)

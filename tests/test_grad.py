@@ -335,6 +335,7 @@ def _thin_input_gradients(monkeypatch):
     monkeypatch.setattr(_conv, "conv2d_grad_input",
                         lambda *a: calls.append(a) or real(*a))
     monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
+    monkeypatch.setattr(_plan, "use_taps", lambda *a: False)
     split_small_work(monkeypatch)
     monkeypatch.setattr(_plan, "TILE_BYTES", 1)
     monkeypatch.setattr(_plan, "MIN_GEMM_TILE", 1)
@@ -441,6 +442,95 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
             assert np.array_equal(got[1], got[3])
     assert seen == {"1x1 tiles", "1x1 whole images", "1x1 channel blocks", "1x1 all channels",
                     "image sets", "folded tiles"}, seen
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_taps_paths(rng, monkeypatch, restore_threads, dtype):
+    """NHWC input gradients tap by tap (src/_conv.pyx grad_input_taps; forced,
+    both dtypes): bands of rows, blocks of channels (whole register blocks
+    or not), sets of images (the last one short, and sets cut into bands),
+    each tap's weights copied or read in place; strides, dilation, padding,
+    1x1 stride 2, groups, and conv_transpose2d's bias; against the
+    reference, and with the same bits for every split and thread count
+    (each element is summed by one unit, taps and then channels in order)."""
+    from conftest import split_small_work
+    from fastim2col import _conv, _plan
+    calls = []
+    real = _conv.conv2d_grad_input
+    monkeypatch.setattr(_conv, "conv2d_grad_input",
+                        lambda *a, **k: calls.append(k) or real(*a, **k))
+    monkeypatch.setattr(_plan, "use_taps", lambda nhwc, cg, direct, isa: nhwc and not direct)
+    split_small_work(monkeypatch)
+    planned = _plan.grad_input_taps
+    # (rows a band, channels a block, images a set, the weights' copy's
+    # leading dimension or 0)
+    splits = [None, (1, 16, 1, 0), (2, 7, 1, 9), (100, 100, 2, 120), (3, 32, 3, 0)]
+    # (batch, channels, outputs, height, width, kernel, stride, padding, dilation, groups)
+    for n, c, o, h, w_, k, s, p, d, groups in [
+            (1, 40, 16, 9, 11, 3, 1, 1, 1, 1), (3, 24, 20, 7, 6, 3, 2, 1, 1, 1),
+            (2, 16, 12, 10, 9, 3, 1, 2, 2, 2), (2, 33, 8, 8, 8, 1, 2, 0, 1, 1),
+            (1, 3, 8, 20, 18, 7, 2, 3, 1, 1)]:
+        x_shape = (n, c, h, w_)
+        w = rand(rng, (o, c // groups, k, k), dtype)
+        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w.shape), stride=s, padding=p,
+                           dilation=d, groups=groups).shape
+        g = rand(rng, y_shape, dtype)
+        b = rand(rng, c, dtype)
+        op = tuple((x_shape[i] + 2 * p - d * (k - 1) - 1) % s for i in (2, 3))
+        expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d, groups)
+        expected_t = R.conv_transpose2d(as64(g), as64(w), as64(b), s, p, output_padding=op,
+                                        groups=groups, dilation=d)
+        results = []
+        for split in splits:
+            monkeypatch.setattr(_plan, "grad_input_taps",
+                                planned if split is None else lambda *a, split=split: split)
+            for threads in (1, 3):
+                F.set_num_threads(threads)
+                calls.clear()
+                got = conv2d_input(img_to(np.empty(x_shape), "NHWC").shape,
+                                   weight_to(w, "NHWC"), img_to(g, "NHWC"), s, p, d, groups,
+                                   layout="NHWC")
+                assert calls[-1]["by_taps"] is True
+                assert_close(got, img_to(expected, "NHWC"), dtype)
+                results.append(got)
+                got_t = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,
+                                           output_padding=op, groups=groups, dilation=d,
+                                           layout="NHWC")
+                assert_close(got_t, img_to(expected_t, "NHWC"), dtype)
+        assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+def test_taps_plan():
+    """The planner's units for the tap-by-tap input gradient: bands of even
+    height within TAPS_MAX_POSITIONS, images below TAPS_SET_POSITIONS
+    several to a set, a unit count that is a multiple of the threads or at
+    least two a thread (finer bands while they keep TAPS_MIN_POSITIONS, then
+    blocks of whole register blocks of channels); the weights copied only
+    where their rows' stride crowds the L1's sets and the copy fits
+    TAPS_MAX_COPY_BYTES."""
+    from fastim2col import _args, _plan
+    vector = 16
+    for size, c, n_images, threads in [(56, 64, 1, 2), (28, 128, 1, 2), (14, 256, 1, 2),
+                                       (14, 256, 8, 2), (7, 512, 1, 2), (7, 512, 8, 2),
+                                       (7, 512, 3, 2), (56, 64, 1, 16), (14, 256, 1, 16),
+                                       (28, 128, 1, 3), (5, 48, 1, 1)]:
+        win = _args.window((size, size), (3, 3), 1, 1, 1, allow_strings=False)
+        rows, block, per_set, _ = _plan.grad_input_taps(n_images, 1, c, c, 9 * c, win, 4,
+                                                        threads, vector)
+        bands = -(-size // rows)
+        assert rows == -(-size // bands)   # even: no band taller than it must be
+        assert per_set * rows * size <= max(_plan.TAPS_MAX_POSITIONS, size)
+        assert per_set == 1 or (rows == size and size * size < _plan.TAPS_SET_POSITIONS)
+        assert block == c or block % (2 * vector) == 0
+        units = -(-n_images // per_set) * bands * -(-c // block)
+        assert units % threads == 0 or units >= 2 * threads
+        if rows < size and block < c:   # blocks only once bands are as thin as allowed
+            assert (rows - 1) * size < _plan.TAPS_MIN_POSITIONS
+    # the copy: rows 9 * 256 floats apart fall on 4 of 64 sets, 9 * 64 on 16
+    win = _args.window((14, 14), (3, 3), 1, 1, 1, allow_strings=False)
+    assert _plan.grad_input_taps(8, 1, 256, 256, 9 * 256, win, 4, 2, vector)[3] == 256 + 16
+    assert _plan.grad_input_taps(8, 1, 64, 64, 9 * 64, win, 4, 2, vector)[3] == 0
+    assert _plan.grad_input_taps(8, 1, 256, 1024, 9 * 256, win, 4, 2, vector)[3] == 0   # 1 MiB
 
 
 def test_thin_fold_bands():
