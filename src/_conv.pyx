@@ -475,32 +475,35 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     return n_failed
 
 
+cdef inline Py_ssize_t reached_from(Py_ssize_t pos, Py_ssize_t shift, Py_ssize_t stride,
+                                    Py_ssize_t n_out) noexcept nogil:
+    # The output index whose tap, `shift` = pad - tap * dilation along this
+    # axis, reaches input index pos (pos + shift = out * stride), or -1.
+    cdef Py_ssize_t r = pos + shift
+    if r < 0 or r % stride or r // stride >= n_out:
+        return -1
+    return r // stride
+
+
 cdef inline Py_ssize_t tap_positions(const Geometry* g, Py_ssize_t i, Py_ssize_t j,
                                      Py_ssize_t y0, Py_ssize_t y1, Py_ssize_t n_img,
                                      Py_ssize_t go_ld, Py_ssize_t gx_ld, Py_ssize_t* g_at,
                                      Py_ssize_t* c_at) noexcept nogil:
     # The input positions of rows [y0, y1) of n_img images that tap (i, j)
-    # reaches, and the grad_output positions it reaches them from: input (y,
-    # x) gets output (oy, ox) where y + pad_h - i * dilation_h = oy * stride_h
-    # (likewise x), within the output. g_at: output offsets from the first
-    # image's, ((m * out_h + oy) * out_w + ox) * go_ld for image m; c_at:
-    # input offsets from row y0 of the first image's, ((m * in_h + y - y0) *
-    # in_w + x) * gx_ld. Returns their count.
-    cdef Py_ssize_t n_at = 0, m, y, x, ry, rx, oy, ox
+    # reaches, and the grad_output positions it reaches them from (input (y,
+    # x) from output (oy, ox), see reached_from). g_at: output offsets from
+    # the first image's, ((m * out_h + oy) * out_w + ox) * go_ld for image m;
+    # c_at: input offsets from row y0 of the first image's, ((m * in_h + y -
+    # y0) * in_w + x) * gx_ld. Returns their count.
+    cdef Py_ssize_t n_at = 0, m, y, x, oy, ox
     for m in range(n_img):
         for y in range(y0, y1):
-            ry = y + g.pad_h - i * g.dilation_h
-            if ry < 0 or ry % g.stride_h:
-                continue
-            oy = ry // g.stride_h
-            if oy >= g.out_h:
+            oy = reached_from(y, g.pad_h - i * g.dilation_h, g.stride_h, g.out_h)
+            if oy < 0:
                 continue
             for x in range(g.in_w):
-                rx = x + g.pad_w - j * g.dilation_w
-                if rx < 0 or rx % g.stride_w:
-                    continue
-                ox = rx // g.stride_w
-                if ox >= g.out_w:
+                ox = reached_from(x, g.pad_w - j * g.dilation_w, g.stride_w, g.out_w)
+                if ox < 0:
                     continue
                 g_at[n_at] = ((m * g.out_h + oy) * g.out_w + ox) * go_ld
                 c_at[n_at] = ((m * g.in_h + y - y0) * g.in_w + x) * gx_ld
