@@ -338,11 +338,16 @@ def grad_input_transposed(tile, rows, itemsize) -> bool:
 THIN_MAX_POSITIONS = 128
 
 
+def vector_fma(isa_level: int) -> bool:
+    """Whether the kernels run with vector FMA (isa_level >= 1: AVX2 or
+    AVX-512; the baseline build has none): the thin kernel's condition."""
+    return isa_level >= 1
+
+
 def thin_kernel_runs(itemsize: int, isa_level: int) -> bool:
-    """Whether the thin kernel is an option at all: float32 (in float64 it
-    measured no faster than dgemm), on CPUs with vector FMA (isa_level >= 1:
-    AVX2 or AVX-512; the baseline build has no FMA)."""
-    return itemsize == 4 and isa_level >= 1
+    """Whether the thin kernel is an option in place of a BLAS GEMM: float32
+    (in float64 it measured no faster than dgemm), with vector_fma."""
+    return itemsize == 4 and vector_fma(isa_level)
 
 
 def use_thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
@@ -425,8 +430,8 @@ TAPS_COPY_PAD = 16
 
 def use_taps(nhwc: bool, cg: int, direct: bool, isa_level: int) -> bool:
     """Whether an input gradient runs tap by tap (see TAPS_MIN_CHANNELS), in
-    both dtypes, on CPUs with vector FMA (isa_level >= 1)."""
-    return nhwc and not direct and cg >= TAPS_MIN_CHANNELS and isa_level >= 1
+    both dtypes (it replaces GEMM + fold, not only a GEMM), with vector_fma."""
+    return nhwc and not direct and cg >= TAPS_MIN_CHANNELS and vector_fma(isa_level)
 
 
 def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,

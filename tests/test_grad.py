@@ -342,20 +342,29 @@ def _thin_input_gradients(monkeypatch):
     return calls
 
 
-def _input_gradient_case(rng, dtype, x_shape, w_shape, stride, padding, groups):
+def _input_gradient_case(rng, dtype, x_shape, w_shape, stride, padding, groups, dilation=1):
     """(w, g, bias, output_padding, the input gradient, conv_transpose2d(g, w,
     bias) reaching x's size) for x's shape (NCHW), from the reference;
     conv_transpose2d's weight is w (it maps g's channels back to x's)."""
     w = rand(rng, w_shape, dtype)
     y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=stride, padding=padding,
-                       groups=groups).shape
+                       dilation=dilation, groups=groups).shape
     g = rand(rng, y_shape, dtype)
     b = rand(rng, x_shape[1], dtype)
-    op = tuple((x_shape[i] + 2 * padding - w_shape[i]) % stride for i in (2, 3))
-    expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), stride, padding, groups=groups)
+    op = tuple((x_shape[i] + 2 * padding - dilation * (w_shape[i] - 1) - 1) % stride
+               for i in (2, 3))
+    expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), stride, padding, dilation, groups)
     expected_t = R.conv_transpose2d(as64(g), as64(w), as64(b), stride, padding,
-                                    output_padding=op, groups=groups)
+                                    output_padding=op, groups=groups, dilation=dilation)
     return w, g, b, op, expected, expected_t
+
+
+def _thread_counts(calls):
+    """1, then 3 kernel threads, the log of kernel calls cleared before each."""
+    for threads in (1, 3):
+        F.set_num_threads(threads)
+        calls.clear()
+        yield threads
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -382,9 +391,7 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
         w, g, b, op, expected, expected_t = _input_gradient_case(
             rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups)
         got = {}
-        for threads in (1, 3):
-            F.set_num_threads(threads)
-            calls.clear()
+        for threads in _thread_counts(calls):
             got[threads] = conv2d_input(img_to(np.empty(x_shape), layout).shape,
                                         weight_to(w, layout), img_to(g, layout), s, p,
                                         groups=groups, layout=layout)
@@ -422,9 +429,7 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
         w, g, b, op, expected, expected_t = _input_gradient_case(
             rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups)
         got = {}
-        for threads in (1, 3):
-            F.set_num_threads(threads)
-            calls.clear()
+        for threads in _thread_counts(calls):
             got[threads] = conv2d_input(x_shape, w, g, s, p, groups=groups)
             assert calls[-1][13] is True   # thin_positions
             (tile, block), direct, per_tile = calls[-1][6], calls[-1][8], calls[-1][10]
@@ -471,22 +476,13 @@ def test_taps_paths(rng, monkeypatch, restore_threads, dtype):
             (2, 16, 12, 10, 9, 3, 1, 2, 2, 2), (2, 33, 8, 8, 8, 1, 2, 0, 1, 1),
             (1, 3, 8, 20, 18, 7, 2, 3, 1, 1)]:
         x_shape = (n, c, h, w_)
-        w = rand(rng, (o, c // groups, k, k), dtype)
-        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w.shape), stride=s, padding=p,
-                           dilation=d, groups=groups).shape
-        g = rand(rng, y_shape, dtype)
-        b = rand(rng, c, dtype)
-        op = tuple((x_shape[i] + 2 * p - d * (k - 1) - 1) % s for i in (2, 3))
-        expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d, groups)
-        expected_t = R.conv_transpose2d(as64(g), as64(w), as64(b), s, p, output_padding=op,
-                                        groups=groups, dilation=d)
+        w, g, b, op, expected, expected_t = _input_gradient_case(
+            rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups, d)
         results = []
         for split in splits:
             monkeypatch.setattr(_plan, "grad_input_taps",
                                 planned if split is None else lambda *a, split=split: split)
-            for threads in (1, 3):
-                F.set_num_threads(threads)
-                calls.clear()
+            for _ in _thread_counts(calls):
                 got = conv2d_input(img_to(np.empty(x_shape), "NHWC").shape,
                                    weight_to(w, "NHWC"), img_to(g, "NHWC"), s, p, d, groups,
                                    layout="NHWC")
@@ -586,9 +582,7 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, dtype):
         g = rand(rng, y_shape, dtype)
         expected = R.conv2d_weight_grad(as64(x), w_shape, as64(g), s, p, groups=groups)
         got = {}
-        for threads in (1, 3):
-            F.set_num_threads(threads)
-            calls.clear()
+        for threads in _thread_counts(calls):
             got[threads] = conv2d_weight(R.to_nhwc(x), weight_to(np.zeros(w_shape), "NHWC").shape,
                                          R.to_nhwc(g), s, p, groups=groups, layout="NHWC")
             assert calls[-1][13] is True   # thin
