@@ -19,10 +19,12 @@ def best_isa_level() -> int:
 
 def thin_gemm(w: np.ndarray, g: np.ndarray, n_rows: int, c: np.ndarray,
               add: bool = False, g_at: Sequence[int] | None = None,
-              c_at: Sequence[int] | None = None) -> np.ndarray:
+              c_at: Sequence[int] | None = None, w_terms: Sequence[int] | None = None,
+              g_terms: Sequence[int] | None = None) -> np.ndarray:
     """For tests: c[p, r] = sum_o w[o, r] g[o, p] (add: c[p, r] plus that sum)
     for r < n_rows, by the thin GEMM kernel at the ISA in effect; returns c.
-    g_at, c_at: position p is g's column g_at[p] and c's row c_at[p]."""
+    g_at, c_at: position p is g's column g_at[p] and c's row c_at[p].
+    w_terms, g_terms: term o is w's row w_terms[o] and g's row g_terms[o]."""
 
 def vector_elements(itemsize: int) -> int:
     """Elements per vector of the direct kernels for this item size."""

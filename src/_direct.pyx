@@ -100,27 +100,36 @@ def best_isa_level():
 
 
 def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bint add=False,
-              object g_at=None, object c_at=None):
+              object g_at=None, object c_at=None, object w_terms=None, object g_terms=None):
     """For tests: the thin GEMM kernel at the ISA in effect (force_isa).
     c[p, r] = sum_o w[o, r] g[o, p] (add: c[p, r] plus that sum) for r <
     n_rows; other columns of c are left alone. w: (n_terms, >= n_rows) with
     unit column stride; g: (n_terms, n_pos), any strides; c: (n_pos, >=
     n_rows) with unit column stride; one float dtype. g_at, c_at (integer
     sequences of n_pos): position p is g's column g_at[p] and c's row c_at[p]
-    instead (the kernel's offset tables). Shapes are checked here, not in
-    the kernel."""
+    instead (the kernel's offset tables). w_terms, g_terms (integer sequences
+    of one length, both or neither): term o is w's row
+    w_terms[o] and g's row g_terms[o] (the kernel's term tables). Shapes are
+    checked here, not in the kernel."""
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(w)
     if not (w.ndim == g.ndim == c.ndim == 2 and w.dtype == g.dtype == c.dtype
             and w.dtype in (np.float32, np.float64)):
         raise TypeError("thin_gemm: w, g and c must be 2-d, of one float dtype")
-    cdef Py_ssize_t n_terms = w.shape[0]
     cols = np.arange(g.shape[1]) if g_at is None else np.asarray(g_at, np.intp)
     rows = np.arange(c.shape[0]) if c_at is None else np.asarray(c_at, np.intp)
+    gathered = w_terms is not None
+    w_rows = np.arange(w.shape[0]) if w_terms is None else np.asarray(w_terms, np.intp)
+    g_rows = np.arange(g.shape[0]) if g_terms is None else np.asarray(g_terms, np.intp)
     cdef Py_ssize_t n_pos = len(cols)
-    if not (g.shape[0] == n_terms and len(rows) == n_pos
+    cdef Py_ssize_t n_terms = len(w_rows)
+    if not (len(g_rows) == n_terms and len(rows) == n_pos
+            and gathered == (g_terms is not None)
+            and (gathered or g.shape[0] == w.shape[0])
             and 0 <= n_rows <= min(w.shape[1], c.shape[1])
             and ((cols >= 0) & (cols < g.shape[1])).all()
             and ((rows >= 0) & (rows < c.shape[0])).all()
+            and ((w_rows >= 0) & (w_rows < w.shape[0])).all()
+            and ((g_rows >= 0) & (g_rows < g.shape[0])).all()
             and w.strides[1] == item and c.strides[1] == item
             and w.strides[0] % item == 0 and c.strides[0] % item == 0
             and g.strides[0] % item == 0 and g.strides[1] % item == 0):
@@ -130,19 +139,27 @@ def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bi
     cdef cnp.ndarray gp = np.empty(max(1, THIN_KC * n_pos), w.dtype)
     cdef cnp.ndarray g_off = np.ascontiguousarray(cols * g_pos, np.intp)
     cdef cnp.ndarray c_off = np.ascontiguousarray(rows * ldc, np.intp)
+    cdef cnp.ndarray w_term_off = np.ascontiguousarray(w_rows * ldw, np.intp)
+    cdef cnp.ndarray g_term_off = np.ascontiguousarray(g_rows * g_term, np.intp)
     cdef Py_ssize_t* g_ptr = NULL if g_at is None else <Py_ssize_t*> cnp.PyArray_DATA(g_off)
     cdef Py_ssize_t* c_ptr = NULL if c_at is None else <Py_ssize_t*> cnp.PyArray_DATA(c_off)
+    cdef Py_ssize_t* w_t_ptr = NULL
+    cdef Py_ssize_t* g_t_ptr = NULL
+    if gathered:
+        w_t_ptr = <Py_ssize_t*> cnp.PyArray_DATA(w_term_off)
+        g_t_ptr = <Py_ssize_t*> cnp.PyArray_DATA(g_term_off)
     if n_rows == 0 or n_pos == 0 or n_terms == 0:
         return c
     if w.dtype == np.float32:
         thin_gemm_f(n_rows, n_pos, n_terms, <float*> cnp.PyArray_DATA(w), ldw,
                     <float*> cnp.PyArray_DATA(g), g_term, g_pos, g_ptr,
-                    <float*> cnp.PyArray_DATA(c), ldc, c_ptr, <float*> cnp.PyArray_DATA(gp), add)
+                    <float*> cnp.PyArray_DATA(c), ldc, c_ptr, w_t_ptr, g_t_ptr,
+                    <float*> cnp.PyArray_DATA(gp), add)
     else:
         thin_gemm_d(n_rows, n_pos, n_terms, <double*> cnp.PyArray_DATA(w), ldw,
                     <double*> cnp.PyArray_DATA(g), g_term, g_pos, g_ptr,
-                    <double*> cnp.PyArray_DATA(c), ldc, c_ptr, <double*> cnp.PyArray_DATA(gp),
-                    add)
+                    <double*> cnp.PyArray_DATA(c), ldc, c_ptr, w_t_ptr, g_t_ptr,
+                    <double*> cnp.PyArray_DATA(gp), add)
     return c
 
 

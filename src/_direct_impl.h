@@ -405,6 +405,50 @@ DFN(thin_rest)(ptrdiff_t n_rest, ptrdiff_t n_pos, ptrdiff_t kc, int accumulate, 
     }
 }
 
+/* wp[o * width + i] = w[w_at[o] + i] for o < kc, i < width: a block of
+ * rows' slice of kc gathered rows, contiguous (thin_gemm's w_at); whole
+ * vectors by vector moves, not a memcpy call per row. */
+static inline __attribute__((always_inline)) DTARGET void
+DFN(thin_gather)(ptrdiff_t width, ptrdiff_t kc, const DT* w, const ptrdiff_t* w_at, DT* wp)
+{
+    if (width == 2 * DVEC) {
+        for (ptrdiff_t o = 0; o < kc; o++) {
+            const DT* src = w + w_at[o];
+            *(DFN(uvec)*)(wp + o * 2 * DVEC) = *(const DFN(uvec)*)src;
+            *(DFN(uvec)*)(wp + o * 2 * DVEC + DVEC) = *(const DFN(uvec)*)(src + DVEC);
+        }
+    } else if (width == DVEC) {
+        for (ptrdiff_t o = 0; o < kc; o++)
+            *(DFN(uvec)*)(wp + o * DVEC) = *(const DFN(uvec)*)(w + w_at[o]);
+    } else {
+        for (ptrdiff_t o = 0; o < kc; o++)
+            memcpy(wp + o * width, w + w_at[o], width * sizeof(DT));
+    }
+}
+
+/* thin_gemm's packing of g where its terms are gathered rows and its
+ * positions consecutive in them (the weight gradient's grad_output rows):
+ * row by row, each read once from start to end, each tile's slice of it a
+ * copy of whole DTNR-element runs. (Tile by tile, each tile would read every
+ * row's slice again, rows that fall on few of L1's sets.) */
+static inline __attribute__((always_inline)) DTARGET void
+DFN(thin_pack_rows)(const DT* g, const ptrdiff_t* gt_at, ptrdiff_t kc, ptrdiff_t n_pos,
+                    DT* gp)
+{
+    const ptrdiff_t n_whole = n_pos - n_pos % DTNR;
+    for (ptrdiff_t o = 0; o < kc; o++) {
+        const DT* row = g + gt_at[o];
+        for (ptrdiff_t p0 = 0; p0 < n_whole; p0 += DTNR) {
+            DT* dst = gp + p0 * kc + o * DTNR;
+            for (int j = 0; j < DTNR; j++)
+                dst[j] = row[p0 + j];
+        }
+        const ptrdiff_t nr = n_pos - n_whole;
+        for (ptrdiff_t j = 0; j < nr; j++)
+            gp[n_whole * kc + o * nr + j] = row[n_whole + j];
+    }
+}
+
 /* c[p * ldc + r] = (add ? c[p * ldc + r] : 0) + sum over o < n_terms of
  * w[o * ldw + r] * g[o * g_term + p * g_pos], for r < n_rows, p < n_pos: a GEMM
  * whose operand w is read in place, its rows being the vectors, and only g,
@@ -420,36 +464,59 @@ DFN(thin_rest)(ptrdiff_t n_rest, ptrdiff_t n_pos, ptrdiff_t kc, int accumulate, 
  * g_at, c_at (either may be NULL): tables of n_pos offsets that replace
  * p * g_pos and p * ldc, for positions that lie in no regular pattern (the
  * NHWC input gradient's taps: a gather of grad_output, a scatter into the
- * result, _conv.pyx grad_input_taps). */
+ * result, _conv.pyx grad_input_taps).
+ * w_at, gt_at (both NULL or both given): tables of n_terms offsets that
+ * replace o * ldw and o * g_term, for terms gathered from anywhere (the NHWC
+ * weight gradient's taps: the input rows a tap reaches and the grad_output
+ * rows they meet, _conv.pyx grad_weight_taps). Gathered rows would land on
+ * few of L1's sets (an NHWC row is C elements after the last), so each block
+ * of rows' slice of them is copied into wp, a contiguous THIN_KC x 2 vectors,
+ * once per pass and read there by every tile of positions. */
 static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms,
                                    const DT* w, ptrdiff_t ldw, const DT* g, ptrdiff_t g_term,
                                    ptrdiff_t g_pos, const ptrdiff_t* g_at, DT* c,
-                                   ptrdiff_t ldc, const ptrdiff_t* c_at, DT* gp, int add)
+                                   ptrdiff_t ldc, const ptrdiff_t* c_at,
+                                   const ptrdiff_t* w_at, const ptrdiff_t* gt_at, DT* gp,
+                                   int add)
 {
+    DT wp[THIN_KC * 2 * DVEC] __attribute__((aligned(64)));
     for (ptrdiff_t o0 = 0; o0 < n_terms; o0 += THIN_KC) {
         const ptrdiff_t kc = n_terms - o0 < THIN_KC ? n_terms - o0 : THIN_KC;
         const int accumulate = add || o0 > 0;
         const DT* wk = w + o0 * ldw;
         /* tile p0 (nr positions) at gp + p0 * kc, element (o, j) at o * nr + j */
-        for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DTNR) {
+        if (gt_at != NULL && g_at == NULL && g_pos == 1)
+            DFN(thin_pack_rows)(g, gt_at + o0, kc, n_pos, gp);
+        else for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DTNR) {
             const ptrdiff_t nr = n_pos - p0 < DTNR ? n_pos - p0 : DTNR;
-            const DT* gj[DTNR];
+            ptrdiff_t at_j[DTNR];
             for (ptrdiff_t j = 0; j < nr; j++)
-                gj[j] = g + o0 * g_term + (g_at != NULL ? g_at[p0 + j] : (p0 + j) * g_pos);
+                at_j[j] = g_at != NULL ? g_at[p0 + j] : (p0 + j) * g_pos;
             DT* dst = gp + p0 * kc;
-            for (ptrdiff_t o = 0; o < kc; o++)
+            for (ptrdiff_t o = 0; o < kc; o++) {
+                const DT* go = g + (gt_at != NULL ? gt_at[o0 + o] : (o0 + o) * g_term);
                 for (ptrdiff_t j = 0; j < nr; j++)
-                    dst[o * nr + j] = gj[j][o * g_term];
+                    dst[o * nr + j] = go[at_j[j]];
+            }
         }
         ptrdiff_t r = 0;
-        for (; r + 2 * DVEC <= n_rows; r += 2 * DVEC)
-            DFN(thin_rows)(2, accumulate, wk + r, ldw, gp, kc, n_pos, c + r, ldc, c_at);
-        if (n_rows - r >= DVEC) {
-            DFN(thin_rows)(1, accumulate, wk + r, ldw, gp, kc, n_pos, c + r, ldc, c_at);
-            r += DVEC;
+        for (; r < n_rows; ) {
+            const ptrdiff_t width = n_rows - r >= 2 * DVEC ? 2 * DVEC
+                                    : n_rows - r >= DVEC ? DVEC : n_rows - r;
+            const DT* wr = wk + r;
+            ptrdiff_t ldr = ldw;
+            if (w_at != NULL) {   /* this slice of the gathered rows, copied */
+                DFN(thin_gather)(width, kc, w + r, w_at + o0, wp);
+                wr = wp;
+                ldr = width;
+            }
+            if (width == 2 * DVEC)
+                DFN(thin_rows)(2, accumulate, wr, ldr, gp, kc, n_pos, c + r, ldc, c_at);
+            else if (width == DVEC)
+                DFN(thin_rows)(1, accumulate, wr, ldr, gp, kc, n_pos, c + r, ldc, c_at);
+            else   /* the last rows, fewer than a vector */
+                DFN(thin_rest)(width, n_pos, kc, accumulate, wr, ldr, gp, c + r, ldc, c_at);
+            r += width;
         }
-        if (r < n_rows)   /* the last rows, fewer than a vector */
-            DFN(thin_rest)(n_rows - r, n_pos, kc, accumulate, wk + r, ldw, gp, c + r, ldc,
-                           c_at);
     }
 }

@@ -260,7 +260,8 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
     terms-contiguous, leading dimensions past the rows, the result written
     or added to; the columns past n_rows stay untouched. Then the same
     through offset tables (g_at, c_at: a gather and a scatter of positions):
-    rows of c no position maps to stay untouched."""
+    rows of c no position maps to stay untouched; and through term tables
+    (w_terms, g_terms: the rows of both operands gathered)."""
     vector = {0: 16, 1: 32, 2: 64}[isa_level] // np.dtype(dtype).itemsize
     row_counts = sorted({1, vector - 1, vector, vector + 1, 2 * vector - 1, 2 * vector,
                          2 * vector + 1, 3 * vector + vector // 2 + 1, 5 * vector} - {0})
@@ -296,3 +297,17 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
                 assert_close(np.ascontiguousarray(c[c_at, :n_rows]), expected, dtype)
                 unused = np.setdiff1d(np.arange(n_pos + 3), c_at)
                 assert np.isnan(c[:, n_rows:]).all() and np.isnan(c[unused]).all()
+                # term tables: w's and g's rows gathered (some twice, some
+                # not, in another order), as many terms as before
+                w_terms = rng.integers(0, n_terms, n_terms)
+                g_terms = rng.integers(0, n_terms, n_terms)
+                c = np.full((n_pos, n_rows + 5), np.nan, dtype)
+                if add:
+                    c[:, :n_rows] = rand(rng, (n_pos, n_rows), dtype)
+                expected = np.einsum("or,op->pr", as64(w[w_terms, :n_rows]),
+                                     as64(g[g_terms]))
+                if add:
+                    expected += c[:, :n_rows]
+                _direct.thin_gemm(w, g, n_rows, c, add, w_terms=w_terms, g_terms=g_terms)
+                assert_close(np.ascontiguousarray(c[:, :n_rows]), expected, dtype)
+                assert np.isnan(c[:, n_rows:]).all()
