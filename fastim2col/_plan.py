@@ -473,6 +473,66 @@ def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
     return rows, block, per_set, copy_ld
 
 
+# NHWC weight gradients of layers with at least TAPS_WEIGHT_MIN_CHANNELS
+# input channels a group, except 1x1 stride 1 (one GEMM straight from the
+# arrays), whose input's channels are contiguous: tap by tap (src/_conv.pyx
+# grad_weight_taps), each tap's part of the gradient one thin GEMM over
+# gathered rows of the input and grad_output; nothing unrolled, no per-thread
+# sums. Calls of at least TAPS_WEIGHT_TERMS positions (images several to a
+# call, or bands of an image's rows), each call's rows kept in cache across
+# the unit's taps. Whole calls, 2 threads, float32, time / the bare GEMM's,
+# unrolled tiles + BLAS or thin kernel -> taps, batch 1 / 8: ResNet 3x3 at
+# 7 px 1.19-1.25 / 1.43-1.52 -> 0.86-0.88 / 0.95; 14 px 1.25-1.27 / 1.11-1.18
+# -> 0.91-0.92 / 0.94-0.95; 28 px 1.33-1.39 / 1.09-1.13 -> 1.05 / 1.05;
+# float64 7 px 1.19 / 1.29 -> 1.00 / 1.03-1.08, 14 px 1.34 / 1.13 -> 0.95 /
+# 1.02, 28 px 1.17 / 1.03 -> 0.98 / 1.00. At 56 px, 64 channels, 1.07 / 0.90
+# -> 1.25 / 1.13 (packing grad_output's rows costs 1/channels of the work):
+# so not there.
+TAPS_WEIGHT_MIN_CHANNELS = 128
+TAPS_WEIGHT_TERMS = 392
+# Output channels a unit: at most (its grad_output slice, THIN_KC x this,
+# stays in L2; 7 px: 0.88 with blocks of 128, 0.95 with 256), at least two of
+# the thin kernel's register tiles where the threads allow.
+TAPS_WEIGHT_MAX_OUT_BLOCK = 128
+TAPS_WEIGHT_MIN_OUT_BLOCK = 24
+
+
+def use_weight_taps(nhwc: bool, cg: int, direct: bool, isa_level: int,
+                    channels_contiguous: bool) -> bool:
+    """Whether a weight gradient runs tap by tap (see
+    TAPS_WEIGHT_MIN_CHANNELS), both dtypes, with vector_fma."""
+    return (nhwc and not direct and channels_contiguous and cg >= TAPS_WEIGHT_MIN_CHANNELS
+            and vector_fma(isa_level))
+
+
+def grad_weight_taps(n_images, groups, og, kernel_h, n_taps, out_h, out_w,
+                     n_threads) -> tuple[int, int, int, int]:
+    """(output channels a unit, taps a unit, images a call, output rows a
+    call: fewer than out_h for bands of one image) for the tap-by-tap weight
+    gradient (see use_weight_taps). Units (group, taps, output channels): the
+    split that keeps the threads busiest, then the fewest blocks of taps
+    (each block reads the input again), then blocks of at most
+    TAPS_WEIGHT_MAX_OUT_BLOCK channels, the largest."""
+    n_pos = out_h * out_w
+    if n_pos >= TAPS_WEIGHT_TERMS:
+        per_call, band = 1, min(out_h, _ceil_div(TAPS_WEIGHT_TERMS, out_w))
+    else:
+        per_call, band = min(n_images, _ceil_div(TAPS_WEIGHT_TERMS, n_pos)), out_h
+    best_key, best = None, None
+    for tap_block in sorted({n_taps, _ceil_div(n_taps, kernel_h), 1}, reverse=True):
+        tap_blocks = _ceil_div(n_taps, tap_block)
+        for out_blocks in range(1, max(1, og // TAPS_WEIGHT_MIN_OUT_BLOCK) + 1):
+            out_block = _ceil_div(og, out_blocks)
+            units = groups * tap_blocks * _ceil_div(og, out_block)
+            busy = units / (_ceil_div(units, n_threads) * n_threads)
+            key = (round(busy, 2), -tap_blocks, out_block <= TAPS_WEIGHT_MAX_OUT_BLOCK,
+                   out_block)
+            if best_key is None or key > best_key:
+                best_key, best = key, (out_block, tap_block)
+    assert best is not None
+    return best[0], best[1], per_call, band
+
+
 # NCHW conv2d GEMMs (1x1 layers, and others off the direct kernels) of
 # tiles of at least THIN_FORWARD_MIN_POSITIONS positions, at most
 # THIN_FORWARD_MAX_OUTPUTS output channels a block and THIN_FORWARD_MAX_TERMS

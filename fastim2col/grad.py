@@ -109,6 +109,26 @@ def _direct_weight_gradient(x, go, res, groups, win, n_threads, nhwc) -> bool:
     return True
 
 
+def _taps_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> bool:
+    """The NHWC weight gradient tap by tap (src/_conv.pyx grad_weight_taps)
+    where _plan.use_weight_taps says so; False (nothing done) else."""
+    n, c, c_out, groups = dims
+    cg = c // groups
+    if not _plan.use_weight_taps(nhwc, cg, _is_direct(x, win, nhwc, cg),
+                                 _direct.best_isa_level(), x.strides[3] == x.itemsize):
+        return False
+    out_block, tap_block, per_call, band = _plan.grad_weight_taps(
+        n, groups, c_out // groups, win.kernel_h, win.kernel_h * win.kernel_w, win.out_h,
+        win.out_w, n_threads)
+    terms = (per_call * win.out_h if band >= win.out_h else band) * win.out_w
+    _plan.check_scratch(n_threads, _direct.THIN_TERMS * out_block, itemsize=res.itemsize)
+    _plan.check_scratch(n_threads, 2 * terms, itemsize=8)
+    _conv.conv2d_grad_weight(x, go, res.reshape(c_out, -1), dims, tuple(win), (cg, out_block),
+                             True, False, False, n_threads, by_taps=True,
+                             taps_split=(tap_block, per_call, band))
+    return True
+
+
 def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
     """The weight gradient by unrolled tiles and GEMM (src/_conv.pyx): split by
     input channels (NCHW, where they split evenly), else by tiles of positions
@@ -193,6 +213,7 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
             res.fill(0)
         elif kg and _direct_weight_gradient(x, go, res, groups, win, n_threads, nhwc):
             pass
-        else:
+        elif not _taps_weight_gradient(x, go, res, (n, c, c_out, groups), win, nhwc,
+                                       n_threads):
             _gemm_weight_gradient(x, go, res, (n, c, c_out, groups), win, nhwc, n_threads)
     return res

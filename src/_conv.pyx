@@ -21,7 +21,7 @@ from libc.string cimport memcpy
 
 from _blas cimport gemm_rm
 from _openmp cimport new_thread_keys, omp_get_thread_num
-from _thin_gemm cimport THIN_KC, thin_gemm, thin_gemm_at
+from _thin_gemm cimport THIN_KC, thin_gemm, thin_gemm_at, thin_gemm_terms
 from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
 
 cnp.import_array()
@@ -986,6 +986,110 @@ cdef Py_ssize_t grad_weight_channels_images(const floating* x, const floating* g
     return n_failed
 
 
+cdef inline Py_ssize_t tap_terms(const Conv* cv, const Geometry* g, Py_ssize_t i,
+                                  Py_ssize_t j, Py_ssize_t n0, Py_ssize_t n_img, Py_ssize_t y0,
+                                  Py_ssize_t y1, Py_ssize_t* x_at,
+                                  Py_ssize_t* go_at) noexcept nogil:
+    # The output positions in rows [y0, y1) of images [n0, n0 + n_img) whose
+    # tap (i, j) reaches inside the input, in order: x_at, the input row's
+    # offset in x (from x's start); go_at, the output row's in grad_output
+    # (NHWC, C-contiguous). Returns their count.
+    cdef Py_ssize_t n_at = 0, n, oy, ox, y, x
+    for n in range(n0, n0 + n_img):
+        for oy in range(y0, y1):
+            y = oy * g.stride_h + i * g.dilation_h - g.pad_h
+            if y < 0 or y >= g.in_h:
+                continue
+            for ox in range(g.out_w):
+                x = ox * g.stride_w + j * g.dilation_w - g.pad_w
+                if x < 0 or x >= g.in_w:
+                    continue
+                x_at[n_at] = n * cv.s_n + y * cv.s_h + x * cv.s_w
+                go_at[n_at] = ((n * g.out_h + oy) * g.out_w + ox) * cv.n_out
+                n_at += 1
+    return n_at
+
+
+cdef struct TapsSplit:
+    # grad_weight_taps' units and calls, chosen by fastim2col._plan
+    Py_ssize_t out_block, in_block, tap_block   # a unit's channels and taps
+    Py_ssize_t per_call, band                   # a call's images or output rows
+
+
+cdef Py_ssize_t grad_weight_taps(const floating* x, const floating* go, floating* gw,
+                                 Conv cv, Geometry g, TapsSplit sp,
+                                 int n_threads) noexcept nogil:
+    # NHWC: gw = the weight gradient tap by tap, nothing unrolled. Units
+    # (group, block of sp.tap_block taps, block of sp.out_block output
+    # channels, block of sp.in_block input channels) own their part of gw,
+    # gw[outputs, tap, inputs]: they zero it, then go through the images in
+    # parts (sets of sp.per_call images, or bands of sp.band output rows of
+    # one image) and, for each tap of theirs, add one thin GEMM of
+    # grad_output's rows times the input rows the tap reaches from them, both
+    # gathered by term tables (thin_gemm_terms; x's channels must be
+    # contiguous). A part's rows stay in cache across the unit's taps. Every
+    # element of gw is summed by one unit, positions in order: the same bits
+    # for any split and any number of threads; no tile, no per-thread sums.
+    cdef Py_ssize_t cg = cv.n_channels // cv.groups
+    cdef Py_ssize_t og = cv.n_out // cv.groups
+    cdef Py_ssize_t n_taps = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * n_taps
+    cdef Py_ssize_t n_oblocks = (og + sp.out_block - 1) // sp.out_block
+    cdef Py_ssize_t n_iblocks = (cg + sp.in_block - 1) // sp.in_block
+    cdef Py_ssize_t n_tblocks = (n_taps + sp.tap_block - 1) // sp.tap_block
+    cdef Py_ssize_t n_units = cv.groups * n_tblocks * n_oblocks * n_iblocks
+    cdef bint by_images = sp.band >= g.out_h
+    cdef Py_ssize_t n_parts = ((cv.n_images + sp.per_call - 1) // sp.per_call if by_images
+                               else cv.n_images * ((g.out_h + sp.band - 1) // sp.band))
+    cdef Py_ssize_t max_terms = (sp.per_call * g.out_h if by_images else sp.band) * g.out_w
+    cdef Py_ssize_t u, grp, t0, t1, t, m0, m1, c0, c1, part, n0, n_img, y0, y1, n_at, q, c
+    cdef Py_ssize_t n_failed = 0
+    cdef floating* gp = NULL
+    cdef Py_ssize_t* at = NULL   # a call's input row offsets, then its output ones
+    cdef floating* dst
+    with parallel(num_threads=n_threads):
+        gp = <floating*> malloc(THIN_KC * sp.out_block * sizeof(floating))
+        at = <Py_ssize_t*> malloc(2 * max_terms * sizeof(Py_ssize_t))
+        for u in prange(n_units, schedule='static'):
+            if gp == NULL or at == NULL:
+                n_failed += 1
+            else:
+                c0 = (u % n_iblocks) * sp.in_block
+                m0 = ((u // n_iblocks) % n_oblocks) * sp.out_block
+                t0 = ((u // (n_iblocks * n_oblocks)) % n_tblocks) * sp.tap_block
+                grp = u // (n_iblocks * n_oblocks * n_tblocks)
+                c1 = min(cg, c0 + sp.in_block)
+                m1 = min(og, m0 + sp.out_block)
+                t1 = min(n_taps, t0 + sp.tap_block)
+                dst = gw + (grp * og + m0) * kg + c0
+                for q in range(m1 - m0):
+                    for t in range(t0, t1):
+                        for c in range(c1 - c0):
+                            dst[q * kg + t * cg + c] = 0
+                for part in range(n_parts):
+                    if by_images:
+                        n0 = part * sp.per_call
+                        n_img = min(sp.per_call, cv.n_images - n0)
+                        y0 = 0
+                        y1 = g.out_h
+                    else:
+                        n0 = part // ((g.out_h + sp.band - 1) // sp.band)
+                        n_img = 1
+                        y0 = (part % ((g.out_h + sp.band - 1) // sp.band)) * sp.band
+                        y1 = min(g.out_h, y0 + sp.band)
+                    for t in range(t0, t1):
+                        n_at = tap_terms(&cv, &g, t // g.kernel_w, t % g.kernel_w, n0, n_img,
+                                         y0, y1, at, at + max_terms)
+                        if n_at:
+                            thin_gemm_terms(c1 - c0, m1 - m0, n_at,
+                                            x + (grp * cg + c0) * cv.s_c, at,
+                                            go + grp * og + m0, at + max_terms,
+                                            dst + t * cg, kg, gp, True)
+        free(gp)
+        free(at)
+    return n_failed
+
+
 cdef inline void* data(cnp.ndarray a):
     return NULL if a is None else cnp.PyArray_DATA(a)
 
@@ -1083,8 +1187,13 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
 def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shape,
                        tuple geom, tuple split, bint nhwc, bint direct,
                        bint per_thread_sums, int n_threads, Py_ssize_t images_per_tile=1,
-                       bint by_channels=False, bint transposed=False, bint thin=False):
+                       bint by_channels=False, bint transposed=False, bint thin=False,
+                       bint by_taps=False, tuple taps_split=(1, 1, 1)):
     """gw = d/dw <conv2d(x, w), go>; x any strides, go/gw C-contiguous.
+    by_taps (NHWC, x's channels contiguous): tap by tap in the thin kernel,
+    units of split[1] output channels and split[0] input channels;
+    taps_split = (taps a unit, images a call, output rows a call: fewer than
+    out_h for bands of one image) (grad_weight_taps).
     by_channels (NCHW): units own chunks of split[1] input channels
     (grad_weight_channels; images_per_tile > 1: sets of whole images,
     grad_weight_channels_images). transposed (NCHW, one image a tile, by
@@ -1099,8 +1208,20 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
     cdef void* gop = data(go)
     cdef void* gwp = data(gw)
     cdef Py_ssize_t failed
+    if by_taps and not (nhwc and cv.s_c == 1 and not (by_channels or thin or per_thread_sums)):
+        raise ValueError("conv2d_grad_weight: by_taps is for NHWC with contiguous channels, "
+                         "on its own")
+    cdef TapsSplit sp
+    sp.in_block, sp.out_block = split
+    sp.tap_block, sp.per_call, sp.band = taps_split
     with nogil:
-        if by_channels and images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+        if by_taps and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+            failed = grad_weight_taps(<float*> xp, <float*> gop, <float*> gwp, cv, g, sp,
+                                      n_threads)
+        elif by_taps:
+            failed = grad_weight_taps(<double*> xp, <double*> gop, <double*> gwp, cv, g, sp,
+                                      n_threads)
+        elif by_channels and images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight_channels_images(<float*> xp, <float*> gop, <float*> gwp, cv,
                                                  g, images_per_tile, n_threads)
         elif by_channels and images_per_tile > 1:

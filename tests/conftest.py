@@ -174,7 +174,9 @@ def conv_path(request, monkeypatch):
     is chosen apart. NHWC input gradients run tap by tap (grad_input_taps)
     on taps, whatever their channels, in bands of a few positions, images
     small enough to go several to a unit, each tap's weights copied in
-    every other call; never on the gemm and direct paths."""
+    every other call; never on the gemm and direct paths. So do NHWC weight
+    gradients whose input has contiguous channels (grad_weight_taps), in
+    calls of a few positions and blocks of at most 5 output channels."""
     from fastim2col import _plan
     if request.param == "taps":
         split_small_work(monkeypatch)
@@ -189,8 +191,12 @@ def conv_path(request, monkeypatch):
             rows, block, per_set, _ = real_split(*args)
             return rows, block, per_set, (block + 3) * (len(calls) % 2)
         monkeypatch.setattr(_plan, "grad_input_taps", alternate_copy)
+        monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_CHANNELS", 1)
+        monkeypatch.setattr(_plan, "TAPS_WEIGHT_TERMS", 7)
+        monkeypatch.setattr(_plan, "TAPS_WEIGHT_MAX_OUT_BLOCK", 5)
     else:
         monkeypatch.setattr(_plan, "use_taps", lambda *args: False)
+        monkeypatch.setattr(_plan, "use_weight_taps", lambda *args: False)
     if request.param.startswith("gemm"):
         monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
         monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: False)

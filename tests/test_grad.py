@@ -496,6 +496,88 @@ def test_taps_paths(rng, monkeypatch, restore_threads, dtype):
         assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_taps_paths(rng, monkeypatch, restore_threads, dtype):
+    """NHWC weight gradients tap by tap (src/_conv.pyx grad_weight_taps;
+    forced, both dtypes): blocks of output channels (whole register tiles or
+    not), of taps (all, a kernel row, one), calls of several images (the last
+    set short) or bands of rows; strides, dilation, padding that leaves a tap
+    no input at all, 1x1 stride 2, groups, channels past a register block, an
+    input viewed with padded rows and images; against the reference, and with
+    the same bits for every split and thread count (each element is summed by
+    one unit, positions in order). An input whose channels are not
+    contiguous (an NCHW array's NHWC view) goes the other way."""
+    from fastim2col import _conv, _plan
+    calls = []
+    real = _conv.conv2d_grad_weight
+    monkeypatch.setattr(_conv, "conv2d_grad_weight",
+                        lambda *a, **k: calls.append(k) or real(*a, **k))
+    monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_CHANNELS", 1)
+    planned = _plan.grad_weight_taps
+    # (output channels a unit, taps a unit, images a call, output rows a call)
+    splits = [None, (5, 1, 1, 2), (12, 3, 2, 100), (24, 100, 3, 100), (7, 2, 1, 1)]
+    # (batch, channels, outputs, height, width, kernel, stride, padding, dilation, groups)
+    for n, c, o, h, w_, k, s, p, d, groups in [
+            (1, 40, 16, 9, 11, 3, 1, 1, 1, 1), (3, 24, 26, 7, 6, 3, 2, 1, 1, 1),
+            (2, 16, 12, 10, 9, 3, 1, 2, 2, 2), (2, 33, 8, 8, 8, 1, 2, 0, 1, 1),
+            (3, 36, 13, 2, 3, 3, 1, 3, 3, 1)]:
+        x = rand(rng, (n, c, h, w_), dtype)
+        w_shape = (o, c // groups, k, k)
+        y_shape = R.conv2d(np.zeros(x.shape), np.zeros(w_shape), stride=s, padding=p,
+                           dilation=d, groups=groups).shape
+        g = rand(rng, y_shape, dtype)
+        expected = weight_to(R.conv2d_weight_grad(as64(x), w_shape, as64(g), s, p, d, groups),
+                             "NHWC")
+        x_nhwc = np.ascontiguousarray(img_to(x, "NHWC"))
+        padded = np.zeros((n + 1, h, w_ + 2, c), dtype)   # rows and images apart
+        padded[1:, :, 1:-1] = x_nhwc
+        results = []
+        for split in splits:
+            monkeypatch.setattr(_plan, "grad_weight_taps",
+                                planned if split is None else lambda *a, split=split: split)
+            for _ in _thread_counts(calls):
+                for x_in in (x_nhwc, padded[1:, :, 1:-1]):
+                    got = conv2d_weight(x_in, expected.shape, img_to(g, "NHWC"), s, p, d,
+                                        groups, layout="NHWC",
+                                        out=np.full(expected.shape, np.nan, dtype))
+                    assert calls[-1]["by_taps"] is True
+                    assert_close(got, expected, dtype)
+                    results.append(got)
+        assert all(np.array_equal(results[0], r) for r in results[1:])
+        got = conv2d_weight(img_to(x, "NHWC"), expected.shape, img_to(g, "NHWC"), s, p, d, groups,
+                            layout="NHWC")
+        assert "by_taps" not in calls[-1]
+        assert_close(got, expected, dtype)
+
+
+def test_weight_taps_plan():
+    """The planner's split of the tap-by-tap weight gradient: units (taps,
+    output channels) a multiple of the threads where they can be, all taps a
+    unit where that allows, output blocks of at most TAPS_WEIGHT_MAX_OUT_BLOCK
+    and at least TAPS_WEIGHT_MIN_OUT_BLOCK where there are enough channels;
+    calls of at least TAPS_WEIGHT_TERMS positions (images several to a call,
+    or bands of one image's rows), no more than the batch."""
+    from fastim2col import _plan
+    for size, og, n_images, threads in [(28, 128, 1, 2), (14, 256, 1, 2), (14, 256, 8, 2),
+                                        (7, 512, 1, 2), (7, 512, 8, 2), (7, 512, 3, 3),
+                                        (28, 128, 1, 16), (7, 512, 8, 16), (56, 64, 2, 1),
+                                        (7, 48, 1, 16)]:
+        out_block, tap_block, per_call, band = _plan.grad_weight_taps(n_images, 1, og, 3, 9,
+                                                                       size, size, threads)
+        units = -(-og // out_block) * -(-9 // tap_block)
+        if og >= threads * _plan.TAPS_WEIGHT_MIN_OUT_BLOCK:
+            assert units % threads == 0 and tap_block == 9
+            assert _plan.TAPS_WEIGHT_MIN_OUT_BLOCK <= out_block <= _plan.TAPS_WEIGHT_MAX_OUT_BLOCK
+        else:   # (7, 48, 1, 16): 2 blocks of outputs, taps in kernel rows or alone
+            assert tap_block < 9 and units > 2
+        if size * size >= _plan.TAPS_WEIGHT_TERMS:
+            assert per_call == 1 and band * size >= _plan.TAPS_WEIGHT_TERMS
+            assert (band - 1) * size < _plan.TAPS_WEIGHT_TERMS
+        else:
+            assert band == size and per_call == min(n_images,
+                                                    -(-_plan.TAPS_WEIGHT_TERMS // size ** 2))
+
+
 def test_taps_plan():
     """The planner's units for the tap-by-tap input gradient: bands of even
     height within TAPS_MAX_POSITIONS, images below TAPS_SET_POSITIONS
