@@ -383,6 +383,24 @@ def use_thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int
             and unit_rows <= THIN_POSITIONS_MAX_ROWS)
 
 
+# NCHW weight gradients split by input channels, tiles of one image, with
+# at least THIN_WEIGHT_NCHW_MIN_OUTPUTS output channels a group: the thin
+# kernel (both dtypes), the unit's unrolled rows read along their positions
+# and copied transposed, a block of rows at a time (thin_gemm's w_row), the
+# tile's grad_output broadcast; gw written in place. Whole calls, 2 threads,
+# batch 1, time against BLAS: 512 channels at 7 px 0.87-0.92 (float64 0.93),
+# 512 from 14 px stride 2 0.90, 256 -> 1024 at 7 px 0.95; 256 channels at 14
+# px 0.99-1.03 (float64 0.97), 28 and 56 px 1.04-1.27: not there.
+THIN_WEIGHT_NCHW_MIN_OUTPUTS = 512
+
+
+def use_thin_weight_channels(og: int, direct: bool, isa_level: int) -> bool:
+    """Whether an NCHW weight gradient split by input channels, one image a
+    tile, runs its GEMMs in the thin kernel (see THIN_WEIGHT_NCHW_MIN_OUTPUTS;
+    not 1x1 stride 1, unmeasured)."""
+    return og >= THIN_WEIGHT_NCHW_MIN_OUTPUTS and not direct and vector_fma(isa_level)
+
+
 # NHWC weight gradients with tiles of this many positions (one image a
 # tile): the thin kernel, the unrolled tile's rows (positions x kh*kw*C) its
 # vectors, the block's grad_output broadcast. BLAS packs the unrolled tile

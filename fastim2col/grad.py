@@ -146,9 +146,12 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
     # 3x3 layer, batch 1 and 8, float32 and float64.
     by_channels = None if nhwc else _plan.grad_weight_channels(
         n, groups, og, cg, taps, n_pos, itemsize, n_threads, direct)
+    thin = False
     if by_channels is not None:
         tile, block, per_tile, transposed = by_channels
         sums = False
+        if per_tile == 1 and _plan.use_thin_weight_channels(og, direct, isa_level):
+            thin, transposed = True, False   # (its GEMMs write gw in place)
         # per thread: the unrolled chunk and the transposed part; shared: the
         # gathered grad_output rows of a set of images
         _plan.check_scratch(n_threads, block * taps * (tile + og), c_out * tile,
@@ -168,7 +171,8 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
                                 itemsize=itemsize)
             transposed = sums and not nhwc and _plan.transposed_sums(og, kg, itemsize,
                                                                      tile == n_pos)
-    thin = nhwc and per_tile == 1 and _plan.use_thin_weight(tile, itemsize, isa_level)
+    if nhwc:
+        thin = per_tile == 1 and _plan.use_thin_weight(tile, itemsize, isa_level)
     _plan.check_scratch(n_threads, _direct.THIN_TERMS * og if thin else 0, itemsize=itemsize)
     with blas_single_threaded:
         _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),

@@ -21,7 +21,7 @@ from libc.string cimport memcpy
 
 from _blas cimport gemm_rm
 from _openmp cimport new_thread_keys, omp_get_thread_num
-from _thin_gemm cimport THIN_KC, thin_gemm, thin_gemm_at, thin_gemm_terms
+from _thin_gemm cimport THIN_KC, thin_gemm, thin_gemm_at, thin_gemm_terms, thin_gemm_t
 from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
 
 cnp.import_array()
@@ -859,7 +859,7 @@ cdef Py_ssize_t grad_weight_images(const floating* x, const floating* go, floati
 
 cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floating* gw,
                                      Conv cv, Geometry g, bint transposed,
-                                     int n_threads) noexcept nogil:
+                                     int n_threads, bint thin=False) noexcept nogil:
     # NCHW weight gradient split by input channels: a unit (group, chunk of
     # cv.block input channels) owns the columns of gw those channels make
     # (contiguous, (c, i, j) order) and sums into them over every image and
@@ -877,11 +877,12 @@ cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floa
     cdef Py_ssize_t n_pos = cs.n_pos, og = cs.og, taps = cs.taps, kg = cs.kg
     cdef Py_ssize_t n_steps_img = (n_pos + cv.tile - 1) // cv.tile
     cdef ChannelChunk ch
-    cdef Py_ssize_t u, nk, n0, t, p0, p1, i, r, ld
+    cdef Py_ssize_t u, nk, n0, t, p0, p1, i, r, ld, q
     cdef Py_ssize_t n_failed = 0
     cdef floating beta
     cdef floating* buf = NULL
     cdef floating* part = NULL
+    cdef floating* gp = NULL
     cdef floating* dst
     cdef const floating* src
     cdef const floating* cols
@@ -893,8 +894,12 @@ cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floa
         part = NULL
         if transposed:
             part = <floating*> malloc(cv.block * taps * og * sizeof(floating))
+        gp = NULL
+        if thin:
+            gp = <floating*> malloc(THIN_KC * og * sizeof(floating))
         for u in prange(cs.n_units, schedule='static'):
-            if (not cv.direct and buf == NULL) or (transposed and part == NULL):
+            if ((not cv.direct and buf == NULL) or (transposed and part == NULL)
+                    or (thin and gp == NULL)):
                 n_failed += 1
             else:
                 ch = channel_chunk(&cs, cv.block, u)
@@ -915,7 +920,10 @@ cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floa
                             cols = buf
                             ld = p1 - p0
                         src = go + (n0 * cv.n_out + ch.grp * og) * n_pos + p0
-                        if transposed:
+                        if thin:
+                            thin_gemm_t(nk, og, p1 - p0, cols, ld, src, 1, n_pos, dst, kg, gp,
+                                        beta != 0)
+                        elif transposed:
                             gemm_rm(False, True, nk, og, p1 - p0, 1, cols, ld, src, n_pos,
                                     beta, part, og)
                         else:
@@ -928,6 +936,7 @@ cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floa
                             dst[r * kg + i] = part[i * og + r]
         free(buf)
         free(part)
+        free(gp)
     return n_failed
 
 
@@ -1200,8 +1209,9 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
     channels or per-thread sums): GEMMs in the transposed orientation.
     Else images_per_tile > 1: tiles of that many whole images, per-thread sums.
     thin (NHWC, one image a tile): the GEMMs by the thin kernel."""
-    if thin and not (nhwc and not by_channels and images_per_tile == 1):
-        raise ValueError("conv2d_grad_weight: the thin GEMM is for NHWC tiles of one image")
+    if thin and not (images_per_tile == 1 and (nhwc and not by_channels
+                                               or by_channels and not transposed)):
+        raise ValueError("conv2d_grad_weight: the thin GEMM is for tiles of one image")
     cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
     cdef Geometry g = make_geometry(geom)
     cdef void* xp = data(x)
@@ -1229,10 +1239,10 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
                                                  cv, g, images_per_tile, n_threads)
         elif by_channels and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight_channels(<float*> xp, <float*> gop, <float*> gwp, cv, g,
-                                          transposed, n_threads)
+                                          transposed, n_threads, thin)
         elif by_channels:
             failed = grad_weight_channels(<double*> xp, <double*> gop, <double*> gwp, cv, g,
-                                          transposed, n_threads)
+                                          transposed, n_threads, thin)
         elif images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight_images(<float*> xp, <float*> gop, <float*> gwp, cv, g,
                                         images_per_tile, n_threads)

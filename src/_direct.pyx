@@ -104,7 +104,8 @@ def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bi
     """For tests: the thin GEMM kernel at the ISA in effect (force_isa).
     c[p, r] = sum_o w[o, r] g[o, p] (add: c[p, r] plus that sum) for r <
     n_rows; other columns of c are left alone. w: (n_terms, >= n_rows) with
-    unit column stride; g: (n_terms, n_pos), any strides; c: (n_pos, >=
+    unit column stride (or unit row stride: w stored the other way round,
+    the kernel's w_row); g: (n_terms, n_pos), any strides; c: (n_pos, >=
     n_rows) with unit column stride; one float dtype. g_at, c_at (integer
     sequences of n_pos): position p is g's column g_at[p] and c's row c_at[p]
     instead (the kernel's offset tables). w_terms, g_terms (integer sequences
@@ -124,17 +125,20 @@ def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bi
     cdef Py_ssize_t n_terms = len(w_rows)
     if not (len(g_rows) == n_terms and len(rows) == n_pos
             and gathered == (g_terms is not None)
+            and not (gathered and w.strides[1] != item)
             and (gathered or g.shape[0] == w.shape[0])
             and 0 <= n_rows <= min(w.shape[1], c.shape[1])
             and ((cols >= 0) & (cols < g.shape[1])).all()
             and ((rows >= 0) & (rows < c.shape[0])).all()
             and ((w_rows >= 0) & (w_rows < w.shape[0])).all()
             and ((g_rows >= 0) & (g_rows < g.shape[0])).all()
-            and w.strides[1] == item and c.strides[1] == item
-            and w.strides[0] % item == 0 and c.strides[0] % item == 0
+            and (w.strides[1] == item or w.strides[0] == item) and c.strides[1] == item
+            and w.strides[0] % item == 0 and w.strides[1] % item == 0
+            and c.strides[0] % item == 0
             and g.strides[0] % item == 0 and g.strides[1] % item == 0):
         raise ValueError("thin_gemm: shapes, strides or positions do not fit")
     cdef Py_ssize_t ldw = w.strides[0] // item, ldc = c.strides[0] // item
+    cdef Py_ssize_t w_row = w.strides[1] // item   # 1, or w transposed: ldw 1
     cdef Py_ssize_t g_term = g.strides[0] // item, g_pos = g.strides[1] // item
     cdef cnp.ndarray gp = np.empty(max(1, THIN_KC * n_pos), w.dtype)
     cdef cnp.ndarray g_off = np.ascontiguousarray(cols * g_pos, np.intp)
@@ -151,12 +155,12 @@ def thin_gemm(cnp.ndarray w, cnp.ndarray g, Py_ssize_t n_rows, cnp.ndarray c, bi
     if n_rows == 0 or n_pos == 0 or n_terms == 0:
         return c
     if w.dtype == np.float32:
-        thin_gemm_f(n_rows, n_pos, n_terms, <float*> cnp.PyArray_DATA(w), ldw,
+        thin_gemm_f(n_rows, n_pos, n_terms, <float*> cnp.PyArray_DATA(w), ldw, w_row,
                     <float*> cnp.PyArray_DATA(g), g_term, g_pos, g_ptr,
                     <float*> cnp.PyArray_DATA(c), ldc, c_ptr, w_t_ptr, g_t_ptr,
                     <float*> cnp.PyArray_DATA(gp), add)
     else:
-        thin_gemm_d(n_rows, n_pos, n_terms, <double*> cnp.PyArray_DATA(w), ldw,
+        thin_gemm_d(n_rows, n_pos, n_terms, <double*> cnp.PyArray_DATA(w), ldw, w_row,
                     <double*> cnp.PyArray_DATA(g), g_term, g_pos, g_ptr,
                     <double*> cnp.PyArray_DATA(c), ldc, c_ptr, w_t_ptr, g_t_ptr,
                     <double*> cnp.PyArray_DATA(gp), add)

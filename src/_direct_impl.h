@@ -426,6 +426,20 @@ DFN(thin_gather)(ptrdiff_t width, ptrdiff_t kc, const DT* w, const ptrdiff_t* w_
     }
 }
 
+/* wp[o * width + i] = w[o * ldw + i * w_row] for o < kc, i < width: a block
+ * of rows' slice of a w stored the other way round (thin_gemm's w_row),
+ * each of its rows read along its terms. */
+static inline __attribute__((always_inline)) DTARGET void
+DFN(thin_transpose)(ptrdiff_t width, ptrdiff_t kc, const DT* w, ptrdiff_t ldw, ptrdiff_t w_row,
+                    DT* wp)
+{
+    for (ptrdiff_t i = 0; i < width; i++) {
+        const DT* row = w + i * w_row;
+        for (ptrdiff_t o = 0; o < kc; o++)
+            wp[o * width + i] = row[o * ldw];
+    }
+}
+
 /* thin_gemm's packing of g where its terms are gathered rows and its
  * positions consecutive in them (the weight gradient's grad_output rows):
  * row by row, each read once from start to end, each tile's slice of it a
@@ -450,7 +464,7 @@ DFN(thin_pack_rows)(const DT* g, const ptrdiff_t* gt_at, ptrdiff_t kc, ptrdiff_t
 }
 
 /* c[p * ldc + r] = (add ? c[p * ldc + r] : 0) + sum over o < n_terms of
- * w[o * ldw + r] * g[o * g_term + p * g_pos], for r < n_rows, p < n_pos: a GEMM
+ * w[o * ldw + r * w_row] * g[o * g_term + p * g_pos], for r < n_rows, p < n_pos: a GEMM
  * whose operand w is read in place, its rows being the vectors, and only g,
  * the small operand, is packed: THIN_KC terms at a time, into gp (THIN_KC x
  * n_pos elements), tiles of DTNR positions whose sums stay in registers while
@@ -471,9 +485,14 @@ DFN(thin_pack_rows)(const DT* g, const ptrdiff_t* gt_at, ptrdiff_t kc, ptrdiff_t
  * rows they meet, _conv.pyx grad_weight_taps). Gathered rows would land on
  * few of L1's sets (an NHWC row is C elements after the last), so each block
  * of rows' slice of them is copied into wp, a contiguous THIN_KC x 2 vectors,
- * once per pass and read there by every tile of positions. */
+ * once per pass and read there by every tile of positions.
+ * w_row (1 where w_at is given): the distance between w's rows r; other
+ * than 1, w is stored the other way round (its terms contiguous, ldw 1: the
+ * NCHW weight gradient's unrolled rows, _conv.pyx grad_weight_channels) and
+ * each block of rows' slice is copied into wp transposed. */
 static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms,
-                                   const DT* w, ptrdiff_t ldw, const DT* g, ptrdiff_t g_term,
+                                   const DT* w, ptrdiff_t ldw, ptrdiff_t w_row, const DT* g,
+                                   ptrdiff_t g_term,
                                    ptrdiff_t g_pos, const ptrdiff_t* g_at, DT* c,
                                    ptrdiff_t ldc, const ptrdiff_t* c_at,
                                    const ptrdiff_t* w_at, const ptrdiff_t* gt_at, DT* gp,
@@ -503,10 +522,14 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
         for (; r < n_rows; ) {
             const ptrdiff_t width = n_rows - r >= 2 * DVEC ? 2 * DVEC
                                     : n_rows - r >= DVEC ? DVEC : n_rows - r;
-            const DT* wr = wk + r;
+            const DT* wr = wk + r;   /* (w_row 1) */
             ptrdiff_t ldr = ldw;
             if (w_at != NULL) {   /* this slice of the gathered rows, copied */
                 DFN(thin_gather)(width, kc, w + r, w_at + o0, wp);
+                wr = wp;
+                ldr = width;
+            } else if (w_row != 1) {   /* this slice of w's rows, transposed */
+                DFN(thin_transpose)(width, kc, wk + r * w_row, ldw, w_row, wp);
                 wr = wp;
                 ldr = width;
             }

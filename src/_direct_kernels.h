@@ -236,12 +236,13 @@ DIRECT_WEIGHT_DISPATCH(d, double)
 
 #define THIN_GEMM_ARGS(DT_)                                                               \
     ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms, const DT_* w, ptrdiff_t ldw,    \
+    ptrdiff_t w_row,                                                                      \
     const DT_* g, ptrdiff_t g_term, ptrdiff_t g_pos, const ptrdiff_t* g_at, DT_* c,       \
     ptrdiff_t ldc, const ptrdiff_t* c_at, const ptrdiff_t* w_at, const ptrdiff_t* gt_at,  \
     DT_* gp, int add
 #define THIN_GEMM_CALL(NAME)                                                              \
-    NAME(n_rows, n_pos, n_terms, w, ldw, g, g_term, g_pos, g_at, c, ldc, c_at, w_at, gt_at, \
-         gp, add)
+    NAME(n_rows, n_pos, n_terms, w, ldw, w_row, g, g_term, g_pos, g_at, c, ldc, c_at, w_at, \
+         gt_at, gp, add)
 #if DIRECT_X86_DISPATCH
 #define THIN_GEMM_DISPATCH_X86(SUF)                                                       \
     switch (direct_isa_level()) {                                                         \

@@ -167,7 +167,8 @@ def conv_path(request, monkeypatch):
     so only in float64, for some shapes). The input gradient's GEMMs are
     BLAS's on the gemm paths, the thin kernel's on gemm-thin (the planner's
     choice for float32 input gradients of few positions, NCHW conv2d and
-    NHWC weight gradients), both dtypes, every tile size (its other
+    NHWC weight gradients, and for NCHW weight gradients split by input
+    channels with many outputs), both dtypes, every tile size (its other
     orientation for NCHW input gradients: test_thin_positions_paths).
     NHWC calls follow the same forcing where their kernels take NHWC (the
     direct kernels read strided NCHW views of it); the NHWC depthwise kernel
@@ -205,6 +206,7 @@ def conv_path(request, monkeypatch):
         monkeypatch.setattr(_plan, "use_thin_positions", lambda *args: False)
         monkeypatch.setattr(_plan, "use_thin_forward", lambda nhwc, *args: thin and not nhwc)
         monkeypatch.setattr(_plan, "use_thin_weight", lambda *args: thin)
+        monkeypatch.setattr(_plan, "use_thin_weight_channels", lambda *args: thin)
     if request.param == "gemm-channels":
         monkeypatch.setattr(_plan, "MIN_CHUNK_COLUMNS", 1)
         monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)

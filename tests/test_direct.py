@@ -257,7 +257,8 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
     around one and two vectors (whole blocks, a one-vector block, the scalar
     rest), positions around its register tile (6 or 12), terms around its
     packing pass (THIN_KC = 128), grad_output read positions- or
-    terms-contiguous, leading dimensions past the rows, the result written
+    terms-contiguous, w read rows- or (w_row) terms-contiguous, leading
+    dimensions past the rows, the result written
     or added to; the columns past n_rows stay untouched. Then the same
     through offset tables (g_at, c_at: a gather and a scatter of positions):
     rows of c no position maps to stay untouched; and through term tables
@@ -269,6 +270,8 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
         for n_pos in (1, 5, 6, 7, 11, 12, 13, 25, 49):
             for n_rows in row_counts:
                 w = rand(rng, (n_terms, n_rows + 3), dtype)
+                if (n_terms + n_rows) % 3 == 0:   # w stored the other way round (w_row)
+                    w = rand(rng, (n_rows + 3, n_terms + 2), dtype)[:, 1:-1].T
                 if (n_terms + n_pos + n_rows) % 2:   # positions contiguous (NCHW)
                     g = rand(rng, (n_terms, n_pos + 2), dtype)[:, :n_pos]
                 else:                               # terms contiguous (NHWC)
@@ -308,6 +311,7 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
                                      as64(g[g_terms]))
                 if add:
                     expected += c[:, :n_rows]
-                _direct.thin_gemm(w, g, n_rows, c, add, w_terms=w_terms, g_terms=g_terms)
+                _direct.thin_gemm(np.ascontiguousarray(w), g, n_rows, c, add, w_terms=w_terms,
+                                  g_terms=g_terms)
                 assert_close(np.ascontiguousarray(c[:, :n_rows]), expected, dtype)
                 assert np.isnan(c[:, n_rows:]).all()
