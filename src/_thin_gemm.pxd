@@ -7,11 +7,13 @@ from cython cimport floating
 cdef extern from "_direct_kernels.h" nogil:
     int THIN_KC   # terms per packing pass: gp holds THIN_KC x n_pos elements
     void thin_gemm_f(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const float* w,
-                     Py_ssize_t ldw, Py_ssize_t w_row, const float* g, Py_ssize_t g_term, Py_ssize_t g_pos,
+                     Py_ssize_t ldw, Py_ssize_t w_row, const float* g, Py_ssize_t g_term,
+                     Py_ssize_t g_pos,
                      const Py_ssize_t* g_at, float* c, Py_ssize_t ldc, const Py_ssize_t* c_at,
                      const Py_ssize_t* w_at, const Py_ssize_t* gt_at, float* gp, int add)
     void thin_gemm_d(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const double* w,
-                     Py_ssize_t ldw, Py_ssize_t w_row, const double* g, Py_ssize_t g_term, Py_ssize_t g_pos,
+                     Py_ssize_t ldw, Py_ssize_t w_row, const double* g, Py_ssize_t g_term,
+                     Py_ssize_t g_pos,
                      const Py_ssize_t* g_at, double* c, Py_ssize_t ldc,
                      const Py_ssize_t* c_at, const Py_ssize_t* w_at, const Py_ssize_t* gt_at,
                      double* gp, int add)
