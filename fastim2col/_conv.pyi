@@ -67,7 +67,7 @@ def conv2d_grad_weight(
     by_taps: bool = False,
     taps_split: tuple[int, int, int] = (1, 1, 1),
 ) -> None:
-    """gw = the weight gradient of conv2d; thin (NHWC, one image a tile):
-    GEMMs by the thin kernel; by_taps (NHWC): tap by tap, units of split[1]
+    """gw = the weight gradient of conv2d; thin (NHWC one image a tile, or
+    NCHW by_channels not transposed): GEMMs by the thin kernel; by_taps (NHWC): tap by tap, units of split[1]
     output channels x split[0] input channels x taps_split[0] taps, calls of
     taps_split[1] images or (taps_split[2] < out_h) bands of that many rows."""

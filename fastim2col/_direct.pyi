@@ -23,6 +23,7 @@ def thin_gemm(w: np.ndarray, g: np.ndarray, n_rows: int, c: np.ndarray,
               g_terms: Sequence[int] | None = None) -> np.ndarray:
     """For tests: c[p, r] = sum_o w[o, r] g[o, p] (add: c[p, r] plus that sum)
     for r < n_rows, by the thin GEMM kernel at the ISA in effect; returns c.
+    w may be a transposed view (unit row stride: the kernel's w_row).
     g_at, c_at: position p is g's column g_at[p] and c's row c_at[p].
     w_terms, g_terms: term o is w's row w_terms[o] and g's row g_terms[o]."""
 

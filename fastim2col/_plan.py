@@ -383,8 +383,9 @@ def use_thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int
             and unit_rows <= THIN_POSITIONS_MAX_ROWS)
 
 
-# NCHW weight gradients split by input channels, tiles of one image, with
-# at least THIN_WEIGHT_NCHW_MIN_OUTPUTS output channels a group: the thin
+# NCHW weight gradients split by input channels, tiles of one image's
+# positions, at most THIN_WEIGHT_NCHW_MAX_POSITIONS of them, with at least
+# THIN_WEIGHT_NCHW_MIN_OUTPUTS output channels a group: the thin
 # kernel (both dtypes), the unit's unrolled rows read along their positions
 # and copied transposed, a block of rows at a time (thin_gemm's w_row), the
 # tile's grad_output broadcast; gw written in place. Whole calls, 2 threads,
@@ -392,13 +393,15 @@ def use_thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int
 # 512 from 14 px stride 2 0.90, 256 -> 1024 at 7 px 0.95; 256 channels at 14
 # px 0.99-1.03 (float64 0.97), 28 and 56 px 1.04-1.27: not there.
 THIN_WEIGHT_NCHW_MIN_OUTPUTS = 512
+THIN_WEIGHT_NCHW_MAX_POSITIONS = 64   # (7 px measured; larger tiles not)
 
 
-def use_thin_weight_channels(og: int, direct: bool, isa_level: int) -> bool:
-    """Whether an NCHW weight gradient split by input channels, one image a
-    tile, runs its GEMMs in the thin kernel (see THIN_WEIGHT_NCHW_MIN_OUTPUTS;
-    not 1x1 stride 1, unmeasured)."""
-    return og >= THIN_WEIGHT_NCHW_MIN_OUTPUTS and not direct and vector_fma(isa_level)
+def use_thin_weight_channels(og: int, tile: int, direct: bool, isa_level: int) -> bool:
+    """Whether an NCHW weight gradient split by input channels, tiles of
+    `tile` positions of one image, runs its GEMMs in the thin kernel (see
+    THIN_WEIGHT_NCHW_MIN_OUTPUTS; not 1x1 stride 1, unmeasured)."""
+    return (og >= THIN_WEIGHT_NCHW_MIN_OUTPUTS and tile <= THIN_WEIGHT_NCHW_MAX_POSITIONS
+            and not direct and vector_fma(isa_level))
 
 
 # NHWC weight gradients with tiles of this many positions (one image a
@@ -496,8 +499,9 @@ def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
 # arrays), whose input's channels are contiguous: tap by tap (src/_conv.pyx
 # grad_weight_taps), each tap's part of the gradient one thin GEMM over
 # gathered rows of the input and grad_output; nothing unrolled, no per-thread
-# sums. Calls of at least TAPS_WEIGHT_TERMS positions (images several to a
-# call, or bands of an image's rows), each call's rows kept in cache across
+# sums. Calls of about TAPS_WEIGHT_TERMS positions (images several to a
+# call as far as the batch goes, or bands of an image's rows), each call's
+# rows kept in cache across
 # the unit's taps. Whole calls, 2 threads, float32, time / the bare GEMM's,
 # unrolled tiles + BLAS or thin kernel -> taps, batch 1 / 8: ResNet 3x3 at
 # 7 px 1.19-1.25 / 1.43-1.52 -> 0.86-0.88 / 0.95; 14 px 1.25-1.27 / 1.11-1.18

@@ -150,7 +150,7 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
     if by_channels is not None:
         tile, block, per_tile, transposed = by_channels
         sums = False
-        if per_tile == 1 and _plan.use_thin_weight_channels(og, direct, isa_level):
+        if per_tile == 1 and _plan.use_thin_weight_channels(og, tile, direct, isa_level):
             thin, transposed = True, False   # (its GEMMs write gw in place)
         # per thread: the unrolled chunk and the transposed part; shared: the
         # gathered grad_output rows of a set of images

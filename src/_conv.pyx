@@ -877,7 +877,7 @@ cdef Py_ssize_t grad_weight_channels(const floating* x, const floating* go, floa
     cdef Py_ssize_t n_pos = cs.n_pos, og = cs.og, taps = cs.taps, kg = cs.kg
     cdef Py_ssize_t n_steps_img = (n_pos + cv.tile - 1) // cv.tile
     cdef ChannelChunk ch
-    cdef Py_ssize_t u, nk, n0, t, p0, p1, i, r, ld, q
+    cdef Py_ssize_t u, nk, n0, t, p0, p1, i, r, ld
     cdef Py_ssize_t n_failed = 0
     cdef floating beta
     cdef floating* buf = NULL
@@ -1208,7 +1208,8 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
     grad_weight_channels_images). transposed (NCHW, one image a tile, by
     channels or per-thread sums): GEMMs in the transposed orientation.
     Else images_per_tile > 1: tiles of that many whole images, per-thread sums.
-    thin (NHWC, one image a tile): the GEMMs by the thin kernel."""
+    thin (NHWC one image a tile, or NCHW by_channels not transposed): the
+    GEMMs by the thin kernel."""
     if thin and not (images_per_tile == 1 and (nhwc and not by_channels
                                                or by_channels and not transposed)):
         raise ValueError("conv2d_grad_weight: the thin GEMM is for tiles of one image")
@@ -1224,6 +1225,8 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
     cdef TapsSplit sp
     sp.in_block, sp.out_block = split
     sp.tap_block, sp.per_call, sp.band = taps_split
+    if by_taps and min(split + taps_split) < 1:
+        raise ValueError("conv2d_grad_weight: by_taps needs positive blocks")
     with nogil:
         if by_taps and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight_taps(<float*> xp, <float*> gop, <float*> gwp, cv, g, sp,

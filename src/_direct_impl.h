@@ -502,7 +502,7 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
     for (ptrdiff_t o0 = 0; o0 < n_terms; o0 += THIN_KC) {
         const ptrdiff_t kc = n_terms - o0 < THIN_KC ? n_terms - o0 : THIN_KC;
         const int accumulate = add || o0 > 0;
-        const DT* wk = w + o0 * ldw;
+        const DT* wk = w_at != NULL ? w : w + o0 * ldw;   /* (w_at: rows from w) */
         /* tile p0 (nr positions) at gp + p0 * kc, element (o, j) at o * nr + j */
         if (gt_at != NULL && g_at == NULL && g_pos == 1)
             DFN(thin_pack_rows)(g, gt_at + o0, kc, n_pos, gp);

@@ -195,6 +195,7 @@ def conv_path(request, monkeypatch):
         monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_CHANNELS", 1)
         monkeypatch.setattr(_plan, "TAPS_WEIGHT_TERMS", 7)
         monkeypatch.setattr(_plan, "TAPS_WEIGHT_MAX_OUT_BLOCK", 5)
+        monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_OUT_BLOCK", 1)
     else:
         monkeypatch.setattr(_plan, "use_taps", lambda *args: False)
         monkeypatch.setattr(_plan, "use_weight_taps", lambda *args: False)
