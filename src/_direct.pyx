@@ -407,9 +407,32 @@ cdef void pack_grad_band(const floating* g, Py_ssize_t s_c, Py_ssize_t s_h, Py_s
     # Rows [oh0, oh0 + rows) of og channels of grad_output (g: the first
     # channel of one image; strides in elements, NCHW or NHWC) in grid
     # layout: row_len per row, zeros in the dropped columns and up to g_len.
-    cdef Py_ssize_t o, r, q
+    cdef Py_ssize_t o, r, q, q0, q1
     cdef floating* d
     cdef const floating* src
+    if s_c == 1 and s_w != 1:
+        # NHWC: a block of 16 positions at a time, all channels, so that
+        # the block's lines (each position's channels) stay in L1 while
+        # every channel's row takes its run. Channel by channel, each
+        # position's line was fetched again for every channel: the stem's
+        # NHWC weight gradient took 1.28x its GEMM's time at batch 1 (0.98
+        # from an NCHW copy of grad_output), 1.07-1.12x now; batch 8 1.13 ->
+        # 0.95-0.97.
+        for r in range(rows):
+            src = g + (oh0 + r) * s_h
+            for q0 in range(0, out_w, 16):
+                q1 = min(out_w, q0 + 16)
+                for o in range(og):
+                    d = dst + o * g_len + r * row_len
+                    for q in range(q0, q1):
+                        d[q] = src[q * s_w + o]
+            for o in range(og):
+                d = dst + o * g_len + r * row_len
+                memset(d + out_w, 0, (row_len - out_w) * sizeof(floating))
+        for o in range(og):
+            d = dst + o * g_len
+            memset(d + rows * row_len, 0, (g_len - rows * row_len) * sizeof(floating))
+        return
     for o in range(og):
         d = dst + o * g_len
         for r in range(rows):
