@@ -3,7 +3,9 @@ conv_transpose2d (conv2d_input's twin), time_ and track_ GFLOP/s.
 
 float32 runs the layer x batch x threads grid (VGG at batch 8 skipped);
 float64 runs every layer at batch 8 on one thread only (the *Float64
-classes): a canary for the dgemm path, not a second full grid.
+classes): a canary for the dgemm path, not a second full grid. The NHWC
+layout's gradients (their own kernels: tap by tap for most ResNet layers)
+run float32 on one thread (the *NHWC classes), as conv2d's NHWC benchmark.
 """
 from .common import (BATCHES, LAYER_NAMES, _LayerBench, check_case, conv_flops, conv_kwargs, fastim2col,
                      fgrad, median_time, rate, rng_arrays, set_threads, shapes,
@@ -14,12 +16,14 @@ _FLOAT64_PARAMS = [LAYER_NAMES, BATCHES[-1:], [1]]
 
 
 class _GradBench(_LayerBench):
+    layout = "NCHW"
+
     def setup(self, layer, batch, threads):
         L = check_case(layer, batch)
         set_threads(threads)
-        self.xs, self.ws, gs = shapes(L, batch)
+        self.xs, self.ws, gs = shapes(L, batch, self.layout)
         self.x, self.w, self.g = rng_arrays([self.xs, self.ws, gs], self.dtype)
-        self.kw = conv_kwargs(L)
+        self.kw = dict(conv_kwargs(L), layout=self.layout)
         self.op = transpose_output_padding(L)
         self.flops = conv_flops(L, batch)
 
@@ -63,6 +67,16 @@ class ConvTranspose2d(_GradBench):
         return rate(self.flops, t)
 
     track_gflops.unit = "GFLOP/s"
+
+
+class Conv2dInputNHWC(Conv2dInput):
+    params = [LAYER_NAMES, BATCHES, [1]]
+    layout = "NHWC"
+
+
+class Conv2dWeightNHWC(Conv2dWeight):
+    params = [LAYER_NAMES, BATCHES, [1]]
+    layout = "NHWC"
 
 
 class Conv2dInputFloat64(Conv2dInput):
