@@ -1,5 +1,7 @@
 """Gradients of conv2d: finite differences, the reference over the parameter
 space, adjointness, any strides, out=, NaN and empty sizes."""
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -323,17 +325,29 @@ def test_input_gradient_tiles_ending_mid_row(rng, monkeypatch, restore_threads, 
         assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d), dtype)
 
 
+class _Call(NamedTuple):
+    args: tuple
+    kwargs: dict
+
+
+def _log_kernel_calls(monkeypatch, name):
+    """A list that collects each call of the kernel entry _conv.<name> (its
+    positional and keyword arguments); the calls go through."""
+    from fastim2col import _conv
+    calls = []
+    real = getattr(_conv, name)
+    monkeypatch.setattr(_conv, name, lambda *a, **k: calls.append(_Call(a, k)) or real(*a, **k))
+    return calls
+
+
 def _thin_input_gradients(monkeypatch):
     """For the thin GEMM's input-gradient tests: the GEMM kernels always (not
     the direct ones), work split among threads even when small, tiles of a
     few output rows (several an image); returns the list that collects the
     arguments of each conv2d_grad_input kernel call."""
     from conftest import split_small_work
-    from fastim2col import _conv, _plan
-    calls = []
-    real = _conv.conv2d_grad_input
-    monkeypatch.setattr(_conv, "conv2d_grad_input",
-                        lambda *a: calls.append(a) or real(*a))
+    from fastim2col import _plan
+    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
     monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
     monkeypatch.setattr(_plan, "use_taps", lambda *a: False)
     split_small_work(monkeypatch)
@@ -395,9 +409,9 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
             got[threads] = conv2d_input(img_to(np.empty(x_shape), layout).shape,
                                         weight_to(w, layout), img_to(g, layout), s, p,
                                         groups=groups, layout=layout)
-            assert calls[-1][12] is True   # thin
-            images += calls[-1][10] > 1
-            tiles += calls[-1][6][0] < g.shape[2] * g.shape[3]
+            assert calls[-1].args[12] is True   # thin
+            images += calls[-1].args[10] > 1
+            tiles += calls[-1].args[6][0] < g.shape[2] * g.shape[3]
             assert_close(got[threads], img_to(expected, layout), dtype)
             got_t = F.conv_transpose2d(img_to(g, layout), weight_to(w, layout), b, s, p,
                                        output_padding=op, groups=groups, layout=layout)
@@ -431,8 +445,9 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
         got = {}
         for threads in _thread_counts(calls):
             got[threads] = conv2d_input(x_shape, w, g, s, p, groups=groups)
-            assert calls[-1][13] is True   # thin_positions
-            (tile, block), direct, per_tile = calls[-1][6], calls[-1][8], calls[-1][10]
+            assert calls[-1].args[13] is True   # thin_positions
+            args = calls[-1].args
+            (tile, block), direct, per_tile = args[6], args[8], args[10]
             if direct:
                 seen.add("1x1 tiles" if tile < h * w_ else "1x1 whole images")
                 seen.add("1x1 channel blocks" if block < c // groups else "1x1 all channels")
@@ -449,6 +464,13 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
                     "image sets", "folded tiles"}, seen
 
 
+# The tap-by-tap kernels' cases: (batch, channels, outputs, height, width,
+# kernel, stride, padding, dilation, groups): 3x3 stride 1 and 2, dilation 2
+# with groups, 1x1 stride 2.
+_TAPS_CASES = [(1, 40, 16, 9, 11, 3, 1, 1, 1, 1), (3, 24, 26, 7, 6, 3, 2, 1, 1, 1),
+               (2, 16, 12, 10, 9, 3, 1, 2, 2, 2), (2, 33, 8, 8, 8, 1, 2, 0, 1, 1)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_taps_paths(rng, monkeypatch, restore_threads, dtype):
     """NHWC input gradients tap by tap (src/_conv.pyx grad_input_taps; forced,
@@ -459,22 +481,15 @@ def test_taps_paths(rng, monkeypatch, restore_threads, dtype):
     reference, and with the same bits for every split and thread count
     (each element is summed by one unit, taps and then channels in order)."""
     from conftest import split_small_work
-    from fastim2col import _conv, _plan
-    calls = []
-    real = _conv.conv2d_grad_input
-    monkeypatch.setattr(_conv, "conv2d_grad_input",
-                        lambda *a, **k: calls.append(k) or real(*a, **k))
+    from fastim2col import _plan
+    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
     monkeypatch.setattr(_plan, "use_taps", lambda nhwc, cg, direct, isa: nhwc and not direct)
     split_small_work(monkeypatch)
     planned = _plan.grad_input_taps
     # (rows a band, channels a block, images a set, the weights' copy's
     # leading dimension or 0)
     splits = [None, (1, 16, 1, 0), (2, 7, 1, 9), (100, 100, 2, 120), (3, 32, 3, 0)]
-    # (batch, channels, outputs, height, width, kernel, stride, padding, dilation, groups)
-    for n, c, o, h, w_, k, s, p, d, groups in [
-            (1, 40, 16, 9, 11, 3, 1, 1, 1, 1), (3, 24, 20, 7, 6, 3, 2, 1, 1, 1),
-            (2, 16, 12, 10, 9, 3, 1, 2, 2, 2), (2, 33, 8, 8, 8, 1, 2, 0, 1, 1),
-            (1, 3, 8, 20, 18, 7, 2, 3, 1, 1)]:
+    for n, c, o, h, w_, k, s, p, d, groups in _TAPS_CASES + [(1, 3, 8, 20, 18, 7, 2, 3, 1, 1)]:
         x_shape = (n, c, h, w_)
         w, g, b, op, expected, expected_t = _input_gradient_case(
             rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups, d)
@@ -486,7 +501,7 @@ def test_taps_paths(rng, monkeypatch, restore_threads, dtype):
                 got = conv2d_input(img_to(np.empty(x_shape), "NHWC").shape,
                                    weight_to(w, "NHWC"), img_to(g, "NHWC"), s, p, d, groups,
                                    layout="NHWC")
-                assert calls[-1]["by_taps"] is True
+                assert calls[-1].kwargs["by_taps"] is True
                 assert_close(got, img_to(expected, "NHWC"), dtype)
                 results.append(got)
                 got_t = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,
@@ -507,20 +522,13 @@ def test_weight_taps_paths(rng, monkeypatch, restore_threads, dtype):
     the same bits for every split and thread count (each element is summed by
     one unit, positions in order). An input whose channels are not
     contiguous (an NCHW array's NHWC view) goes the other way."""
-    from fastim2col import _conv, _plan
-    calls = []
-    real = _conv.conv2d_grad_weight
-    monkeypatch.setattr(_conv, "conv2d_grad_weight",
-                        lambda *a, **k: calls.append(k) or real(*a, **k))
+    from fastim2col import _plan
+    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_weight")
     monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_CHANNELS", 1)
     planned = _plan.grad_weight_taps
     # (output channels a unit, taps a unit, images a call, output rows a call)
     splits = [None, (5, 1, 1, 2), (12, 3, 2, 100), (24, 100, 3, 100), (7, 2, 1, 1)]
-    # (batch, channels, outputs, height, width, kernel, stride, padding, dilation, groups)
-    for n, c, o, h, w_, k, s, p, d, groups in [
-            (1, 40, 16, 9, 11, 3, 1, 1, 1, 1), (3, 24, 26, 7, 6, 3, 2, 1, 1, 1),
-            (2, 16, 12, 10, 9, 3, 1, 2, 2, 2), (2, 33, 8, 8, 8, 1, 2, 0, 1, 1),
-            (3, 36, 13, 2, 3, 3, 1, 3, 3, 1)]:
+    for n, c, o, h, w_, k, s, p, d, groups in _TAPS_CASES + [(3, 36, 13, 2, 3, 3, 1, 3, 3, 1)]:
         x = rand(rng, (n, c, h, w_), dtype)
         w_shape = (o, c // groups, k, k)
         y_shape = R.conv2d(np.zeros(x.shape), np.zeros(w_shape), stride=s, padding=p,
@@ -540,13 +548,13 @@ def test_weight_taps_paths(rng, monkeypatch, restore_threads, dtype):
                     got = conv2d_weight(x_in, expected.shape, img_to(g, "NHWC"), s, p, d,
                                         groups, layout="NHWC",
                                         out=np.full(expected.shape, np.nan, dtype))
-                    assert calls[-1]["by_taps"] is True
+                    assert calls[-1].kwargs["by_taps"] is True
                     assert_close(got, expected, dtype)
                     results.append(got)
         assert all(np.array_equal(results[0], r) for r in results[1:])
         got = conv2d_weight(img_to(x, "NHWC"), expected.shape, img_to(g, "NHWC"), s, p, d, groups,
                             layout="NHWC")
-        assert "by_taps" not in calls[-1]
+        assert "by_taps" not in calls[-1].kwargs
         assert_close(got, expected, dtype)
 
 
@@ -643,11 +651,8 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, dtype):
     against the reference. Each weight's sum runs over the positions in
     order, whatever the tiles: blocks give the same bits on 1 and 3 threads."""
     from conftest import split_small_work
-    from fastim2col import _conv, _plan
-    calls = []
-    real = _conv.conv2d_grad_weight
-    monkeypatch.setattr(_conv, "conv2d_grad_weight",
-                        lambda *a: calls.append(a) or real(*a))
+    from fastim2col import _plan
+    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_weight")
     monkeypatch.setattr(_plan, "use_direct_weight", lambda *a: False)
     monkeypatch.setattr(_plan, "use_thin_weight", lambda tile, itemsize, isa_level: isa_level >= 0)
     monkeypatch.setattr(_plan, "grad_weight_images", lambda *a: None)
@@ -667,8 +672,8 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, dtype):
         for threads in _thread_counts(calls):
             got[threads] = conv2d_weight(R.to_nhwc(x), weight_to(np.zeros(w_shape), "NHWC").shape,
                                          R.to_nhwc(g), s, p, groups=groups, layout="NHWC")
-            assert calls[-1][13] is True   # thin
-            sums = calls[-1][8]
+            assert calls[-1].args[13] is True   # thin
+            sums = calls[-1].args[8]
             plans.add(sums)
             assert_close(got[threads], weight_to(expected, "NHWC"), dtype)
         if not sums:
@@ -684,11 +689,8 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
     1x1 with nothing to fold, and conv_transpose2d's bias on each), checked
     against the reference; float32 transposed too, forced. BLAS GEMMs
     only: the thin kernel's tiles are always transposed (test_thin_gemm_paths)."""
-    from fastim2col import _conv, _plan
-    calls = []
-    real = _conv.conv2d_grad_input
-    monkeypatch.setattr(_conv, "conv2d_grad_input",
-                        lambda *a: calls.append(a) or real(*a))
+    from fastim2col import _plan
+    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
     monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
     monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: False)
     item = np.dtype(dtype).itemsize
@@ -710,7 +712,8 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
             calls.clear()
             got = conv2d_input(x_shape, w, g, s, p)
             assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p), dtype)
-            (tile, block), per_tile, transposed = calls[-1][6], calls[-1][10], calls[-1][11]
+            args = calls[-1].args
+            (tile, block), per_tile, transposed = args[6], args[10], args[11]
             assert transposed == (force or (item == 8 and 2 * tile <= block * k * k))
             chosen.append(transposed)
             b = rng.standard_normal(c).astype(dtype)   # the adjoint, with a bias
@@ -718,7 +721,7 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
             got = F.conv_transpose2d(g, w, b, s, p, output_padding=(size + 2 * p - k) % s)
             assert_close(got, R.conv_transpose2d(as64(g), as64(w), as64(b), s, p,
                                                  output_padding=(size + 2 * p - k) % s), dtype)
-            assert calls[-1][11] == transposed
+            assert calls[-1].args[11] == transposed
             if force is None and (n, size) == (4, 8):
                 assert per_tile > 1   # the whole-images kernel ran
         if not force:   # the rule took both sides in float64 (the last case: not)
