@@ -501,8 +501,8 @@ def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
 # gathered rows of the input and grad_output; nothing unrolled, no per-thread
 # sums. Calls of about TAPS_WEIGHT_TERMS positions (images several to a
 # call as far as the batch goes, or bands of an image's rows), each call's
-# rows kept in cache across
-# the unit's taps. Whole calls, 2 threads, float32, time / the bare GEMM's,
+# rows kept in cache across the unit's taps. Whole calls, 2 threads,
+# float32, time / the bare GEMM's,
 # unrolled tiles + BLAS or thin kernel -> taps, batch 1 / 8: ResNet 3x3 at
 # 7 px 1.19-1.25 / 1.43-1.52 -> 0.86-0.88 / 0.95; 14 px 1.25-1.27 / 1.11-1.18
 # -> 0.91-0.92 / 0.94-0.95; 28 px 1.33-1.39 / 1.09-1.13 -> 1.05 / 1.05;
