@@ -411,7 +411,8 @@ def use_thin_weight_channels(og: int, tile: int, direct: bool, isa_level: int) -
 # -> thin: ResNet 3x3 at 56 px 1.37 -> 1.05 (batch 1), 1.18 -> 0.87 (8); at
 # 28 px 1.36 -> 1.31, 1.19 -> 1.12; at 14 px batch 1 1.50 -> 1.25 (with one
 # block of output channels a thread, see grad_weight). 7 px (49 positions):
-# 1.29 -> 1.31-1.35, so not there.
+# 1.29 -> 1.31-1.35, so not there. (Layers with TAPS_WEIGHT_MIN_CHANNELS or
+# more now run tap by tap instead: 56 px is what stays here.)
 THIN_WEIGHT_MIN_POSITIONS = 96
 THIN_WEIGHT_MAX_POSITIONS = 512
 
@@ -423,7 +424,7 @@ def use_thin_weight(tile: int, itemsize: int, isa_level: int) -> bool:
             and THIN_WEIGHT_MIN_POSITIONS <= tile <= THIN_WEIGHT_MAX_POSITIONS)
 
 
-# NHWC input gradients (float32, thin_kernel_runs) of layers with at least
+# NHWC input gradients (both dtypes, vector_fma) of layers with at least
 # TAPS_MIN_CHANNELS input channels a group, except 1x1 stride 1 (one GEMM
 # straight into the result): tap by tap (src/_conv.pyx grad_input_taps), each
 # tap one thin GEMM that gathers grad_output's rows and scatters its result
@@ -502,8 +503,8 @@ def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
 # sums. Calls of about TAPS_WEIGHT_TERMS positions (images several to a
 # call as far as the batch goes, or bands of an image's rows), each call's
 # rows kept in cache across the unit's taps. Whole calls, 2 threads,
-# float32, time / the bare GEMM's,
-# unrolled tiles + BLAS or thin kernel -> taps, batch 1 / 8: ResNet 3x3 at
+# float32, time / the bare GEMM's, unrolled tiles + BLAS or thin kernel ->
+# taps, batch 1 / 8: ResNet 3x3 at
 # 7 px 1.19-1.25 / 1.43-1.52 -> 0.86-0.88 / 0.95; 14 px 1.25-1.27 / 1.11-1.18
 # -> 0.91-0.92 / 0.94-0.95; 28 px 1.33-1.39 / 1.09-1.13 -> 1.05 / 1.05;
 # float64 7 px 1.19 / 1.29 -> 1.00 / 1.03-1.08, 14 px 1.34 / 1.13 -> 0.95 /

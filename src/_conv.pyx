@@ -1048,8 +1048,9 @@ cdef Py_ssize_t grad_weight_taps(const floating* x, const floating* go, floating
     cdef Py_ssize_t n_tblocks = (n_taps + sp.tap_block - 1) // sp.tap_block
     cdef Py_ssize_t n_units = cv.groups * n_tblocks * n_oblocks * n_iblocks
     cdef bint by_images = sp.band >= g.out_h
+    cdef Py_ssize_t n_bands = (g.out_h + sp.band - 1) // sp.band
     cdef Py_ssize_t n_parts = ((cv.n_images + sp.per_call - 1) // sp.per_call if by_images
-                               else cv.n_images * ((g.out_h + sp.band - 1) // sp.band))
+                               else cv.n_images * n_bands)
     cdef Py_ssize_t max_terms = (sp.per_call * g.out_h if by_images else sp.band) * g.out_w
     cdef Py_ssize_t u, grp, t0, t1, t, m0, m1, c0, c1, part, n0, n_img, y0, y1, n_at, q, c
     cdef Py_ssize_t n_failed = 0
@@ -1082,9 +1083,9 @@ cdef Py_ssize_t grad_weight_taps(const floating* x, const floating* go, floating
                         y0 = 0
                         y1 = g.out_h
                     else:
-                        n0 = part // ((g.out_h + sp.band - 1) // sp.band)
+                        n0 = part // n_bands
                         n_img = 1
-                        y0 = (part % ((g.out_h + sp.band - 1) // sp.band)) * sp.band
+                        y0 = (part % n_bands) * sp.band
                         y1 = min(g.out_h, y0 + sp.band)
                     for t in range(t0, t1):
                         n_at = tap_terms(&cv, &g, t // g.kernel_w, t % g.kernel_w, n0, n_img,

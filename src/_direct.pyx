@@ -426,22 +426,19 @@ cdef void pack_grad_band(const floating* g, Py_ssize_t s_c, Py_ssize_t s_h, Py_s
                     d = dst + o * g_len + r * row_len
                     for q in range(q0, q1):
                         d[q] = src[q * s_w + o]
-            for o in range(og):
-                d = dst + o * g_len + r * row_len
-                memset(d + out_w, 0, (row_len - out_w) * sizeof(floating))
+    else:
         for o in range(og):
             d = dst + o * g_len
-            memset(d + rows * row_len, 0, (g_len - rows * row_len) * sizeof(floating))
-        return
-    for o in range(og):
+            for r in range(rows):
+                src = g + o * s_c + (oh0 + r) * s_h
+                if s_w == 1:
+                    memcpy(d + r * row_len, src, out_w * sizeof(floating))
+                else:
+                    for q in range(out_w):
+                        d[r * row_len + q] = src[q * s_w]
+    for o in range(og):   # the zeros: dropped columns, then up to g_len
         d = dst + o * g_len
         for r in range(rows):
-            src = g + o * s_c + (oh0 + r) * s_h
-            if s_w == 1:
-                memcpy(d + r * row_len, src, out_w * sizeof(floating))
-            else:
-                for q in range(out_w):
-                    d[r * row_len + q] = src[q * s_w]
             memset(d + r * row_len + out_w, 0, (row_len - out_w) * sizeof(floating))
         memset(d + rows * row_len, 0, (g_len - rows * row_len) * sizeof(floating))
 

@@ -440,29 +440,6 @@ DFN(thin_transpose)(ptrdiff_t width, ptrdiff_t kc, const DT* w, ptrdiff_t ldw, p
     }
 }
 
-/* thin_gemm's packing of g where its terms are gathered rows and its
- * positions consecutive in them (the weight gradient's grad_output rows):
- * row by row, each read once from start to end, each tile's slice of it a
- * copy of whole DTNR-element runs. (Tile by tile, each tile would read every
- * row's slice again, rows that fall on few of L1's sets.) */
-static inline __attribute__((always_inline)) DTARGET void
-DFN(thin_pack_rows)(const DT* g, const ptrdiff_t* gt_at, ptrdiff_t kc, ptrdiff_t n_pos,
-                    DT* gp)
-{
-    const ptrdiff_t n_whole = n_pos - n_pos % DTNR;
-    for (ptrdiff_t o = 0; o < kc; o++) {
-        const DT* row = g + gt_at[o];
-        for (ptrdiff_t p0 = 0; p0 < n_whole; p0 += DTNR) {
-            DT* dst = gp + p0 * kc + o * DTNR;
-            for (int j = 0; j < DTNR; j++)
-                dst[j] = row[p0 + j];
-        }
-        const ptrdiff_t nr = n_pos - n_whole;
-        for (ptrdiff_t j = 0; j < nr; j++)
-            gp[n_whole * kc + o * nr + j] = row[n_whole + j];
-    }
-}
-
 /* c[p * ldc + r] = (add ? c[p * ldc + r] : 0) + sum over o < n_terms of
  * w[o * ldw + r * w_row] * g[o * g_term + p * g_pos], for r < n_rows, p < n_pos: a GEMM
  * whose operand w is read in place, its rows being the vectors, and only g,
@@ -504,9 +481,7 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
         const int accumulate = add || o0 > 0;
         const DT* wk = w_at != NULL ? w : w + o0 * ldw;   /* (w_at: rows from w) */
         /* tile p0 (nr positions) at gp + p0 * kc, element (o, j) at o * nr + j */
-        if (gt_at != NULL && g_at == NULL && g_pos == 1)
-            DFN(thin_pack_rows)(g, gt_at + o0, kc, n_pos, gp);
-        else for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DTNR) {
+        for (ptrdiff_t p0 = 0; p0 < n_pos; p0 += DTNR) {
             const ptrdiff_t nr = n_pos - p0 < DTNR ? n_pos - p0 : DTNR;
             ptrdiff_t at_j[DTNR];
             for (ptrdiff_t j = 0; j < nr; j++)
