@@ -41,13 +41,22 @@ def conv2d_grad_input(
     thin_positions: bool = False,
     by_taps: bool = False,
     weights_copy_ld: int = 0,
+    few: bool = False,
+    few_copy: bool = True,
 ) -> None:
     """gx = the input gradient of conv2d (+ bias per channel of gx);
     transposed (NCHW): GEMMs with positions as their rows; thin: GEMMs by the
     thin kernel (NCHW: transposed too); thin_positions (NCHW): by the thin
     kernel over grad_output's rows; by_taps (NHWC): tap by tap, split =
     (input rows, input channels) a unit, images_per_tile images a unit,
-    weights_copy_ld > 0: each tap's weights copied first, rows that far apart."""
+    weights_copy_ld > 0: each tap's weights copied first, rows that far apart;
+    few (NHWC, at most 4 input channels a group): element by element, units
+    of split[0] input rows, w as (groups, taps, cg, og), few_copy: each unit's
+    grad_output rows copied first."""
+
+def force_isa(level: int) -> int:
+    """For tests: this module's vector kernels at ISA level `level` (-1: the
+    best); returns the level in effect."""
 
 def conv2d_grad_weight(
     x: np.ndarray,

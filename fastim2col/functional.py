@@ -259,6 +259,18 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     if _plan.use_taps(nhwc, cg, direct, isa_level):
         _taps_input_gradient(grad, weight, bias, res, dims, win, groups, n_threads)
         return
+    og = rows // groups
+    if _plan.use_few_channels(nhwc, cg, og, direct, win,
+                              _direct.vector_elements(res.itemsize), isa_level):
+        # the weights as (groups, taps, cg, og): each tap's columns contiguous
+        wt = weight.reshape(groups, og, -1, cg).transpose(0, 2, 3, 1).copy()
+        band = _plan.grad_input_few(n, groups, og, win, res.itemsize, n_threads)
+        # grad_output's rows are copied (to start on cache lines) unless they do
+        copy = grad.ctypes.data % 64 or (rows * res.itemsize) % 64
+        _conv.conv2d_grad_input(grad, wt, bias, res, (n, c, rows, groups), tuple(win),
+                                (band, cg), True, False, n_threads, few=True,
+                                few_copy=bool(copy))
+        return
     if _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc):
         return
     n_pos = win.out_h * win.out_w

@@ -20,11 +20,27 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy
 
 from _blas cimport gemm_rm
+from _lines cimport CACHE_LINE, line_start
 from _openmp cimport new_thread_keys, omp_get_thread_num
 from _thin_gemm cimport THIN_KC, thin_gemm, thin_gemm_at, thin_gemm_terms, thin_gemm_t
-from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
+from _unroll cimport Geometry, ceil_div, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
 
 cnp.import_array()
+
+
+cdef extern from "_direct_kernels.h" nogil:
+    ctypedef struct FewShape:
+        Py_ssize_t in_h, in_w, out_h, out_w, kernel_h, kernel_w
+        Py_ssize_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+        Py_ssize_t cg, og, ld_gx, ld_go
+    int FEW_MAX_CHANNELS
+    int FEW_TABLES
+    int direct_force_isa(int level)
+    void few_rows_f(const float* go, Py_ssize_t oy0, const float* wt, const float* bias,
+                    float* gx, Py_ssize_t y0, Py_ssize_t y1, const FewShape* s, Py_ssize_t* tab)
+    void few_rows_d(const double* go, Py_ssize_t oy0, const double* wt, const double* bias,
+                    double* gx, Py_ssize_t y0, Py_ssize_t y1, const FewShape* s,
+                    Py_ssize_t* tab)
 
 
 cdef inline floating* thin_scratch(bint thin, Py_ssize_t n_pos, floating* like) noexcept nogil:
@@ -472,6 +488,106 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                                       rows if transposed else 1, c1 - c0, &g, p0, p1, dst)
             free(buf)
             free(gp)
+    return n_failed
+
+
+cdef inline Py_ssize_t few_first_row(const Geometry* g, Py_ssize_t y0) noexcept nogil:
+    # The first grad_output row whose window reaches input rows from y0 on
+    return max(0, ceil_div(y0 + g.pad_h - (g.kernel_h - 1) * g.dilation_h, g.stride_h))
+
+
+cdef inline Py_ssize_t few_end_row(const Geometry* g, Py_ssize_t y1) noexcept nogil:
+    # One past the last grad_output row whose window reaches input rows before y1
+    return min(g.out_h, (y1 - 1 + g.pad_h) // g.stride_h + 1)
+
+
+cdef Py_ssize_t grad_input_few(const floating* go, const floating* w, const floating* bias,
+                               floating* gx, Conv cv, Geometry g, bint copy,
+                               int n_threads) noexcept nogil:
+    # NHWC, few input channels a group: gx element by element, each a dot
+    # product of the grad_output pixels that reach it with the weights of
+    # the taps they reach it by (few_rows, src/_direct_impl.h); nothing
+    # unrolled, folded or reduced. Units (image, group, band of cv.tile input
+    # rows) write disjoint rows of gx: one phase, any split gives the same
+    # bits. w: the weights as (groups, taps, cg, og), contiguous; copied
+    # here to start on a cache line. copy: each unit first copies the
+    # grad_output rows its band needs, the group's channels, to a per-thread
+    # buffer on a cache line (NumPy's arrays start 16 bytes past one: every
+    # vector load of grad_output split a line, 1.2x the time); else go is
+    # read in place (its pixels start on lines).
+    cdef FewShape s
+    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t n_bands = (g.in_h + cv.tile - 1) // cv.tile
+    cdef Py_ssize_t n_units = cv.n_images * cv.groups * n_bands
+    cdef Py_ssize_t u, n, grp, band, y0, y1, oy0, oy1, r, n_failed = 0
+    cdef Py_ssize_t w_elems, buf_rows = 0, row_elems
+    cdef Py_ssize_t* tab
+    cdef void* raw
+    cdef void* w_raw
+    cdef const floating* wt
+    cdef floating* buf
+    cdef const floating* src
+    cdef const floating* go_n
+    cdef floating* gx_n
+    cdef FewShape su
+    s.in_h, s.in_w, s.out_h, s.out_w = g.in_h, g.in_w, g.out_h, g.out_w
+    s.kernel_h, s.kernel_w, s.stride_h, s.stride_w = (g.kernel_h, g.kernel_w, g.stride_h,
+                                                      g.stride_w)
+    s.pad_h, s.pad_w, s.dilation_h, s.dilation_w = g.pad_h, g.pad_w, g.dilation_h, g.dilation_w
+    s.cg, s.og = cv.n_channels // cv.groups, cv.n_out // cv.groups
+    s.ld_gx, s.ld_go = cv.n_channels, cv.n_out
+    row_elems = g.out_w * s.og
+    if copy:   # the most rows a band reaches
+        buf_rows = min(g.out_h, (cv.tile - 1 + (g.kernel_h - 1) * g.dilation_h) // g.stride_h + 2)
+    w_elems = cv.groups * kk * s.cg * s.og
+    w_raw = malloc(w_elems * sizeof(floating) + CACHE_LINE)
+    if w_raw == NULL:
+        return 1
+    wt = <const floating*> line_start(w_raw)
+    memcpy(<void*> wt, w, w_elems * sizeof(floating))
+    with parallel(num_threads=n_threads):
+        tab = <Py_ssize_t*> malloc(FEW_TABLES * kk * sizeof(Py_ssize_t))
+        raw = NULL
+        if copy:
+            raw = malloc(buf_rows * row_elems * sizeof(floating) + CACHE_LINE)
+        buf = <floating*> line_start(raw)
+        for u in prange(n_units, schedule='static'):
+            band = u % n_bands
+            grp = (u // n_bands) % cv.groups
+            n = u // (n_bands * cv.groups)
+            if tab == NULL or (copy and raw == NULL):
+                n_failed += 1
+            else:
+                y0 = band * cv.tile
+                y1 = min(g.in_h, y0 + cv.tile)
+                su = s
+                oy0 = 0
+                go_n = go + n * g.out_h * g.out_w * cv.n_out + grp * s.og
+                if copy:   # rows [oy0, oy1), the group's channels, pixels og apart
+                    # (assigned here, not through pointers: prange keeps only
+                    # variables assigned in its body private to each thread)
+                    oy0 = few_first_row(&g, y0)
+                    oy1 = max(oy0, few_end_row(&g, y1))
+                    src = go_n + oy0 * g.out_w * cv.n_out
+                    if s.og == cv.n_out:
+                        memcpy(buf, src, (oy1 - oy0) * row_elems * sizeof(floating))
+                    else:
+                        for r in range((oy1 - oy0) * g.out_w):
+                            memcpy(buf + r * s.og, src + r * cv.n_out, s.og * sizeof(floating))
+                    go_n = buf
+                    su.ld_go = s.og
+                gx_n = gx + n * g.in_h * g.in_w * cv.n_channels + grp * s.cg
+                if floating is float:
+                    few_rows_f(go_n, oy0, wt + grp * kk * s.cg * s.og,
+                               bias + grp * s.cg if bias != NULL else NULL, gx_n, y0, y1, &su,
+                               tab)
+                else:
+                    few_rows_d(go_n, oy0, wt + grp * kk * s.cg * s.og,
+                               bias + grp * s.cg if bias != NULL else NULL, gx_n, y0, y1, &su,
+                               tab)
+        free(tab)
+        free(raw)
+    free(w_raw)
     return n_failed
 
 
@@ -1104,6 +1220,14 @@ cdef inline void* data(cnp.ndarray a):
     return NULL if a is None else cnp.PyArray_DATA(a)
 
 
+def force_isa(int level):
+    """For tests: run this module's vector kernels (the thin GEMM, few_rows)
+    at ISA level `level`, as fastim2col._direct.force_isa does for its own
+    (each extension module holds its own copy of the level). Returns the
+    level now in effect. Not thread-safe: call it while no kernel runs."""
+    return direct_force_isa(level)
+
+
 def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
                    tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
                    int n_threads, Py_ssize_t images_per_tile=1, bint thin=False):
@@ -1140,8 +1264,12 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
                       tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
                       int n_threads, Py_ssize_t images_per_tile=1, bint transposed=False,
                       bint thin=False, bint thin_positions=False, bint by_taps=False,
-                      Py_ssize_t weights_copy_ld=0):
+                      Py_ssize_t weights_copy_ld=0, bint few=False, bint few_copy=True):
     """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx); all C-contiguous.
+    few (NHWC, at most FEW_MAX_CHANNELS input channels a group): element by element,
+    units of split[0] input rows (grad_input_few); w is then the weights as
+    (groups, taps, cg, og); few_copy: each unit copies the grad_output rows it
+    needs first (else they are read in place).
     by_taps (NHWC): tap by tap in the thin kernel, units of split[0] input
     rows, split[1] input channels and images_per_tile images; weights_copy_ld
     > 0 (at least split[1]): each tap's weights copied first, rows that far
@@ -1169,8 +1297,18 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
         raise ValueError("conv2d_grad_input: by_taps is for NHWC, not direct")
     if weights_copy_ld and weights_copy_ld < min(split[1], shape[1] // shape[3]):
         raise ValueError("conv2d_grad_input: weights_copy_ld is shorter than a block")
+    if few and not (nhwc and shape[1] // shape[3] <= FEW_MAX_CHANNELS and split[0] > 0
+                    and w.size == shape[1] * shape[2] // shape[3] * geom[4] * geom[5]):
+        raise ValueError("conv2d_grad_input: few is for NHWC, at most FEW_MAX_CHANNELS input "
+                         "channels a group, bands of rows, w as (groups, taps, cg, og)")
     with nogil:
-        if by_taps and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+        if few and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+            failed = grad_input_few(<float*> gop, <float*> wp, <float*> bp, <float*> gxp, cv, g,
+                                    few_copy, n_threads)
+        elif few:
+            failed = grad_input_few(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
+                                    cv, g, few_copy, n_threads)
+        elif by_taps and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input_taps(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
                                      cv, g, images_per_tile, weights_copy_ld, n_threads)
         elif by_taps:

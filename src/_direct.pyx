@@ -21,28 +21,15 @@ from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
+from _lines cimport CACHE_LINE, line_round, line_start
 from _openmp cimport new_thread_keys, omp_get_thread_num
 from _thin_gemm cimport THIN_KC, thin_gemm_f, thin_gemm_d
 from _unroll cimport Geometry
 
 cnp.import_array()
 
-# Per-thread buffers start on a cache line (64 bytes, the widest vector), and
-# the grids inside them too: the kernels' loads of grid rows then never split
-# a line (a grad_output band 8 bytes off a line cost the weight kernel 7%).
-# Allocate CACHE_LINE bytes more than needed, then line_start(raw).
-cdef enum:
-    CACHE_LINE = 64
-
-
-cdef inline void* line_start(void* raw) noexcept nogil:
-    return <void*> ((<size_t> raw + CACHE_LINE - 1) & ~(<size_t> (CACHE_LINE - 1)))
-
-
-cdef inline Py_ssize_t line_round(Py_ssize_t n_elems, Py_ssize_t itemsize) noexcept nogil:
-    # n_elems rounded up to whole cache lines
-    cdef Py_ssize_t per_line = CACHE_LINE // itemsize
-    return (n_elems + per_line - 1) // per_line * per_line
+# Per-thread buffers start on a cache line (_lines.pxd), and the grids inside
+# them too: the kernels' loads of grid rows then never split a line.
 
 
 cdef extern from "_direct_kernels.h" nogil:

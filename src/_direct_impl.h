@@ -7,6 +7,7 @@
  *   DWCO, DWT  output channels x taps per register block of the weight gradient
  *   DFN(x)  the name of function x in this instance
  *   DTARGET function attributes (an ISA target) or nothing
+ *   DTUNED  DTARGET with that ISA's tuning (the few-channel kernels)
  */
 
 #if DIRECT_VECTOR_EXT
@@ -515,6 +516,221 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
             else   /* the last rows, fewer than a vector */
                 DFN(thin_rest)(width, n_pos, kc, accumulate, wr, ldr, gp, c + r, ldc, c_at);
             r += width;
+        }
+    }
+}
+
+/* The sum of a vector's lanes, as a tree of halves (adding them one at a
+ * time made few_rows 1.25-1.35x slower); compilers without
+ * __builtin_shufflevector (GCC < 12) add the lanes in order. */
+static inline __attribute__((always_inline)) DTUNED DT DFN(hsum)(DFN(vec) v)
+{
+#if DIRECT_VECTOR_EXT && (defined(__clang__) || __GNUC__ >= 12)
+#if DVEC == 16
+    typedef DT h8 __attribute__((vector_size(8 * sizeof(DT))));
+    h8 a8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
+                 + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif DVEC == 8
+    typedef DT h8 __attribute__((vector_size(8 * sizeof(DT))));
+    h8 a8 = v;
+#endif
+#if DVEC >= 8
+    typedef DT h4 __attribute__((vector_size(4 * sizeof(DT))));
+    h4 a4 = __builtin_shufflevector(a8, a8, 0, 1, 2, 3)
+                 + __builtin_shufflevector(a8, a8, 4, 5, 6, 7);
+#elif DVEC == 4
+    typedef DT h4 __attribute__((vector_size(4 * sizeof(DT))));
+    h4 a4 = v;
+#endif
+#if DVEC >= 4
+    return (a4[0] + a4[2]) + (a4[1] + a4[3]);
+#else
+    return v[0] + v[1];
+#endif
+#elif DIRECT_VECTOR_EXT
+    DT s = 0;
+    for (int i = 0; i < DVEC; i++)
+        s += v[i];
+    return s;
+#else
+    return v;
+#endif
+}
+
+/* The last og % DVEC output channels' part of few_block's sums, added to
+ * gx one element at a time (slow: the planner sends only multiples of the
+ * widest vector to few_rows). */
+static inline __attribute__((always_inline)) DTUNED void
+DFN(few_rest)(const int nb, const int cg, const DT* go, ptrdiff_t go_at, ptrdiff_t ld_go,
+              const ptrdiff_t* g_off, const ptrdiff_t* w_off, ptrdiff_t n_taps,
+              const DT* wt, ptrdiff_t og, ptrdiff_t og_vec, DT* gx, ptrdiff_t x_step)
+{
+    for (int k = 0; k < nb; k++)
+        for (int c = 0; c < cg; c++) {
+            DT sum = 0;
+            for (ptrdiff_t t = 0; t < n_taps; t++) {
+                const DT* g = go + (go_at + g_off[t]) + k * ld_go;
+                const DT* w = wt + w_off[t] + c * og;
+                for (ptrdiff_t o = og_vec; o < og; o++)
+                    sum += g[o] * w[o];
+            }
+            gx[k * x_step + c] += sum;
+        }
+}
+
+/* nb input positions (each stride_w columns after the last) x cg channels
+ * of the input gradient, each a dot product over the n_taps taps that reach
+ * it and the og output channels: gx[k * x_step + c] = bias[c] + sum over t
+ * of sum over o of go[go_at + g_off[t] + k * ld_go + o] * wt[w_off[t] + c * og
+ * + o]. The sums run over o in vectors (lane l sums o = l, l + DVEC, ...),
+ * added across lanes at the end, then few_rest's. nb and cg are constants
+ * after inlining: nb x cg vectors of sums stay in registers; each weight
+ * vector serves nb positions, each grad_output vector cg channels. One
+ * position (nb 1) sums even and odd vectors apart: twice the chains of FMAs
+ * in flight. */
+static inline __attribute__((always_inline)) DTUNED void
+DFN(few_block)(const int nb, const int cg, const DT* go, ptrdiff_t go_at, ptrdiff_t ld_go,
+               const ptrdiff_t* g_off, const ptrdiff_t* w_off, ptrdiff_t n_taps,
+               const DT* wt, ptrdiff_t og, const DT* bias, DT* gx, ptrdiff_t x_step)
+{
+    const ptrdiff_t og_vec = og - og % DVEC;
+    DFN(vec) acc[FEW_MAX_BLOCK][FEW_MAX_CHANNELS], odd[FEW_MAX_CHANNELS];
+    for (int k = 0; k < nb; k++)
+        for (int c = 0; c < cg; c++)
+            memset(&acc[k][c], 0, sizeof(acc[k][c]));
+    for (int c = 0; c < cg; c++)
+        memset(&odd[c], 0, sizeof(odd[c]));
+    for (ptrdiff_t t = 0; t < n_taps; t++) {
+        const DT* g = go + (go_at + g_off[t]);
+        const DT* w = wt + w_off[t];
+        ptrdiff_t o = 0;
+        if (nb == 1)
+            for (; o + 2 * DVEC <= og_vec; o += 2 * DVEC) {
+                const DFN(vec) g0 = *(const DFN(uvec)*)(g + o);
+                const DFN(vec) g1 = *(const DFN(uvec)*)(g + o + DVEC);
+                for (int c = 0; c < cg; c++) {
+                    acc[0][c] += g0 * *(const DFN(uvec)*)(w + c * og + o);
+                    odd[c] += g1 * *(const DFN(uvec)*)(w + c * og + o + DVEC);
+                }
+            }
+        for (; o < og_vec; o += DVEC) {
+            DFN(vec) wv[FEW_MAX_CHANNELS];
+            for (int c = 0; c < cg; c++)
+                wv[c] = *(const DFN(uvec)*)(w + c * og + o);
+            for (int k = 0; k < nb; k++) {
+                const DFN(vec) gv = *(const DFN(uvec)*)(g + k * ld_go + o);
+                for (int c = 0; c < cg; c++)
+                    acc[k][c] += gv * wv[c];
+            }
+        }
+    }
+    for (int k = 0; k < nb; k++)
+        for (int c = 0; c < cg; c++)
+            gx[k * x_step + c] = DFN(hsum)(nb == 1 ? acc[k][c] + odd[c] : acc[k][c])
+                                 + (bias != NULL ? bias[c] : (DT)0);
+    if (og_vec < og)
+        DFN(few_rest)(nb, cg, go, go_at, ld_go, g_off, w_off, n_taps, wt, og, og_vec, gx,
+                      x_step);
+}
+
+/* Positions per block of few_block for cg channels: as many as DFEW_SUMS
+ * vectors of sums allow, at most FEW_MAX_BLOCK. */
+#define DFEW_BLOCK(cg) (DFEW_SUMS / (cg) < FEW_MAX_BLOCK ? DFEW_SUMS / (cg) : FEW_MAX_BLOCK)
+
+/* few_block for cg (1 to FEW_MAX_CHANNELS) channels and size 0 (a block:
+ * DFEW_BLOCK(cg) positions), 1 (half a block) or 2 (one position), each
+ * combination a constant instance (size must be a literal). */
+static inline __attribute__((always_inline)) DTUNED void
+DFN(few_blocks)(const int size, ptrdiff_t cg, const DT* go, ptrdiff_t go_at, ptrdiff_t ld_go,
+                const ptrdiff_t* g_off, const ptrdiff_t* w_off, ptrdiff_t n_taps,
+                const DT* wt, ptrdiff_t og, const DT* bias, DT* gx, ptrdiff_t x_step)
+{
+#define DFEW_CASE(CG)                                                                      \
+    DFN(few_block)(size == 0 ? DFEW_BLOCK(CG) : size == 1 ? DFEW_BLOCK(CG) / 2 : 1, CG, go, \
+                   go_at, ld_go, g_off, w_off, n_taps, wt, og, bias, gx, x_step)
+    switch (cg) {
+    case 1: DFEW_CASE(1); break;
+    case 2: DFEW_CASE(2); break;
+    case 3: DFEW_CASE(3); break;
+    default: DFEW_CASE(4); break;
+    }
+#undef DFEW_CASE
+}
+
+/* Rows [y0, y1) of one image's (and group's) input gradient with few
+ * channels (s->cg <= FEW_MAX_CHANNELS), NHWC: each element a dot product of
+ * the grad_output pixels whose windows cover it with the weights of the
+ * taps that reach it, nothing unrolled or folded, each element written once
+ * (units of rows never race). go: the image's grad_output from row oy0
+ * on (the rows that reach [y0, y1)) at the group's first channel, pixels
+ * s->ld_go apart; wt: the group's weights as (tap,
+ * channel, output channel), contiguous; gx: the image's input gradient at
+ * the group's first channel, pixels s->ld_gx apart; bias (cg or NULL) seeds
+ * it. Columns x of one residue q mod stride_w take the same taps j, and
+ * consecutive ones (x, x + stride_w, ...) meet consecutive grad_output
+ * columns: blocks of DFEW_BLOCK(cg) of them (or half that) where every such
+ * tap stays inside grad_output, single columns at the edges. tab: FEW_TABLES x kernel_h x
+ * kernel_w scratch offsets. */
+static DTUNED void DFN(few_rows)(const DT* go, ptrdiff_t oy0, const DT* wt, const DT* bias,
+                                  DT* gx, ptrdiff_t y0, ptrdiff_t y1, const FewShape* s,
+                                  ptrdiff_t* tab)
+{
+    const ptrdiff_t taps = s->kernel_h * s->kernel_w;
+    ptrdiff_t* g_off = tab;              /* the row's taps at this residue */
+    ptrdiff_t* w_off = tab + taps;
+    ptrdiff_t* shifts = tab + 2 * taps;
+    ptrdiff_t* g_one = tab + 3 * taps;   /* those reaching one edge column */
+    ptrdiff_t* w_one = tab + 4 * taps;
+    const ptrdiff_t x_step = s->stride_w * s->ld_gx;
+    for (ptrdiff_t y = y0; y < y1; y++) {
+        for (ptrdiff_t q = 0; q < s->stride_w && q < s->in_w; q++) {
+            /* columns x = q + m * stride_w, m < n_m; tap (i, j) reaches x
+             * from grad_output (oy, m + shift) for m in [lo, hi) */
+            const ptrdiff_t n_m = (s->in_w - q + s->stride_w - 1) / s->stride_w;
+            ptrdiff_t lo = 0, hi = n_m, n_taps = 0;
+            for (ptrdiff_t i = 0; i < s->kernel_h; i++) {
+                const ptrdiff_t ry = y + s->pad_h - i * s->dilation_h;
+                if (ry < 0 || ry % s->stride_h || ry / s->stride_h >= s->out_h)
+                    continue;
+                for (ptrdiff_t j = 0; j < s->kernel_w; j++) {
+                    const ptrdiff_t rx = q + s->pad_w - j * s->dilation_w;
+                    if (rx % s->stride_w)
+                        continue;
+                    const ptrdiff_t shift = rx / s->stride_w;   /* exact */
+                    lo = -shift > lo ? -shift : lo;
+                    hi = s->out_w - shift < hi ? s->out_w - shift : hi;
+                    g_off[n_taps] = ((ry / s->stride_h - oy0) * s->out_w + shift) * s->ld_go;
+                    shifts[n_taps] = shift;
+                    w_off[n_taps] = (i * s->kernel_w + j) * s->cg * s->og;
+                    n_taps++;
+                }
+            }
+            DT* row = gx + (y * s->in_w + q) * s->ld_gx;
+            const ptrdiff_t block = DFEW_BLOCK(s->cg);
+            for (ptrdiff_t m = 0; m < n_m; ) {
+                if (m >= lo && m + block / 2 <= hi) {   /* (a block, or half of one) */
+                    if (m + block <= hi) {
+                        DFN(few_blocks)(0, s->cg, go, m * s->ld_go, s->ld_go, g_off, w_off,
+                                        n_taps, wt, s->og, bias, row + m * x_step, x_step);
+                        m += block;
+                    } else {
+                        DFN(few_blocks)(1, s->cg, go, m * s->ld_go, s->ld_go, g_off, w_off,
+                                        n_taps, wt, s->og, bias, row + m * x_step, x_step);
+                        m += block / 2;
+                    }
+                    continue;
+                }
+                ptrdiff_t n_one = 0;   /* column m alone: its taps inside grad_output */
+                for (ptrdiff_t t = 0; t < n_taps; t++)
+                    if (m + shifts[t] >= 0 && m + shifts[t] < s->out_w) {
+                        g_one[n_one] = g_off[t];
+                        w_one[n_one] = w_off[t];
+                        n_one++;
+                    }
+                DFN(few_blocks)(2, s->cg, go, m * s->ld_go, s->ld_go, g_one, w_one, n_one, wt,
+                                s->og, bias, row + m * x_step, x_step);
+                m++;
+            }
         }
     }
 }

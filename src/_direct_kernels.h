@@ -34,6 +34,21 @@ typedef struct {
     ptrdiff_t grid_len;    /* grid scratch: elements per output channel */
 } DirectShape;
 
+/* The input gradient with few channels (few_rows in _direct_impl.h): its
+ * geometry (as conv2d's, see fastim2col._args.window), the group's channels
+ * of gx (cg) and grad_output (og), and the elements from one pixel to the
+ * next in each (ld_gx, ld_go). */
+typedef struct {
+    ptrdiff_t in_h, in_w, out_h, out_w, kernel_h, kernel_w;
+    ptrdiff_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+    ptrdiff_t cg, og, ld_gx, ld_go;
+} FewShape;
+/* few_rows: the most channels, the most positions of a block, and its
+ * scratch offset tables (FEW_TABLES x kernel_h x kernel_w elements). */
+#define FEW_MAX_CHANNELS 4
+#define FEW_MAX_BLOCK 8
+#define FEW_TABLES 5
+
 /* Vectors of grid positions per register block; the most output channels
  * of any instance's register block (the grid scratch holds that many). */
 #define DIRECT_NV 4
@@ -66,6 +81,16 @@ typedef struct {
 /* ---- one instance per (type, ISA): _direct_types.h includes _direct_impl.h
  * for float and double, given DISA (the names' suffix), DISA_BYTES (bytes
  * per vector), DTARGET, and the register blocks DCO, DWCO x DWT ---- */
+/* DTUNED (the few-channel kernels' target): DTARGET and that CPU's
+ * tuning. Under the default generic tuning GCC 12 kept one of few_block's
+ * 24 vectors of sums on the stack, a load and a store in each step of its
+ * loop, and read each grad_output vector once per channel: 1.4x the time.
+ * Clang before 12 takes no tune= in a target. */
+#if defined(__clang__) && __clang_major__ < 12
+#define DIRECT_TUNE(isa, cpu) isa
+#else
+#define DIRECT_TUNE(isa, cpu) isa ",tune=" cpu
+#endif
 #define DIRECT_CAT_(a, b, c) a##b##c
 #define DIRECT_CAT(a, b, c) DIRECT_CAT_(a, b, c)
 
@@ -76,26 +101,32 @@ typedef struct {
 #define DWCO 2
 #define DWT 5
 #define DTNR 6
+#define DFEW_SUMS 12
 #define DISA base
 #define DISA_BYTES DIRECT_BYTES
 #define DTARGET
+#define DTUNED
 #include "_direct_types.h"
 #undef DISA
 #undef DISA_BYTES
 #undef DTARGET
+#undef DTUNED
 
 #if DIRECT_X86_DISPATCH
 #define DISA avx2
 #define DISA_BYTES 32
 #define DTARGET __attribute__((target("avx2,fma")))
+#define DTUNED __attribute__((target(DIRECT_TUNE("avx2,fma", "haswell"))))
 #include "_direct_types.h"
 #undef DISA
 #undef DISA_BYTES
 #undef DTARGET
+#undef DTUNED
 #undef DCO
 #undef DWCO
 #undef DWT
 #undef DTNR
+#undef DFEW_SUMS
 
 /* 32 registers: 6 channels x 4 vectors of sums + 4 of inputs; weight
  * gradient: 4 channels x 6 taps of sums + 4 of grad_output + 1 of input;
@@ -104,18 +135,22 @@ typedef struct {
 #define DWCO 4
 #define DWT 6
 #define DTNR 12
+#define DFEW_SUMS 24
 #define DISA avx512
 #define DISA_BYTES 64
 #define DTARGET __attribute__((target("avx512f,avx2,fma")))
+#define DTUNED __attribute__((target(DIRECT_TUNE("avx512f,avx2,fma", "skylake-avx512"))))
 #include "_direct_types.h"
 #undef DISA
 #undef DISA_BYTES
 #undef DTARGET
+#undef DTUNED
 #endif
 #undef DCO
 #undef DWCO
 #undef DWT
 #undef DTNR
+#undef DFEW_SUMS
 
 /* 0: baseline, 1: AVX2+FMA, 2: AVX-512 (x86-64 only). */
 static int direct_detect_isa(void)
@@ -263,6 +298,32 @@ static void thin_gemm_d(THIN_GEMM_ARGS(double))
 {
     THIN_GEMM_DISPATCH_X86(d)
     THIN_GEMM_CALL(thin_gemm_d_base);
+}
+
+#define FEW_ROWS_ARGS(DT_)                                                                \
+    const DT_* go, ptrdiff_t oy0, const DT_* wt, const DT_* bias, DT_* gx, ptrdiff_t y0,  \
+    ptrdiff_t y1, const FewShape* s, ptrdiff_t* tab
+#define FEW_ROWS_CALL(NAME) NAME(go, oy0, wt, bias, gx, y0, y1, s, tab)
+#if DIRECT_X86_DISPATCH
+#define FEW_ROWS_DISPATCH_X86(SUF)                                                        \
+    switch (direct_isa_level()) {                                                         \
+    case 2: FEW_ROWS_CALL(few_rows_##SUF##_avx512); return;                               \
+    case 1: FEW_ROWS_CALL(few_rows_##SUF##_avx2); return;                                 \
+    default: break;                                                                       \
+    }
+#else
+#define FEW_ROWS_DISPATCH_X86(SUF)
+#endif
+/* few_rows (see _direct_impl.h) at the best ISA */
+static void few_rows_f(FEW_ROWS_ARGS(float))
+{
+    FEW_ROWS_DISPATCH_X86(f)
+    FEW_ROWS_CALL(few_rows_f_base);
+}
+static void few_rows_d(FEW_ROWS_ARGS(double))
+{
+    FEW_ROWS_DISPATCH_X86(d)
+    FEW_ROWS_CALL(few_rows_d_base);
 }
 
 #endif

@@ -156,7 +156,7 @@ def kernel_threads(request, monkeypatch, restore_threads):
 
 
 @pytest.fixture(params=["auto", "gemm", "gemm-channels", "gemm-thin", "direct", "direct-1row",
-                        "taps"])
+                        "taps", "few"])
 def conv_path(request, monkeypatch):
     """The kernels NCHW conv2d and its gradients use: the planner's choice,
     the blocked GEMM always (gemm-channels: with the weight gradient split by
@@ -177,8 +177,18 @@ def conv_path(request, monkeypatch):
     small enough to go several to a unit, each tap's weights copied in
     every other call; never on the gemm and direct paths. So do NHWC weight
     gradients whose input has contiguous channels (grad_weight_taps), in
-    calls of a few positions and blocks of at most 5 output channels."""
+    calls of a few positions and blocks of at most 5 output channels. NHWC
+    input gradients of at most FEW_MAX_CHANNELS channels a group run element
+    by element (grad_input_few) on few, whatever their output channels, in
+    bands of one row; never on the other forced paths."""
     from fastim2col import _plan
+    if request.param == "few":
+        split_small_work(monkeypatch)
+        monkeypatch.setattr(_plan, "use_few_channels", lambda nhwc, cg, og, direct, *a: (
+            nhwc and not direct and cg <= _plan.FEW_MAX_CHANNELS))
+        monkeypatch.setattr(_plan, "FEW_BANDS_PER_THREAD", 10 ** 6)
+    elif request.param != "auto":
+        monkeypatch.setattr(_plan, "use_few_channels", lambda *args: False)
     if request.param == "taps":
         split_small_work(monkeypatch)
         monkeypatch.setattr(_plan, "use_taps", lambda nhwc, cg, direct, isa: nhwc and not direct)
