@@ -269,6 +269,25 @@ static int all_finite_##SUF(const DT_* x, ptrdiff_t n)                          
 DIRECT_WEIGHT_DISPATCH(f, float)
 DIRECT_WEIGHT_DISPATCH(d, double)
 
+/* NAME_SUF(ARGS(DT_)): kernel NAME (see _direct_impl.h) at the best ISA the
+ * CPU runs; CALL(F) calls F with the entry's arguments. */
+#if DIRECT_X86_DISPATCH
+#define DIRECT_ISA_SWITCH(NAME, SUF, CALL)                                                \
+    switch (direct_isa_level()) {                                                         \
+    case 2: CALL(NAME##_##SUF##_avx512); return;                                          \
+    case 1: CALL(NAME##_##SUF##_avx2); return;                                            \
+    default: break;                                                                       \
+    }
+#else
+#define DIRECT_ISA_SWITCH(NAME, SUF, CALL)
+#endif
+#define DIRECT_ISA_ENTRY(NAME, SUF, DT_, ARGS, CALL)                                      \
+static void NAME##_##SUF(ARGS(DT_))                                                       \
+{                                                                                         \
+    DIRECT_ISA_SWITCH(NAME, SUF, CALL)                                                    \
+    CALL(NAME##_##SUF##_base);                                                            \
+}
+
 #define THIN_GEMM_ARGS(DT_)                                                               \
     ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t n_terms, const DT_* w, ptrdiff_t ldw,    \
     ptrdiff_t w_row,                                                                      \
@@ -278,52 +297,16 @@ DIRECT_WEIGHT_DISPATCH(d, double)
 #define THIN_GEMM_CALL(NAME)                                                              \
     NAME(n_rows, n_pos, n_terms, w, ldw, w_row, g, g_term, g_pos, g_at, c, ldc, c_at, w_at, \
          gt_at, gp, add)
-#if DIRECT_X86_DISPATCH
-#define THIN_GEMM_DISPATCH_X86(SUF)                                                       \
-    switch (direct_isa_level()) {                                                         \
-    case 2: THIN_GEMM_CALL(thin_gemm_##SUF##_avx512); return;                             \
-    case 1: THIN_GEMM_CALL(thin_gemm_##SUF##_avx2); return;                               \
-    default: break;                                                                       \
-    }
-#else
-#define THIN_GEMM_DISPATCH_X86(SUF)
-#endif
-/* thin_gemm (see _direct_impl.h) at the best ISA; gp: THIN_KC x n_pos elements */
-static void thin_gemm_f(THIN_GEMM_ARGS(float))
-{
-    THIN_GEMM_DISPATCH_X86(f)
-    THIN_GEMM_CALL(thin_gemm_f_base);
-}
-static void thin_gemm_d(THIN_GEMM_ARGS(double))
-{
-    THIN_GEMM_DISPATCH_X86(d)
-    THIN_GEMM_CALL(thin_gemm_d_base);
-}
+/* thin_gemm_f / _d; gp: THIN_KC x n_pos elements */
+DIRECT_ISA_ENTRY(thin_gemm, f, float, THIN_GEMM_ARGS, THIN_GEMM_CALL)
+DIRECT_ISA_ENTRY(thin_gemm, d, double, THIN_GEMM_ARGS, THIN_GEMM_CALL)
 
 #define FEW_ROWS_ARGS(DT_)                                                                \
     const DT_* go, ptrdiff_t oy0, const DT_* wt, const DT_* bias, DT_* gx, ptrdiff_t y0,  \
     ptrdiff_t y1, const FewShape* s, ptrdiff_t* tab
 #define FEW_ROWS_CALL(NAME) NAME(go, oy0, wt, bias, gx, y0, y1, s, tab)
-#if DIRECT_X86_DISPATCH
-#define FEW_ROWS_DISPATCH_X86(SUF)                                                        \
-    switch (direct_isa_level()) {                                                         \
-    case 2: FEW_ROWS_CALL(few_rows_##SUF##_avx512); return;                               \
-    case 1: FEW_ROWS_CALL(few_rows_##SUF##_avx2); return;                                 \
-    default: break;                                                                       \
-    }
-#else
-#define FEW_ROWS_DISPATCH_X86(SUF)
-#endif
-/* few_rows (see _direct_impl.h) at the best ISA */
-static void few_rows_f(FEW_ROWS_ARGS(float))
-{
-    FEW_ROWS_DISPATCH_X86(f)
-    FEW_ROWS_CALL(few_rows_f_base);
-}
-static void few_rows_d(FEW_ROWS_ARGS(double))
-{
-    FEW_ROWS_DISPATCH_X86(d)
-    FEW_ROWS_CALL(few_rows_d_base);
-}
+/* few_rows_f / _d */
+DIRECT_ISA_ENTRY(few_rows, f, float, FEW_ROWS_ARGS, FEW_ROWS_CALL)
+DIRECT_ISA_ENTRY(few_rows, d, double, FEW_ROWS_ARGS, FEW_ROWS_CALL)
 
 #endif
