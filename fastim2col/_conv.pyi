@@ -54,6 +54,8 @@ def conv2d_grad_input(
     of split[0] input rows, w as (groups, taps, cg, og), few_copy: each unit's
     grad_output rows copied first."""
 
+FEW_CHANNELS: int
+
 def force_isa(level: int) -> int:
     """For tests: this module's vector kernels at ISA level `level` (-1: the
     best); returns the level in effect."""

@@ -255,17 +255,18 @@ NHWC_MIN_BLOCK = 32   # input channels per NHWC input-gradient block (GEMMs of t
 # folded or reduced, one phase. A GEMM there has cg*kh*kw columns (the
 # stem's 147), and its fold of 3-channel pixels cost a third more again.
 # Units are bands of input rows, FEW_BANDS_PER_THREAD a thread (4 to 32
-# measured alike), each copying the grad_output rows it reaches into a buffer
-# on cache lines, at most FEW_COPY_BYTES (NumPy's arrays start 16 bytes past
-# a line, and vector loads that split lines made it 1.2x slower; 128-256 KiB
-# copies ran 1.1-1.25x slower, 512 KiB-8 MiB alike). Whole calls, 2 threads,
+# measured alike); where grad_output does not start on a cache line each
+# copies the grad_output rows it reaches into a buffer that does, at most
+# FEW_COPY_BYTES (NumPy's arrays start 16 bytes past a line, and vector
+# loads that split lines made it 1.2x slower; 128-256 KiB copies ran
+# 1.1-1.25x slower, 512 KiB-8 MiB alike). Whole calls, 2 threads,
 # this path / the GEMM + fold (or direct) path before: float32 AVX-512, the
-# stem 0.73 (batch 1: 1.07x its GEMM, was 1.45-1.55x) and 0.79 (batch 8);
+# stem 0.73 (batch 1: 1.04-1.07x its GEMM, was 1.45-1.55x) and 0.79 (batch 8);
 # 3x3 and 5x5 layers of 1-4 channels at 28-64 px, strides 1 and 2,
 # 0.37-0.88; float64 the stem 0.69-0.74, the others 0.50-0.77. With AVX2
 # (and OpenBLAS's Haswell kernels: OPENBLAS_CORETYPE=Haswell) stride 1 0.50-
 # 0.83, but stride 2 1.03-1.21 (blocks of 4 positions, not 8): not there.
-FEW_MAX_CHANNELS = 4            # as in src/_direct_kernels.h
+FEW_MAX_CHANNELS = 4            # as in src/_direct_kernels.h (_conv.FEW_CHANNELS)
 FEW_BANDS_PER_THREAD = 8
 FEW_COPY_BYTES = 512 * 1024
 
@@ -285,14 +286,14 @@ def grad_input_few(n_images: int, groups: int, og: int, win, itemsize: int,
                    n_threads: int) -> int:
     """Input rows per unit of the element-by-element input gradient: at
     least FEW_BANDS_PER_THREAD units a thread where the rows allow, and no
-    more than a copy of FEW_COPY_BYTES of grad_output rows a unit (at least
-    one row)."""
+    more than FEW_COPY_BYTES of grad_output rows to copy a unit (but at least
+    one input row, whatever its grad_output rows take)."""
     bands = _ceil_div(FEW_BANDS_PER_THREAD * n_threads, n_images * groups)
     rows = win.in_h // min(win.in_h, bands)
-    # a band of b rows reaches at most (b - 1 + reach) // stride + 2 rows
+    # a band of b rows reaches at most (b - 1 + reach) // stride + 1 rows
     copy_rows = FEW_COPY_BYTES // max(1, win.out_w * og * itemsize)
     reach = (win.kernel_h - 1) * win.dilation_h
-    return max(1, min(rows, (copy_rows - 2) * win.stride_h - reach))
+    return max(1, min(rows, (copy_rows - 1) * win.stride_h - reach + 1))
 
 
 # Input gradients folded from thin-GEMM tiles (use_thin_positions) of

@@ -247,8 +247,9 @@ def _taps_input_gradient(grad, weight, bias, res, dims, win, groups, n_threads) 
 
 
 def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
-    """res = the input gradient of conv2d (or conv_transpose2d) computed by the
-    blocked kernel: grad (N, rows, ...) C-contiguous, weight (rows, cg*kh*kw)."""
+    """res = the input gradient of conv2d (or conv_transpose2d), by the kernel
+    the planner picks (tap by tap, element by element, the direct kernels, or
+    GEMM + fold): grad (N, rows, ...) C-contiguous, weight (rows, cg*kh*kw)."""
     n, c, rows = dims
     cg = c // groups
     kg = cg * win.kernel_h * win.kernel_w
@@ -265,8 +266,9 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
         # the weights as (groups, taps, cg, og): each tap's columns contiguous
         wt = weight.reshape(groups, og, -1, cg).transpose(0, 2, 3, 1).copy()
         band = _plan.grad_input_few(n, groups, og, win, res.itemsize, n_threads)
-        # grad_output's rows are copied (to start on cache lines) unless they do
-        copy = grad.ctypes.data % 64 or (rows * res.itemsize) % 64
+        # grad_output's rows are copied (to start on cache lines) unless each
+        # group's channels of every pixel already do
+        copy = grad.ctypes.data % 64 or (og * res.itemsize) % 64
         _conv.conv2d_grad_input(grad, wt, bias, res, (n, c, rows, groups), tuple(win),
                                 (band, cg), True, False, n_threads, few=True,
                                 few_copy=bool(copy))

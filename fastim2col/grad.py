@@ -57,8 +57,10 @@ def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
     """Gradient of ``conv2d`` with respect to its input, like ``torch.nn.grad.conv2d_input``.
 
     input_size: the input's shape, ``(N, C, H, W)`` (NHWC: ``(N, H, W, C)``) or
-    unbatched ``(C, H, W)``. Computed tile by tile (GEMM of the weights' transpose
-    with grad_output, folded back), never materializing the column matrix.
+    unbatched ``(C, H, W)``. Computed without materializing the column matrix:
+    tile by tile (GEMM of the weights' transpose with grad_output, folded back),
+    or by the direct, tap-by-tap or element-by-element kernels where the
+    planner picks them (see the README's "How the work is done").
     """
     nhwc = _args.check_layout(layout)
     weight = _args.as_array(weight, "weight")

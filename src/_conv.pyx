@@ -491,6 +491,16 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
     return n_failed
 
 
+cdef inline void few_rows(const floating* go, Py_ssize_t oy0, const floating* wt,
+                          const floating* bias, floating* gx, Py_ssize_t y0, Py_ssize_t y1,
+                          const FewShape* s, Py_ssize_t* tab) noexcept nogil:
+    # few_rows_f / few_rows_d (src/_direct_kernels.h) for either dtype
+    if floating is float:
+        few_rows_f(go, oy0, wt, bias, gx, y0, y1, s, tab)
+    else:
+        few_rows_d(go, oy0, wt, bias, gx, y0, y1, s, tab)
+
+
 cdef inline Py_ssize_t few_first_row(const Geometry* g, Py_ssize_t y0) noexcept nogil:
     # The first grad_output row whose window reaches input rows from y0 on
     return max(0, ceil_div(y0 + g.pad_h - (g.kernel_h - 1) * g.dilation_h, g.stride_h))
@@ -510,7 +520,7 @@ cdef Py_ssize_t grad_input_few(const floating* go, const floating* w, const floa
     # unrolled, folded or reduced. Units (image, group, band of cv.tile input
     # rows) write disjoint rows of gx: one phase, any split gives the same
     # bits. w: the weights as (groups, taps, cg, og), contiguous; copied
-    # here to start on a cache line. copy: each unit first copies the
+    # here to start on a cache line where they do not. copy: each unit first copies the
     # grad_output rows its band needs, the group's channels, to a per-thread
     # buffer on a cache line (NumPy's arrays start 16 bytes past one: every
     # vector load of grad_output split a line, 1.2x the time); else go is
@@ -528,7 +538,6 @@ cdef Py_ssize_t grad_input_few(const floating* go, const floating* w, const floa
     cdef floating* buf
     cdef const floating* src
     cdef const floating* go_n
-    cdef floating* gx_n
     cdef FewShape su
     s.in_h, s.in_w, s.out_h, s.out_w = g.in_h, g.in_w, g.out_h, g.out_w
     s.kernel_h, s.kernel_w, s.stride_h, s.stride_w = (g.kernel_h, g.kernel_w, g.stride_h,
@@ -537,14 +546,17 @@ cdef Py_ssize_t grad_input_few(const floating* go, const floating* w, const floa
     s.cg, s.og = cv.n_channels // cv.groups, cv.n_out // cv.groups
     s.ld_gx, s.ld_go = cv.n_channels, cv.n_out
     row_elems = g.out_w * s.og
-    if copy:   # the most rows a band reaches
-        buf_rows = min(g.out_h, (cv.tile - 1 + (g.kernel_h - 1) * g.dilation_h) // g.stride_h + 2)
+    if copy:   # the most rows a band reaches (_plan.grad_input_few)
+        buf_rows = min(g.out_h, (cv.tile - 1 + (g.kernel_h - 1) * g.dilation_h) // g.stride_h + 1)
     w_elems = cv.groups * kk * s.cg * s.og
-    w_raw = malloc(w_elems * sizeof(floating) + CACHE_LINE)
-    if w_raw == NULL:
-        return 1
-    wt = <const floating*> line_start(w_raw)
-    memcpy(<void*> wt, w, w_elems * sizeof(floating))
+    w_raw = NULL
+    wt = w
+    if (<size_t> w) % CACHE_LINE:   # (NumPy's copy starts 16 bytes past a line)
+        w_raw = malloc(w_elems * sizeof(floating) + CACHE_LINE)
+        if w_raw == NULL:
+            return 1
+        wt = <const floating*> line_start(w_raw)
+        memcpy(<void*> wt, w, w_elems * sizeof(floating))
     with parallel(num_threads=n_threads):
         tab = <Py_ssize_t*> malloc(FEW_TABLES * kk * sizeof(Py_ssize_t))
         raw = NULL
@@ -576,15 +588,10 @@ cdef Py_ssize_t grad_input_few(const floating* go, const floating* w, const floa
                             memcpy(buf + r * s.og, src + r * cv.n_out, s.og * sizeof(floating))
                     go_n = buf
                     su.ld_go = s.og
-                gx_n = gx + n * g.in_h * g.in_w * cv.n_channels + grp * s.cg
-                if floating is float:
-                    few_rows_f(go_n, oy0, wt + grp * kk * s.cg * s.og,
-                               bias + grp * s.cg if bias != NULL else NULL, gx_n, y0, y1, &su,
-                               tab)
-                else:
-                    few_rows_d(go_n, oy0, wt + grp * kk * s.cg * s.og,
-                               bias + grp * s.cg if bias != NULL else NULL, gx_n, y0, y1, &su,
-                               tab)
+                few_rows(go_n, oy0, wt + grp * kk * s.cg * s.og,
+                         bias + grp * s.cg if bias != NULL else NULL,
+                         gx + n * g.in_h * g.in_w * cv.n_channels + grp * s.cg, y0, y1, &su,
+                         tab)
         free(tab)
         free(raw)
     free(w_raw)
@@ -1220,6 +1227,11 @@ cdef inline void* data(cnp.ndarray a):
     return NULL if a is None else cnp.PyArray_DATA(a)
 
 
+# The most input channels a group of the element-by-element input gradient
+# (for fastim2col._plan.FEW_MAX_CHANNELS, which a test holds equal).
+FEW_CHANNELS = FEW_MAX_CHANNELS
+
+
 def force_isa(int level):
     """For tests: run this module's vector kernels (the thin GEMM, few_rows)
     at ISA level `level`, as fastim2col._direct.force_isa does for its own
@@ -1297,7 +1309,7 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
         raise ValueError("conv2d_grad_input: by_taps is for NHWC, not direct")
     if weights_copy_ld and weights_copy_ld < min(split[1], shape[1] // shape[3]):
         raise ValueError("conv2d_grad_input: weights_copy_ld is shorter than a block")
-    if few and not (nhwc and shape[1] // shape[3] <= FEW_MAX_CHANNELS and split[0] > 0
+    if few and not (nhwc and 1 <= shape[1] // shape[3] <= FEW_MAX_CHANNELS and split[0] > 0
                     and w.size == shape[1] * shape[2] // shape[3] * geom[4] * geom[5]):
         raise ValueError("conv2d_grad_input: few is for NHWC, at most FEW_MAX_CHANNELS input "
                          "channels a group, bands of rows, w as (groups, taps, cg, og)")

@@ -5,6 +5,8 @@
  *   DVEC    elements per vector (1 when the compiler has no vector extensions)
  *   DCO     output channels per register block (the most this ISA's registers hold)
  *   DWCO, DWT  output channels x taps per register block of the weight gradient
+ *   DTNR    positions per register tile of the thin GEMM
+ *   DFEW_SUMS  vectors of sums per block of the few-channel input gradient
  *   DFN(x)  the name of function x in this instance
  *   DTARGET function attributes (an ISA target) or nothing
  *   DTUNED  DTARGET with that ISA's tuning (the few-channel kernels)

@@ -80,13 +80,17 @@ typedef struct {
 
 /* ---- one instance per (type, ISA): _direct_types.h includes _direct_impl.h
  * for float and double, given DISA (the names' suffix), DISA_BYTES (bytes
- * per vector), DTARGET, and the register blocks DCO, DWCO x DWT ---- */
+ * per vector), DTARGET, DTUNED, the register blocks DCO, DWCO x DWT, and
+ * DFEW_SUMS (few_block's vectors of sums: 8 positions x 3 channels with 32
+ * registers; with 16, 4 x 3, and 3 x 4 where the compiler has to read the
+ * weights from memory in the FMAs) ---- */
 /* DTUNED (the few-channel kernels' target): DTARGET and that CPU's
  * tuning. Under the default generic tuning GCC 12 kept one of few_block's
  * 24 vectors of sums on the stack, a load and a store in each step of its
  * loop, and read each grad_output vector once per channel: 1.4x the time.
- * Clang before 12 takes no tune= in a target. */
-#if defined(__clang__) && __clang_major__ < 12
+ * Clang before 12 (Apple's before 13) takes no tune= in a target. */
+#if defined(__clang__) && (__clang_major__ < 12 \
+                           || (defined(__apple_build_version__) && __clang_major__ < 13))
 #define DIRECT_TUNE(isa, cpu) isa
 #else
 #define DIRECT_TUNE(isa, cpu) isa ",tune=" cpu

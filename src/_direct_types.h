@@ -1,5 +1,6 @@
 /* Instantiates _direct_impl.h for float and double (see _direct_kernels.h,
- * which defines DISA, DISA_BYTES, DTARGET, DCO, DWCO and DWT first). */
+ * which defines DISA, DISA_BYTES, DTARGET, DTUNED, DCO, DWCO, DWT, DTNR and
+ * DFEW_SUMS first). */
 #define DT float
 #define DVEC (DIRECT_VECTOR_EXT ? DISA_BYTES / 4 : 1)
 #define DFN(x) DIRECT_CAT(x, _f_, DISA)

@@ -563,11 +563,13 @@ def test_weight_taps_paths(rng, monkeypatch, restore_threads, dtype):
 # past the kernel, dilation, 1x1 stride 2, groups, an image narrower than
 # the stride; outputs a multiple of the vector or not (the last og % DVEC
 # channels one at a time), 2 vectors and more (one position's even and odd
-# sums)
+# sums); blocks and half blocks of every channel count with whole vectors
 _FEW_CASES = [(1, 3, 64, 23, 21, 7, 2, 3, 1, 1), (2, 1, 16, 9, 12, 3, 1, 1, 1, 1),
               (2, 4, 40, 11, 10, 3, (2, 3), (0, 2), 1, 1), (1, 2, 21, 13, 9, 5, 3, 4, 1, 1),
               (1, 6, 48, 14, 12, (4, 3), 1, 2, (1, 3), 2), (3, 3, 33, 8, 7, 1, 2, 1, 1, 1),
-              (1, 4, 96, 6, 17, 3, 1, 0, 2, 4), (1, 2, 16, 7, 2, 3, 3, 1, 1, 1)]
+              (1, 4, 96, 6, 17, 3, 1, 0, 2, 4), (1, 2, 16, 7, 2, 3, 3, 1, 1, 1),
+              (1, 2, 32, 5, 24, 3, 1, 1, 1, 1), (1, 1, 32, 5, 14, 3, 1, 1, 1, 1),
+              (1, 4, 32, 5, 17, 3, 1, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -579,8 +581,10 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, dtype):
     per band or read in place; conv_transpose2d's bias;
     `out=` pre-filled with NaN; against the reference, and with the same bits
     for every band and thread count (each element is one unit's sum)."""
+    from conftest import split_small_work
     from fastim2col import _args, _conv, _plan
     calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
+    split_small_work(monkeypatch)
     monkeypatch.setattr(_plan, "use_few_channels", lambda nhwc, cg, og, direct, *a: (
         nhwc and not direct and cg <= _plan.FEW_MAX_CHANNELS))
     planned = _plan.grad_input_few
@@ -612,13 +616,14 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, dtype):
                 wt = np.ascontiguousarray(weight_to(w, "NHWC").reshape(
                     groups, o // groups, -1, c // groups).transpose(0, 2, 3, 1))
                 win = _args.window((h, w_), k, s, p, d, allow_strings=False)
-                for copy in (False, True):
-                    got = np.full(expected.shape, np.nan, dtype)
-                    _conv.conv2d_grad_input(np.ascontiguousarray(img_to(g, "NHWC")), wt, None,
-                                            got, (n, c, o, groups), tuple(win),
-                                            (3, c // groups), True, False, 2, few=True,
-                                            few_copy=copy)
-                    results.append(got)
+                for band in (1, 3, 1000):
+                    for copy in (False, True):
+                        got = np.full(expected.shape, np.nan, dtype)
+                        _conv.conv2d_grad_input(np.ascontiguousarray(img_to(g, "NHWC")), wt,
+                                                None, got, (n, c, o, groups), tuple(win),
+                                                (band, c // groups), True, False, 2, few=True,
+                                                few_copy=copy)
+                        results.append(got)
                 assert all(np.array_equal(results[0], r) for r in results[1:])
                 # conv_transpose2d maps g back to x's channels, plus a bias
                 got = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,
@@ -638,7 +643,8 @@ def test_few_channel_plan(monkeypatch):
     widest vector, not 1x1 stride 1 (nothing to fold), AVX-512 (AVX2: stride
     1 only); bands so that each thread gets FEW_BANDS_PER_THREAD units, each
     copying at most FEW_COPY_BYTES of grad_output rows."""
-    from fastim2col import _args, _plan
+    from fastim2col import _args, _conv, _plan
+    assert _plan.FEW_MAX_CHANNELS == _conv.FEW_CHANNELS
     stem = _args.window((224, 224), (7, 7), 2, 3, 1, allow_strings=False)
     same = _args.window((32, 32), (3, 3), 1, 1, 1, allow_strings=False)
     assert _plan.use_few_channels(True, 3, 64, False, stem, 16, 2)
@@ -656,7 +662,7 @@ def test_few_channel_plan(monkeypatch):
         band = _plan.grad_input_few(n_images, groups, og, win, itemsize, threads)
         units = n_images * groups * -(-size // band)
         assert 1 <= band <= size
-        copied = ((band - 1 + 6) // 2 + 2) * win.out_w * og * itemsize   # rows a band reaches
+        copied = ((band - 1 + 6) // 2 + 1) * win.out_w * og * itemsize   # rows a band reaches
         assert band == 1 or copied <= _plan.FEW_COPY_BYTES
         assert units >= min(_plan.FEW_BANDS_PER_THREAD * threads, n_images * groups * size)
 
@@ -667,7 +673,8 @@ def test_few_channel_kernel_arguments(rng):
     win = tuple(_args.window((8, 8), (3, 3), 1, 1, 1, allow_strings=False))
     go = np.zeros((1, 8, 8, 16))
     for nhwc, c, wt_shape, band in [(False, 3, (1, 9, 3, 16), 2), (True, 5, (1, 9, 5, 16), 2),
-                                    (True, 3, (1, 9, 3, 16), 0), (True, 3, (1, 9, 3, 8), 2)]:
+                                    (True, 3, (1, 9, 3, 16), 0), (True, 3, (1, 9, 3, 8), 2),
+                                    (True, 0, (1, 9, 0, 16), 2)]:
         gx = np.zeros((1, 8, 8, c))
         with pytest.raises(ValueError, match="few"):
             _conv.conv2d_grad_input(go, np.zeros(wt_shape), None, gx, (1, c, 16, 1), win,
