@@ -4,8 +4,9 @@ conv_transpose2d (conv2d_input's twin), time_ and track_ GFLOP/s.
 float32 runs the layer x batch x threads grid (VGG at batch 8 skipped);
 float64 runs every layer at batch 8 on one thread only (the *Float64
 classes): a canary for the dgemm path, not a second full grid. The NHWC
-layout's gradients (their own kernels: tap by tap for most ResNet layers)
-run float32 on one thread (the *NHWC classes), as conv2d's NHWC benchmark.
+layout's gradients (their own kernels: tap by tap for most ResNet layers,
+element by element for the stem's input gradient) run float32 on one
+thread (the *NHWC classes), as conv2d's NHWC benchmark.
 """
 from .common import (BATCHES, LAYER_NAMES, _LayerBench, check_case, conv_flops, conv_kwargs, fastim2col,
                      fgrad, median_time, rate, rng_arrays, set_threads, shapes,
