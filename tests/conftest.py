@@ -147,6 +147,18 @@ def split_small_work(monkeypatch):
     monkeypatch.setattr(_plan, "MIN_BYTES_PER_THREAD", 1)
 
 
+@pytest.fixture(params=range(fastim2col._conv.force_isa(-1) + 1), ids=lambda level: f"isa{level}")
+def conv_isa(request):
+    """Run the test with _conv's vector kernels (the thin GEMM, the
+    element-by-element input gradient) at each ISA level the CPU runs, 0
+    (baseline) up: the planner still picks the paths it picks at the best
+    level. Each extension module holds its own level (_direct.force_isa
+    does not reach these)."""
+    assert fastim2col._conv.force_isa(request.param) == request.param
+    yield request.param
+    fastim2col._conv.force_isa(-1)
+
+
 @pytest.fixture(params=[1, 3], ids=["1thread", "3threads"])
 def kernel_threads(request, monkeypatch, restore_threads):
     """Run the test with 1, then 3 kernel threads, small work split too."""

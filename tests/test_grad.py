@@ -383,7 +383,7 @@ def _thread_counts(calls):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
+def test_thin_gemm_paths(rng, monkeypatch, restore_threads, conv_isa, dtype, layout):
     """Input gradients whose GEMMs run in the thin kernel (forced, both
     dtypes), through every kernel path: tiles of output rows folded back,
     whole images a unit, 1x1 with nothing to fold, groups, and
@@ -421,7 +421,7 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thin_positions_paths(rng, monkeypatch, restore_threads, dtype):
+def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     """NCHW input gradients by the thin kernel over grad_output's rows
     (forced, both dtypes): 1x1 straight into the result (one and several
     tiles of positions, blocks of input channels; the same bits on 1 and 3
@@ -472,7 +472,7 @@ _TAPS_CASES = [(1, 40, 16, 9, 11, 3, 1, 1, 1, 1), (3, 24, 26, 7, 6, 3, 2, 1, 1, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_taps_paths(rng, monkeypatch, restore_threads, dtype):
+def test_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     """NHWC input gradients tap by tap (src/_conv.pyx grad_input_taps; forced,
     both dtypes): bands of rows, blocks of channels (whole register blocks
     or not), sets of images (the last one short, and sets cut into bands),
@@ -512,7 +512,7 @@ def test_taps_paths(rng, monkeypatch, restore_threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_weight_taps_paths(rng, monkeypatch, restore_threads, dtype):
+def test_weight_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     """NHWC weight gradients tap by tap (src/_conv.pyx grad_weight_taps;
     forced, both dtypes): blocks of output channels (whole register tiles or
     not), of taps (all, a kernel row, one), calls of several images (the last
@@ -767,7 +767,7 @@ def test_thin_fold_bands():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thin_weight_paths(rng, monkeypatch, restore_threads, dtype):
+def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     """NHWC weight gradients by the thin kernel (forced, both dtypes): blocks
     of output channels each summing every image and tile (one block a thread
     where the planner allows it), per-thread sums, groups, 1x1 read in place;
