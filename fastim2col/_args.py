@@ -98,6 +98,21 @@ def contiguous_operand(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.array(arr, dtype=dtype, order="C", copy=True)
 
 
+CACHE_LINE = 64   # bytes (src/_lines.pxd)
+
+
+def line_aligned_copy(arr: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of arr whose data starts on a cache line (NumPy's
+    own arrays start 16 bytes past one, and the vector kernels' loads of
+    rows a whole number of lines long would then split lines)."""
+    nbytes = arr.size * arr.itemsize
+    buf = np.empty(nbytes + CACHE_LINE, np.uint8)
+    start = -buf.ctypes.data % CACHE_LINE
+    out = buf[start:start + nbytes].view(arr.dtype).reshape(arr.shape)
+    np.copyto(out, arr)
+    return out
+
+
 def batched(arr: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     """(arr with a batch axis, whether it had none) for 3-d or 4-d arrays."""
     if arr.ndim == 4:

@@ -279,7 +279,7 @@ def use_few_channels(nhwc: bool, cg: int, og: int, direct: bool, win, vector_ele
     (AVX2: stride 1)."""
     stride_1 = (win.stride_h, win.stride_w) == (1, 1)
     return (nhwc and not direct and 0 < cg <= FEW_MAX_CHANNELS and og % vector_elements == 0
-            and (isa_level >= 2 or isa_level == 1 and stride_1))
+            and vector_fma(isa_level) and (isa_level >= 2 or stride_1))
 
 
 def grad_input_few(n_images: int, groups: int, og: int, win, itemsize: int,

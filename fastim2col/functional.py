@@ -263,8 +263,9 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     og = rows // groups
     if _plan.use_few_channels(nhwc, cg, og, direct, win,
                               _direct.vector_elements(res.itemsize), isa_level):
-        # the weights as (groups, taps, cg, og): each tap's columns contiguous
-        wt = weight.reshape(groups, og, -1, cg).transpose(0, 2, 3, 1).copy()
+        # the weights as (groups, taps, cg, og), each tap's columns contiguous,
+        # starting on a cache line (the kernel reads them in vectors)
+        wt = _args.line_aligned_copy(weight.reshape(groups, og, -1, cg).transpose(0, 2, 3, 1))
         band = _plan.grad_input_few(n, groups, og, win, res.itemsize, n_threads)
         # grad_output's rows are copied (to start on cache lines) unless each
         # group's channels of every pixel already do

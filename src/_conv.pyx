@@ -519,8 +519,8 @@ cdef Py_ssize_t grad_input_few(const floating* go, const floating* w, const floa
     # the taps they reach it by (few_rows, src/_direct_impl.h); nothing
     # unrolled, folded or reduced. Units (image, group, band of cv.tile input
     # rows) write disjoint rows of gx: one phase, any split gives the same
-    # bits. w: the weights as (groups, taps, cg, og), contiguous; copied
-    # here to start on a cache line where they do not. copy: each unit first copies the
+    # bits. w: the weights as (groups, taps, cg, og), contiguous (the caller
+    # starts them on a cache line). copy: each unit first copies the
     # grad_output rows its band needs, the group's channels, to a per-thread
     # buffer on a cache line (NumPy's arrays start 16 bytes past one: every
     # vector load of grad_output split a line, 1.2x the time); else go is
@@ -530,11 +530,9 @@ cdef Py_ssize_t grad_input_few(const floating* go, const floating* w, const floa
     cdef Py_ssize_t n_bands = (g.in_h + cv.tile - 1) // cv.tile
     cdef Py_ssize_t n_units = cv.n_images * cv.groups * n_bands
     cdef Py_ssize_t u, n, grp, band, y0, y1, oy0, oy1, r, n_failed = 0
-    cdef Py_ssize_t w_elems, buf_rows = 0, row_elems
+    cdef Py_ssize_t buf_rows = 0, row_elems
     cdef Py_ssize_t* tab
     cdef void* raw
-    cdef void* w_raw
-    cdef const floating* wt
     cdef floating* buf
     cdef const floating* src
     cdef const floating* go_n
@@ -548,15 +546,6 @@ cdef Py_ssize_t grad_input_few(const floating* go, const floating* w, const floa
     row_elems = g.out_w * s.og
     if copy:   # the most rows a band reaches (_plan.grad_input_few)
         buf_rows = min(g.out_h, (cv.tile - 1 + (g.kernel_h - 1) * g.dilation_h) // g.stride_h + 1)
-    w_elems = cv.groups * kk * s.cg * s.og
-    w_raw = NULL
-    wt = w
-    if (<size_t> w) % CACHE_LINE:   # (NumPy's copy starts 16 bytes past a line)
-        w_raw = malloc(w_elems * sizeof(floating) + CACHE_LINE)
-        if w_raw == NULL:
-            return 1
-        wt = <const floating*> line_start(w_raw)
-        memcpy(<void*> wt, w, w_elems * sizeof(floating))
     with parallel(num_threads=n_threads):
         tab = <Py_ssize_t*> malloc(FEW_TABLES * kk * sizeof(Py_ssize_t))
         raw = NULL
@@ -588,13 +577,12 @@ cdef Py_ssize_t grad_input_few(const floating* go, const floating* w, const floa
                             memcpy(buf + r * s.og, src + r * cv.n_out, s.og * sizeof(floating))
                     go_n = buf
                     su.ld_go = s.og
-                few_rows(go_n, oy0, wt + grp * kk * s.cg * s.og,
+                few_rows(go_n, oy0, w + grp * kk * s.cg * s.og,
                          bias + grp * s.cg if bias != NULL else NULL,
                          gx + n * g.in_h * g.in_w * cv.n_channels + grp * s.cg, y0, y1, &su,
                          tab)
         free(tab)
         free(raw)
-    free(w_raw)
     return n_failed
 
 

@@ -662,6 +662,19 @@ def test_few_channel_plan(monkeypatch):
         assert units >= min(_plan.FEW_BANDS_PER_THREAD * threads, n_images * groups * size)
 
 
+def test_line_aligned_copy(rng):
+    """The weights' copy for the element-by-element kernel starts on a cache
+    line, whatever the source's layout, and holds its values."""
+    from fastim2col import _args
+    for shape, dtype in [((3, 7, 5), np.float32), ((2, 9, 3, 8), np.float64), ((0, 4), np.float32)]:
+        src = rand(rng, shape, dtype)
+        for view in (src, src.T, src[..., ::-1]):
+            got = _args.line_aligned_copy(view)
+            assert got.ctypes.data % _args.CACHE_LINE == 0 or got.size == 0
+            assert got.flags.c_contiguous and got.dtype == dtype
+            np.testing.assert_array_equal(got, view)
+
+
 def test_few_channel_kernel_arguments(rng):
     """The element-by-element kernel's entry refuses what it cannot run."""
     from fastim2col import _args, _conv
