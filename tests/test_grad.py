@@ -666,7 +666,8 @@ def test_line_aligned_copy(rng):
     """The weights' copy for the element-by-element kernel starts on a cache
     line, whatever the source's layout, and holds its values."""
     from fastim2col import _args
-    for shape, dtype in [((3, 7, 5), np.float32), ((2, 9, 3, 8), np.float64), ((0, 4), np.float32)]:
+    for shape, dtype in [((3, 7, 5), np.float32), ((2, 9, 3, 8), np.float64),
+                         ((0, 4), np.float32)]:
         src = rand(rng, shape, dtype)
         for view in (src, src.T, src[..., ::-1]):
             got = _args.line_aligned_copy(view)
