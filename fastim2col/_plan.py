@@ -72,6 +72,25 @@ DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS = 64
 # 1.00-1.05).
 NHWC_DIRECT_WEIGHT_OUTPUTS = 32
 DIRECT_WEIGHT_MIN_POSITIONS = 196
+# NCHW, ungrouped, over at least DIRECT_WEIGHT_WIDE_POSITIONS output
+# positions: direct with up to DIRECT_WEIGHT_WIDE_OUTPUTS outputs, since its
+# register blocks' lane sums run as a tree of
+# pairs (src/_direct_impl.h lane_sums; added one lane at a time they took
+# 29% of its time). 3x3, 2 threads, direct / GEMM path time, batch 1 and 8:
+# float32 64 -> 64 at 56 px 0.81-0.82, 64 -> 128 0.94, 128 -> 64 0.81,
+# 32 -> 64 at 112 px 0.79-0.81, VGG's 0.85, 128 -> 128 at 28 px 0.93-0.96,
+# 256 -> 128 0.93, stride 2 from 56 to 28 px 0.96; float64 0.77-0.88 at
+# 56 px and up, 0.95-1.00 at 28 px, 1.04 stride 2 to 28 px. Fewer
+# positions lose: 196 (14 px, 256 channels) 1.33-1.40 float32, 1.14-1.15
+# float64; 49 about 2x. More outputs lose too (the GEMM path's unroll
+# is shared by more of them): 256 at 28-56 px 1.07-1.19 float32, 0.99-1.10
+# float64; 512 at 28 px 1.21-1.41. Few input channels: 3 and 8 -> 128 at
+# 56-224 px 0.55-0.91 (3 -> 256 at 112 px won too, 0.60-0.74, but more
+# outputs than 128 stay on the GEMM path, unmeasured beyond). NHWC loses
+# everywhere here to the tap-by-tap kernels (1.07-1.48 at 28-224 px): not
+# there.
+DIRECT_WEIGHT_WIDE_POSITIONS = 784
+DIRECT_WEIGHT_WIDE_OUTPUTS = 128
 # A unit packs its chunk's input band and its block's grad_output band
 # (a thread's next unit reuses whichever of the two it shares): when each
 # unit packed both, with chunks of 2 channels (64 channels on 16 threads)
@@ -856,15 +875,20 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
     positions with at most that many outputs (float64:
     DIRECT_WEIGHT_OUTPUTS_F64) where they have DIRECT_WEIGHT_MIN_CHANNELS
     input channels or more, at most DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS where
-    they have fewer; in NHWC ungrouped only, and with stride 1 at most
-    NHWC_DIRECT_WEIGHT_OUTPUTS outputs.
+    they have fewer; NCHW ungrouped layers over at least
+    DIRECT_WEIGHT_WIDE_POSITIONS with up to DIRECT_WEIGHT_WIDE_OUTPUTS
+    outputs; in NHWC ungrouped
+    only, and with stride 1 at most NHWC_DIRECT_WEIGHT_OUTPUTS outputs.
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
-    over positions, short on small images (1.5-5x slower at 7-28 px with many
-    output channels)."""
+    over positions, short on small images (1.3-2.5x slower at 7-14 px with
+    many output channels)."""
     if nhwc and (groups > 1 or (og > NHWC_DIRECT_WEIGHT_OUTPUTS
                                 and (win.stride_h, win.stride_w) == (1, 1))):
         return False
     if groups == 1:
+        if (not nhwc and og <= DIRECT_WEIGHT_WIDE_OUTPUTS
+                and win.out_h * win.out_w >= DIRECT_WEIGHT_WIDE_POSITIONS):
+            return use_direct(groups, cg, og, win)
         if cg < DIRECT_WEIGHT_MIN_CHANNELS:
             outputs = DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
         else:

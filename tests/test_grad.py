@@ -893,8 +893,9 @@ def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch,
     """Ungrouped layers over 14x14 or more positions with few outputs get
     the direct weight gradient: with 16 input channels or more, up to 64
     outputs in float64, 32 in float32; with fewer input channels, up to 64
-    in both (1x1 kernels never); more outputs or fewer positions, the GEMM
-    path. Each checked against the reference."""
+    in both; over 28x28 or more positions, up to 128 (1x1 kernels never);
+    more outputs or fewer positions, the GEMM path. Each checked against
+    the reference."""
     from fastim2col import _plan, _direct, grad
     item = np.dtype(dtype).itemsize
     used = []
@@ -903,12 +904,16 @@ def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch,
     outputs = 64 if dtype == np.float64 else 32
     few_outputs = _plan.DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
     need = _plan.DIRECT_WEIGHT_MIN_CHANNELS
+    wide = _plan.DIRECT_WEIGHT_WIDE_OUTPUTS
     # (input channels, size, outputs, kernel, direct?)
     for c, size, c_out, k, expect in [
             (need, 14, outputs, 3, True), (need, 14, outputs + 8, 3, False),
             (need - 1, 14, few_outputs, 3, True), (need - 1, 14, few_outputs + 8, 3, False),
             (3, 14, 16, 3, True), (3, 14, 16, 1, False), (need, 13, 16, 3, False),
-            (3, 13, 16, 3, False), (need + 8, 20, 16, 3, True)]:
+            (3, 13, 16, 3, False), (need + 8, 20, 16, 3, True),
+            (need, 28, wide, 3, True), (need, 27, outputs + 8, 3, False),
+            (need, 28, wide + 8, 3, False), (need - 1, 28, wide, 3, True),
+            (need, 28, wide, 1, False)]:
         used.clear()
         x = rng.standard_normal((2, c, size, size)).astype(dtype)
         g = rng.standard_normal((2, c_out, size, size)).astype(dtype)
