@@ -126,6 +126,41 @@ cdef inline ColRange tap_cols(const TapRanges* tr, const Geometry* g,
     return tr.cols[j] if tr.cached else valid_out_cols(g, j)
 
 
+cdef inline void unroll_run(const floating* x_c, Py_ssize_t s_h, const Geometry* g,
+                            Py_ssize_t i, Py_ssize_t j, ColRange rows_ok, ColRange cols_ok,
+                            Py_ssize_t oh_first, Py_ssize_t oh_last,
+                            floating* row) noexcept nogil:
+    """unroll_nchw's rows for tap (i, j) of one channel x_c, output rows
+    [oh_first, oh_last), where x's columns are unit strided and an output
+    row's input row is g.out_w elements past the previous one's (stride_h *
+    s_h == out_w): the valid part is then a single run of x. One memcpy
+    copies it from the first valid column of the first valid row to the last
+    valid column of the last; the columns outside [lo, hi) of each valid row
+    (the run filled those in between from the neighbouring image rows; all
+    of them where lo == hi) and the rows outside the valid ones are then
+    zeroed."""
+    cdef Py_ssize_t out_w = g.out_w, oh, ow, ih
+    cdef Py_ssize_t lo = min(cols_ok.lo, out_w), hi = min(cols_ok.hi, out_w)
+    cdef Py_ssize_t r0 = min(max(oh_first, rows_ok.lo), oh_last)
+    cdef Py_ssize_t r1 = max(r0, min(oh_last, rows_ok.hi))
+    cdef floating* out
+    if r0 < r1 and lo < hi:
+        ih = r0 * g.stride_h - g.pad_h + i * g.dilation_h
+        memcpy(row + (r0 - oh_first) * out_w + lo,
+               x_c + ih * s_h + lo + j * g.dilation_w - g.pad_w,
+               ((r1 - r0 - 1) * out_w + hi - lo) * sizeof(floating))
+    for oh in range(oh_first, oh_last):
+        out = row + (oh - oh_first) * out_w
+        if oh < r0 or oh >= r1:
+            for ow in range(out_w):
+                out[ow] = 0
+        else:
+            for ow in range(lo):
+                out[ow] = 0
+            for ow in range(hi, out_w):
+                out[ow] = 0
+
+
 cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
                              Py_ssize_t s_w, Py_ssize_t n_channels,
                              const Geometry* g, Py_ssize_t p_start,
@@ -148,6 +183,13 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
     # per-row bounds work (rows of 7-14 outputs spent more time there than
     # copying).
     cdef bint whole_rows = p_start % g.out_w == 0 and p_stop % g.out_w == 0
+    # Whole rows, unit strides, and as many outputs as inputs a row ('same'
+    # padding at stride 1): a tap's rows are one contiguous run of x shifted
+    # by the tap, so one memcpy copies them all; then the columns the shift
+    # took from the next or previous image row are zeroed (per row, copy
+    # loops of an output row each took longer than the GEMM's packing: 256
+    # channels at 14 px).
+    cdef bint one_run = whole_rows and step == 1 and g.stride_h * s_h == g.out_w
     cdef TapRanges taps = tap_ranges(g)
     for c in range(n_channels):
         for i in range(g.kernel_h):
@@ -157,6 +199,10 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
                 cols_ok = tap_cols(&taps, g, j)
                 lo = cols_ok.lo
                 hi = cols_ok.hi
+                if one_run:
+                    unroll_run(x + c * s_c, s_h, g, i, j, rows_ok, cols_ok, oh_first, oh_last,
+                               row)
+                    continue
                 if whole_rows:
                     # (a kernel column may lie wholly in the padding: lo > out_w)
                     lo = min(lo, g.out_w)

@@ -286,3 +286,39 @@ def test_im2col_kernel_column_beyond_the_output():
         expected = R.im2col(x, (1, 3), padding=(0, 3), dilation=(1, 3))
         np.testing.assert_array_equal(expected[0], [[0, 0], [1, 2], [0, 0]])
         np.testing.assert_array_equal(got, expected, err_msg=f"{n_threads} threads")
+
+
+# (shape, kernel, stride, padding, dilation, view): geometries with as many
+# outputs as inputs in a row at unit column stride, or input rows out_w apart
+ONE_RUN = [((2, 3, 5, 6), 3, 1, 1, 1, False),
+           ((1, 2, 6, 7), (3, 5), 1, (1, 2), 1, False),
+           ((1, 2, 7, 7), 3, 1, 2, 2, False),
+           ((1, 2, 5, 4), 1, (2, 1), (0, 2), 1, False),    # out_w = 8 = 2 rows of 4
+           ((1, 3, 4, 5), 3, 1, (2, 1), 1, False),         # taps with rows in the padding
+           ((1, 2, 1, 6), 3, 1, (3, 1), (3, 1), False),    # taps with no valid row
+           ((2, 2, 4, 5), (1, 3), 1, (0, 2), 1, True)]     # a view: rows w + 2 apart
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows_per_tile", [1, 2, None])
+def test_im2col_one_run_per_tap(rng, monkeypatch, restore_threads, dtype, rows_per_tile):
+    """Whole-row tiles whose taps copy as one run of x (src/_unroll.pxd
+    unroll_run): every element the reference's, the padding zeros written
+    over a NaN-filled out=, on 1 to 3 threads, in tiles of 1, 2 and all
+    output rows."""
+    from fastim2col import _plan
+    for shape, k, s, p, d, view in ONE_RUN:
+        x = rand(rng, shape, dtype)
+        if view:   # rows as far apart as the output's (w + 2 = out_w)
+            big = rand(rng, shape[:3] + (shape[3] + 2,), dtype)
+            big[..., 1:-1] = x
+            x = big[..., 1:-1]
+        expected = R.im2col(as64(x), k, stride=s, padding=p, dilation=d)
+        out_w = F._args.window(shape[2:], k, s, p, d, allow_strings=False).out_w
+        if rows_per_tile is not None:
+            monkeypatch.setattr(_plan, "im2col_tile", lambda *a: rows_per_tile * out_w)
+        for n_threads in (1, 2, 3):
+            F.set_num_threads(n_threads)
+            out = np.full(expected.shape, np.nan, dtype)
+            F.im2col(x, k, stride=s, padding=p, dilation=d, out=out)
+            assert_close(out, expected, dtype)
