@@ -830,7 +830,7 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
     # (batch, channels, outputs, size, kernel, stride, padding): stride 2 keeps
     # 3x3 layers off the direct kernels; batch 4 of 3x3 at 4 px runs whole
     # images a unit; the last has positions enough not to transpose.
-    cases = [(1, 24, 8, 9, 3, 2, 1), (4, 32, 40, 8, 3, 2, 1), (2, 40, 16, 4, 1, 1, 0),
+    cases = [(1, 24, 8, 9, 3, 2, 1), (4, 128, 40, 8, 3, 2, 1), (2, 40, 16, 4, 1, 1, 0),
              (1, 4, 8, 24, 1, 1, 0)]
     for force in (None, True):
         if force:

@@ -110,3 +110,27 @@ def test_multi_image_tiles(case, n_threads, layout, small_work_split):
         sl = (slice(None), slice(0, hh), slice(0, ww)) if layout == "NHWC" else \
             (slice(None), slice(None), slice(0, hh), slice(0, ww))
         np.testing.assert_allclose(yt[sl], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_threads", [2, 3, 16])
+def test_nchw_input_gradient_one_image_set(n_threads):
+    """NCHW input gradients of small images put every image the scratch
+    allows into one set and split the input channels among the threads
+    (each thread then packs only its block's weights, once); NHWC, which
+    runs one channel block, keeps a set of images per thread."""
+    n, cg, og, n_pos = 8, 512, 512, 49
+    for itemsize in (4, 8):
+        plan = _plan.grad_input_images(n, 1, cg, og, 9 * cg, n_pos, itemsize, n_threads, False,
+                                       False)
+        budget = min(_plan.MULTI_TILE_BYTES, _plan.TILE_SCRATCH_BYTES // n_threads)
+        fits = min(n, budget // ((9 * cg + og) * n_pos * itemsize))
+        if fits < 2:
+            assert plan is None
+            continue
+        per_tile, block = plan
+        assert per_tile == fits
+        units = -(-n // per_tile) * -(-cg // block)
+        assert units >= n_threads
+        nhwc = _plan.grad_input_images(n, 1, cg, og, 9 * cg, n_pos, itemsize, n_threads, True,
+                                       False)
+        assert nhwc is None or (nhwc[0] <= -(-n // n_threads) and nhwc[1] == cg)
