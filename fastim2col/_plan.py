@@ -33,7 +33,14 @@ DIRECT_BAND_BYTES = 1024 * 1024       # per-thread scratch: stays in L2
 DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
 DIRECT_MAX_CO = 6                     # as in src/_direct_kernels.h
 DIRECT_GRID_BYTES = 4096              # as in src/_direct_kernels.h
-DIRECT_MIN_POSITIONS = 256            # 4 register blocks of 16 floats
+# Bands are cut for load balance down to about this many grid positions
+# (then rounded to even heights; over 6
+# register blocks of 64 floats): each band packs its halo rows again and
+# ends in a partial block. 3x3, 128 channels at 28 px, batch 1, float32:
+# 14-row bands took 0.89-0.92x the time of the 7-row ones that a floor of
+# 256 gave, forward and input gradient; other ResNet layers, both dtypes,
+# 0.95-1.03x.
+DIRECT_MIN_POSITIONS = 400
 # The input gradient reads its weights flipped and transposed in place: a
 # register block's weights are then short runs a weight row apart, a new page
 # every kh*kw taps, read again by every block. Past this many bytes of weights
@@ -836,7 +843,7 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     unit: each block of weights then serves them all (the weights of a
     512-channel 7x7 layer outweigh its images). For load balance (four units
     per thread, a multiple of the threads where it is cheap), bands are cut
-    finer while they keep DIRECT_MIN_POSITIONS output positions (the kernels
+    finer while they keep about DIRECT_MIN_POSITIONS grid positions (the kernels
     compute whole register blocks), then output channels are split in
     multiples of the widest register block."""
     span, row_len, halo = _direct_band_geometry(win, vector_elements)

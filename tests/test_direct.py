@@ -240,6 +240,26 @@ def test_planner_choice(x_shape, w_shape, groups, direct):
     assert _plan.use_direct(groups, w_shape[1], og, win) is direct
 
 
+@pytest.mark.parametrize("n_threads", [2, 3, 16])
+@pytest.mark.parametrize("size, channels, n_images", [(28, 128, 1), (56, 64, 1), (14, 256, 1),
+                                                      (28, 128, 8), (224, 64, 1), (29, 128, 1)])
+def test_direct_split_bands(n_threads, size, channels, n_images):
+    """The direct kernels' bands: of even height, cut for load balance down
+    to about DIRECT_MIN_POSITIONS grid positions (the even split of that
+    floor), and units enough for every thread."""
+    win = _args.window((size, size), 3, 1, 1, 1, allow_strings=False)
+    band, chunk, per_unit = _plan.direct_split(n_images, 1, channels, channels, win, 4,
+                                               n_threads, 16)
+    thinnest = min(size, -(-_plan.DIRECT_MIN_POSITIONS // (size + 2)))
+    assert band >= -(-size // -(-size // thinnest))
+    n_bands = -(-size // band)
+    assert band * n_bands - size < n_bands   # even: heights differ by less than one a band
+    units = -(-n_images // per_unit) * n_bands * -(-channels // chunk)
+    assert units >= n_threads
+    if (size, n_images, n_threads) == (28, 1, 2):
+        assert band == 14   # the measured choice (7-row bands took 1.09-1.12x the time)
+
+
 def test_isa_names():
     names = {0: ("baseline (16-byte vectors)", "scalar"), 1: ("AVX2+FMA",), 2: ("AVX-512",)}
     try:
