@@ -78,6 +78,12 @@ DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS = 64
 # channels at 224 px 0.93-1.22, 8 at 56 px 0.58-1.26, 64 at 56 px float64
 # 1.00-1.05).
 NHWC_DIRECT_WEIGHT_OUTPUTS = 32
+# ... and in float32 at most this many input channels with stride 1: the
+# thin GEMM path has caught up there (3x3 -> 32 outputs at 56 px, 2 threads,
+# batch 1 and 8, direct / other path: 64 input channels 1.10-1.17, 64 -> 16
+# 1.02-1.08; 32 channels 0.67-0.72, 8-16 0.26-0.83, at 112 px 0.69-0.79;
+# float64 0.47-0.92 with 8-64 channels).
+NHWC_DIRECT_WEIGHT_F32_CHANNELS = 32
 DIRECT_WEIGHT_MIN_POSITIONS = 196
 # NCHW, ungrouped, over at least DIRECT_WEIGHT_WIDE_POSITIONS output
 # positions: direct with up to DIRECT_WEIGHT_WIDE_OUTPUTS outputs, since its
@@ -893,12 +899,14 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
     they have fewer; NCHW ungrouped layers over at least
     DIRECT_WEIGHT_WIDE_POSITIONS with up to DIRECT_WEIGHT_WIDE_OUTPUTS
     outputs; in NHWC ungrouped
-    only, and with stride 1 at most NHWC_DIRECT_WEIGHT_OUTPUTS outputs.
+    only, and with stride 1 at most NHWC_DIRECT_WEIGHT_OUTPUTS outputs (and in
+    float32 at most NHWC_DIRECT_WEIGHT_F32_CHANNELS input channels).
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
     over positions, short on small images (1.3-2.5x slower at 7-14 px with
     many output channels)."""
-    if nhwc and (groups > 1 or (og > NHWC_DIRECT_WEIGHT_OUTPUTS
-                                and (win.stride_h, win.stride_w) == (1, 1))):
+    if nhwc and (groups > 1 or ((win.stride_h, win.stride_w) == (1, 1) and (
+            og > NHWC_DIRECT_WEIGHT_OUTPUTS
+            or (itemsize == 4 and cg > NHWC_DIRECT_WEIGHT_F32_CHANNELS)))):
         return False
     if groups == 1:
         if (not nhwc and og <= DIRECT_WEIGHT_WIDE_OUTPUTS

@@ -1042,7 +1042,9 @@ def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, t
     """NHWC weight gradients in the direct kernels (input and grad_output
     read as strided NCHW views, the result through an NCHW-ordered copy):
     the planner's NHWC rule (ungrouped; with stride 1 at most
-    NHWC_DIRECT_WEIGHT_OUTPUTS outputs), each call against the reference,
+    NHWC_DIRECT_WEIGHT_OUTPUTS outputs and, in float32,
+    NHWC_DIRECT_WEIGHT_F32_CHANNELS input channels), each call against the
+    reference,
     and a non-finite input sent back to the GEMM path."""
     from conftest import split_small_work
     from fastim2col import _direct, _plan
@@ -1052,11 +1054,15 @@ def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, t
     real = _direct.direct_weight
     monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(real(*a)) or used[-1])
     limit = _plan.NHWC_DIRECT_WEIGHT_OUTPUTS
+    channels = _plan.NHWC_DIRECT_WEIGHT_F32_CHANNELS
     # (x NCHW shape, weight shape, stride, padding, groups, direct?)
     for x_shape, w_shape, stride, padding, groups, direct in [
             ((2, 3, 33, 30), (limit + 8, 3, 7, 7), 2, 3, 1, True),
             ((1, 20, 16, 17), (limit, 20, 3, 3), 1, 1, 1, True),
             ((1, 20, 16, 17), (limit + 8, 20, 3, 3), 1, 1, 1, False),
+            ((1, channels + 8, 16, 17), (limit, channels + 8, 3, 3), 1, 1, 1,
+             dtype == np.float64),
+            ((1, channels, 16, 17), (limit, channels, 3, 3), 1, 1, 1, True),
             ((1, 8, 16, 17), (16, 4, 3, 3), 1, 1, 2, False)]:
         used.clear()
         x = rand(rng, x_shape, dtype)
