@@ -485,7 +485,7 @@ cdef Py_ssize_t grad_input(const floating* go, const floating* w, const floating
                                         dst[r * plane + q] += bias[grp * cg + c0 + r]
                         else:   # buf's element (k, p) at k*k_stride + p*p_stride
                             fold_nchw(buf, 1 if transposed else p1 - p0,
-                                      rows if transposed else 1, c1 - c0, &g, p0, p1, dst)
+                                      rows if transposed else 1, c1 - c0, &g, p0, p1, dst, True)
             free(buf)
             free(gp)
     return n_failed
@@ -765,7 +765,8 @@ cdef Py_ssize_t grad_input_images(const floating* go, const floating* w,
                     p_stride = rows if transposed else 1
                     for i in range(n_in):
                         fold_nchw(buf + i * n_pos * p_stride, k_stride, p_stride, c1 - c0, &g,
-                                  0, n_pos, gx + (n0 + i) * image_size + (grp * cg + c0) * plane)
+                                  0, n_pos, gx + (n0 + i) * image_size + (grp * cg + c0) * plane,
+                                  True)
         free(buf)
         free(gbuf)
         free(gp)

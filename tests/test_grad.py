@@ -1091,3 +1091,56 @@ def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, t
     expected = R.conv2d_weight_grad(as64(x), w_shape, as64(g), 2, 3)
     assert used == [False]
     assert np.array_equal(np.isfinite(np.moveaxis(got, 3, 1)), np.isfinite(expected))
+
+
+# (x shape, weight shape, stride, padding, dilation): input gradients whose
+# fold adds each tap's rows as one run of the image (src/_unroll.pxd
+# fold_run: unit column stride, image rows out_w apart)
+FOLD_RUNS = [((2, 3, 5, 6), (4, 3, 3, 3), 1, 1, 1),
+             ((1, 2, 6, 7), (3, 2, 3, 5), 1, (1, 2), 1),
+             ((1, 2, 7, 7), (2, 2, 3, 3), 1, 2, 2),
+             ((1, 2, 5, 4), (3, 2, 1, 1), (2, 1), (0, 2), 1),    # image rows 2 output rows apart
+             ((1, 3, 4, 5), (2, 3, 3, 3), 1, (2, 1), 1),         # taps with rows in the padding
+             ((1, 2, 1, 6), (2, 2, 3, 3), 1, (3, 1), (3, 1)),    # taps with no valid row
+             ((2, 2, 3, 2), (2, 2, 1, 3), 1, (0, 3), (1, 3))]    # taps with no valid column
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("image_sets", [False, True])
+def test_input_gradient_fold_runs(rng, monkeypatch, restore_threads, dtype, image_sets):
+    """NCHW input gradients through GEMM + fold where each tap's rows fold as
+    one run: against the reference on 1-3 threads, in tiles of rows and in
+    image sets; NaN in grad_output reaches only the elements the reference
+    has NaN at (the tile's padding columns, set to -0.0 before the run, would
+    carry it elsewhere); and image rows no tap reaches, which the runs cross,
+    keep conv_transpose2d's bias of -0.0 (adding -0.0 keeps every value, -0.0
+    included)."""
+    from conftest import split_small_work
+    from fastim2col import _plan
+    split_small_work(monkeypatch)
+    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
+    monkeypatch.setattr(_plan, "use_few_channels", lambda *a: False)
+    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
+    monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: False)
+    monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: False)
+    if image_sets:
+        monkeypatch.setattr(_plan, "grad_input_images", lambda n, g, cg, *a: (n, cg))
+    else:
+        monkeypatch.setattr(_plan, "grad_input_images", lambda *a: None)
+    for x_shape, w_shape, s, p, d in FOLD_RUNS:
+        w = rand(rng, w_shape, dtype)
+        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
+                           dilation=d).shape
+        g = rand(rng, y_shape, dtype)
+        g[0, 0, y_shape[2] // 2, 0] = np.nan
+        expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d)
+        for n_threads in (1, 2, 3):
+            F.set_num_threads(n_threads)
+            got = conv2d_input(x_shape, w, g, s, p, d)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+            assert_close(np.nan_to_num(got), np.nan_to_num(expected), dtype)
+        if s == (2, 1):   # odd image rows: no tap reaches them, only the run's -0.0
+            got = F.conv_transpose2d(g, w, np.full(x_shape[1], -0.0, dtype), s, p,
+                                     dilation=d)
+            assert got.shape[2:] == x_shape[2:]
+            assert np.signbit(got[:, :, 1::2]).all() and not got[:, :, 1::2].any()
