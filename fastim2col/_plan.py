@@ -34,12 +34,11 @@ DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
 DIRECT_MAX_CO = 6                     # as in src/_direct_kernels.h
 DIRECT_GRID_BYTES = 4096              # as in src/_direct_kernels.h
 # Bands are cut for load balance down to about this many grid positions
-# (then rounded to even heights; over 6
-# register blocks of 64 floats): each band packs its halo rows again and
-# ends in a partial block. 3x3, 128 channels at 28 px, batch 1, float32:
-# 14-row bands took 0.89-0.92x the time of the 7-row ones that a floor of
-# 256 gave, forward and input gradient; other ResNet layers, both dtypes,
-# 0.95-1.03x.
+# (then rounded to even heights; over 6 register blocks of 64 floats): each
+# band packs its halo rows again and ends in a partial block. 3x3, 128
+# channels at 28 px, batch 1, float32: 14-row bands took 0.89-0.92x the
+# time of the 7-row ones that a floor of 256 gave, forward and input
+# gradient; other ResNet layers, both dtypes, 0.95-1.03x.
 DIRECT_MIN_POSITIONS = 400
 # The input gradient reads its weights flipped and transposed in place: a
 # register block's weights are then short runs a weight row apart, a new page
@@ -87,9 +86,8 @@ NHWC_DIRECT_WEIGHT_F32_CHANNELS = 32
 DIRECT_WEIGHT_MIN_POSITIONS = 196
 # NCHW, ungrouped, over at least DIRECT_WEIGHT_WIDE_POSITIONS output
 # positions: direct with up to DIRECT_WEIGHT_WIDE_OUTPUTS outputs, since its
-# register blocks' lane sums run as a tree of
-# pairs (src/_direct_impl.h lane_sums; added one lane at a time they took
-# 29% of its time). 3x3, 2 threads, direct / GEMM path time, batch 1 and 8:
+# register blocks' lane sums run as a tree of pairs (src/_direct_impl.h
+# lane_sums; added one lane at a time they took 29% of its time). 3x3, 2 threads, direct / GEMM path time, batch 1 and 8:
 # float32 64 -> 64 at 56 px 0.81-0.82, 64 -> 128 0.94, 128 -> 64 0.81,
 # 32 -> 64 at 112 px 0.79-0.81, VGG's 0.85, 128 -> 128 at 28 px 0.93-0.96,
 # 256 -> 128 0.93, stride 2 from 56 to 28 px 0.96; float64 0.77-0.88 at
@@ -898,9 +896,9 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
     input channels or more, at most DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS where
     they have fewer; NCHW ungrouped layers over at least
     DIRECT_WEIGHT_WIDE_POSITIONS with up to DIRECT_WEIGHT_WIDE_OUTPUTS
-    outputs; in NHWC ungrouped
-    only, and with stride 1 at most NHWC_DIRECT_WEIGHT_OUTPUTS outputs (and in
-    float32 at most NHWC_DIRECT_WEIGHT_F32_CHANNELS input channels).
+    outputs; in NHWC ungrouped only, and with stride 1 at most
+    NHWC_DIRECT_WEIGHT_OUTPUTS outputs (and in float32 at most
+    NHWC_DIRECT_WEIGHT_F32_CHANNELS input channels).
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
     over positions, short on small images (1.3-2.5x slower at 7-14 px with
     many output channels)."""

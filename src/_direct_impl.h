@@ -257,7 +257,7 @@ DFN(lane_sums)(const int n, const DFN(vec)* v, const int row_stride, const int p
 /* co output channels (constants after inlining) x nt taps of the weight
  * gradient: dw[c][k] += sum over grid positions p < n_vec * DVEC of
  * g[c][p] * packed[p + tap_off[k]]. Sums in registers, lane by lane, then
- * added up in lane order: deterministic. */
+ * each vector's lanes added up by lane_sums' fixed tree: deterministic. */
 static inline __attribute__((always_inline)) DTARGET void
 DFN(wblock)(const int co, const int nt, const DT* packed, const ptrdiff_t* tap_off,
             const DT* g, ptrdiff_t g_len, ptrdiff_t n_vec, DT* dw, ptrdiff_t dw_stride)

@@ -307,6 +307,7 @@ def test_im2col_one_run_per_tap(rng, monkeypatch, restore_threads, dtype, rows_p
     over a NaN-filled out=, on 1 to 3 threads, in tiles of 1, 2 and all
     output rows."""
     from fastim2col import _plan
+    split_small_work(monkeypatch)
     for shape, k, s, p, d, view in ONE_RUN:
         x = rand(rng, shape, dtype)
         if view:   # rows as far apart as the output's (w + 2 = out_w)
