@@ -797,13 +797,24 @@ def col2im_rows(n_images, win, n_threads) -> int:
     return min(win.out_h, max(rows_min, win.out_h // bands_wanted))
 
 
+# NHWC conv2d gathers each unit's input band from every pixel's channels, a
+# transposition repeated by every block of output channels: past this many
+# input channels a group, unroll + GEMM wins (3x3, 2 threads, GEMM / direct
+# time: 512 channels at 7 px 0.96-0.97 batch 1, 0.73-0.76 batch 8,
+# 0.64-0.70 batch 32; at 14 px 0.66-0.83; 384 channels 0.92-1.22, 256 at
+# 14 px 0.93-1.19, 128 at 28 px 1.07-1.43; NCHW, which copies its bands,
+# keeps the direct kernels with 512 channels: 0.98-1.46).
+NHWC_DIRECT_MAX_CHANNELS = 384
+
+
 def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
                itemsize: int = 8) -> bool:
     """Whether a conv2d runs in the direct kernels (see DIRECT_BAND_BYTES):
     windows wider than 1x1, and depthwise ones. In NHWC, a unit gathers its
     group's channels from every pixel: only where they fill a cache line
-    (else the NHWC depthwise kernel, or GEMM, read less)."""
-    if nhwc and groups > 1 and cg * itemsize < 64:
+    (else the NHWC depthwise kernel, or GEMM, read less) and are at most
+    NHWC_DIRECT_MAX_CHANNELS."""
+    if nhwc and ((groups > 1 and cg * itemsize < 64) or cg > NHWC_DIRECT_MAX_CHANNELS):
         return False
     return win.kernel_h * win.kernel_w > 1 or (groups > 1 and cg == 1)
 

@@ -260,6 +260,29 @@ def test_direct_split_bands(n_threads, size, channels, n_images):
         assert band == 14   # the measured choice (7-row bands took 1.09-1.12x the time)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nhwc_wide_channels_leave_the_direct_kernels(rng, monkeypatch, dtype):
+    """NHWC conv2d with more than NHWC_DIRECT_MAX_CHANNELS input channels a
+    group runs unroll + GEMM (its band gathers lose there), up to that many
+    the direct kernels, NCHW the direct kernels either way; each result
+    against the reference."""
+    limit = _plan.NHWC_DIRECT_MAX_CHANNELS
+    win = _args.window((5, 5), 3, 1, 1, 1, allow_strings=False)
+    assert _plan.use_direct(1, limit, 8, win, True, 4)
+    assert not _plan.use_direct(1, limit + 1, 8, win, True, 4)
+    assert _plan.use_direct(1, limit + 1, 8, win, False, 4)
+    used = []
+    real = _direct.direct_forward
+    monkeypatch.setattr(_direct, "direct_forward",
+                        lambda *a, **kw: used.append(a) or real(*a, **kw))
+    for c, direct in ((limit, True), (limit + 1, False)):
+        used.clear()
+        x, w = rand(rng, (1, c, 5, 5), dtype), rand(rng, (4, c, 3, 3), dtype)
+        got = F.conv2d(R.to_nhwc(x), R.weight_to_nhwc(w), padding=1, layout="NHWC")
+        assert_close(got, R.to_nhwc(R.conv2d(as64(x), as64(w), padding=1)), dtype)
+        assert bool(used) == direct
+
+
 def test_isa_names():
     names = {0: ("baseline (16-byte vectors)", "scalar"), 1: ("AVX2+FMA",), 2: ("AVX-512",)}
     try:
