@@ -87,8 +87,9 @@ DIRECT_WEIGHT_MIN_POSITIONS = 196
 # NCHW, ungrouped, over at least DIRECT_WEIGHT_WIDE_POSITIONS output
 # positions: direct with up to DIRECT_WEIGHT_WIDE_OUTPUTS outputs, since its
 # register blocks' lane sums run as a tree of pairs (src/_direct_impl.h
-# lane_sums; added one lane at a time they took 29% of its time). 3x3, 2 threads, direct / GEMM path time, batch 1 and 8:
-# float32 64 -> 64 at 56 px 0.81-0.82, 64 -> 128 0.94, 128 -> 64 0.81,
+# lane_sums; added one lane at a time they took 29% of its time). 3x3, 2
+# threads, direct / GEMM path time, batch 1 and 8: float32 64 -> 64 at
+# 56 px 0.81-0.82, 64 -> 128 0.94, 128 -> 64 0.81,
 # 32 -> 64 at 112 px 0.79-0.81, VGG's 0.85, 128 -> 128 at 28 px 0.93-0.96,
 # 256 -> 128 0.93, stride 2 from 56 to 28 px 0.96; float64 0.77-0.88 at
 # 56 px and up, 0.95-1.00 at 28 px, 1.04 stride 2 to 28 px. Fewer
