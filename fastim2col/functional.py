@@ -269,7 +269,7 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
         band = _plan.grad_input_few(n, groups, og, win, res.itemsize, n_threads)
         # grad_output's rows are copied (to start on cache lines) unless each
         # group's channels of every pixel already do
-        copy = grad.ctypes.data % 64 or (og * res.itemsize) % 64
+        copy = grad.ctypes.data % _args.CACHE_LINE or (og * res.itemsize) % _args.CACHE_LINE
         _conv.conv2d_grad_input(grad, wt, bias, res, (n, c, rows, groups), tuple(win),
                                 (band, cg), True, False, n_threads, few=True,
                                 few_copy=bool(copy))

@@ -186,6 +186,9 @@ static DTARGET void DFN(direct_rows)(const DT* packed, const ptrdiff_t* tap_off,
 
 /* ---- weight gradient ---- */
 
+/* The most vectors one lane_sums call sums: a weight-gradient block's or a
+ * few-channel block's sums. */
+#define DLANE_MAX (DWCO * DWT > DFEW_SUMS ? DWCO * DWT : DFEW_SUMS)
 #if DIRECT_VECTOR_EXT && DVEC > 1 && (defined(__clang__) || __GNUC__ >= 12)
 #define DIRECT_LANE_TREE 1
 #if DVEC == 16
@@ -210,15 +213,17 @@ static DTARGET void DFN(direct_rows)(const DT* packed, const ptrdiff_t* tap_off,
  * to their odd ones, halving the lanes per sum, so that DVEC sums take
  * about 3 (DVEC - 1) vector operations (adding each vector's lanes in turn,
  * the weight gradient spent 29% of its time there on 64-channel 3x3 layers).
- * sums must hold n rounded up to DVEC. Deterministic: the same tree for
- * every call. */
+ * n is at most DLANE_MAX; sums must hold n rounded up to DVEC.
+ * Deterministic: the same tree for every call. Used by the weight gradient's
+ * blocks and the few-channel input gradient's (adding each vector's lanes
+ * in turn made few_rows 1.25-1.35x slower). */
 static inline __attribute__((always_inline)) DTARGET void
 DFN(lane_sums)(const int n, const DFN(vec)* v, const int row_stride, const int per_row,
                DT* sums)
 {
 #ifdef DIRECT_LANE_TREE
 #define DLANE_V(i) v[((i) / per_row) * row_stride + (i) % per_row]
-    DFN(vec) t[(DWCO * DWT + 1) / 2];
+    DFN(vec) t[(DLANE_MAX + 1) / 2];
     DFN(vec) zero;
     memset(&zero, 0, sizeof(zero));
     /* (unrolled: with constant indices the accumulators stay in registers) */
@@ -277,7 +282,7 @@ DFN(wblock)(const int co, const int nt, const DT* packed, const ptrdiff_t* tap_o
                 acc[c][k] += gv[c] * xv;
         }
     }
-    DT sums[DWCO * DWT + DVEC];
+    DT sums[DLANE_MAX + DVEC];
     DFN(lane_sums)(co * nt, &acc[0][0], DWT, nt, sums);
     for (int c = 0; c < co; c++)
         for (int k = 0; k < nt; k++)
@@ -587,43 +592,6 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
     }
 }
 
-/* The sum of a vector's lanes, as a tree of halves (adding them one at a
- * time made few_rows 1.25-1.35x slower); compilers without
- * __builtin_shufflevector (GCC < 12) add the lanes in order. */
-static inline __attribute__((always_inline)) DTUNED DT DFN(hsum)(DFN(vec) v)
-{
-#if DIRECT_VECTOR_EXT && (defined(__clang__) || __GNUC__ >= 12)
-#if DVEC == 16
-    typedef DT h8 __attribute__((vector_size(8 * sizeof(DT))));
-    h8 a8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
-                 + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-#elif DVEC == 8
-    typedef DT h8 __attribute__((vector_size(8 * sizeof(DT))));
-    h8 a8 = v;
-#endif
-#if DVEC >= 8
-    typedef DT h4 __attribute__((vector_size(4 * sizeof(DT))));
-    h4 a4 = __builtin_shufflevector(a8, a8, 0, 1, 2, 3)
-                 + __builtin_shufflevector(a8, a8, 4, 5, 6, 7);
-#elif DVEC == 4
-    typedef DT h4 __attribute__((vector_size(4 * sizeof(DT))));
-    h4 a4 = v;
-#endif
-#if DVEC >= 4
-    return (a4[0] + a4[2]) + (a4[1] + a4[3]);
-#else
-    return v[0] + v[1];
-#endif
-#elif DIRECT_VECTOR_EXT
-    DT s = 0;
-    for (int i = 0; i < DVEC; i++)
-        s += v[i];
-    return s;
-#else
-    return v;
-#endif
-}
-
 /* The last og % DVEC output channels' part of few_block's sums, added to
  * gx one element at a time (slow: the planner sends only multiples of the
  * widest vector to few_rows). */
@@ -650,7 +618,7 @@ DFN(few_rest)(const int nb, const int cg, const DT* go, ptrdiff_t go_at, ptrdiff
  * it and the og output channels: gx[k * x_step + c] = bias[c] + sum over t
  * of sum over o of go[go_at + g_off[t] + k * ld_go + o] * wt[w_off[t] + c * og
  * + o]. The sums run over o in vectors (lane l sums o = l, l + DVEC, ...),
- * added across lanes at the end, then few_rest's. nb and cg are constants
+ * added across lanes at the end (lane_sums), then few_rest's. nb and cg are constants
  * after inlining: nb x cg vectors of sums stay in registers; each weight
  * vector serves nb positions, each grad_output vector cg channels. One
  * position (nb 1) sums even and odd vectors apart: twice the chains of FMAs
@@ -691,10 +659,14 @@ DFN(few_block)(const int nb, const int cg, const DT* go, ptrdiff_t go_at, ptrdif
             }
         }
     }
+    if (nb == 1)
+        for (int c = 0; c < cg; c++)
+            acc[0][c] += odd[c];
+    DT sums[DLANE_MAX + DVEC];
+    DFN(lane_sums)(nb * cg, &acc[0][0], FEW_MAX_CHANNELS, cg, sums);
     for (int k = 0; k < nb; k++)
         for (int c = 0; c < cg; c++)
-            gx[k * x_step + c] = DFN(hsum)(nb == 1 ? acc[k][c] + odd[c] : acc[k][c])
-                                 + (bias != NULL ? bias[c] : (DT)0);
+            gx[k * x_step + c] = sums[k * cg + c] + (bias != NULL ? bias[c] : (DT)0);
     if (og_vec < og)
         DFN(few_rest)(nb, cg, go, go_at, ld_go, g_off, w_off, n_taps, wt, og, og_vec, gx,
                       x_step);
@@ -801,3 +773,5 @@ static DTUNED void DFN(few_rows)(const DT* go, ptrdiff_t oy0, const DT* wt, cons
         }
     }
 }
+
+#undef DLANE_MAX
