@@ -13,6 +13,8 @@ def force_isa(level: int) -> int:
     """For tests: run the kernels at ISA level `level` (-1: the best)."""
 
 THIN_TERMS: int
+THIN_PREFETCH_BYTES: int
+THIN_PREFETCH_C_BYTES: int
 
 def best_isa_level() -> int:
     """The best ISA level this CPU runs (see force_isa), whatever is forced."""

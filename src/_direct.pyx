@@ -24,6 +24,8 @@ from libc.string cimport memcpy, memset
 from _lines cimport CACHE_LINE, line_round, line_start
 from _openmp cimport new_thread_keys, omp_get_thread_num
 from _thin_gemm cimport THIN_KC, thin_gemm_f, thin_gemm_d
+from _thin_gemm cimport THIN_PREFETCH_BYTES as PREFETCH_BYTES
+from _thin_gemm cimport THIN_PREFETCH_C_BYTES as PREFETCH_C_BYTES
 from _unroll cimport Geometry
 
 cnp.import_array()
@@ -74,6 +76,10 @@ def force_isa(int level):
 # Terms per packing pass of the thin GEMM: its scratch is THIN_TERMS x its
 # broadcast side, per thread (fastim2col._plan.check_scratch).
 THIN_TERMS = THIN_KC
+# Bytes of w's (and c's) rows a pass sweeps past which the thin GEMM
+# prefetches them.
+THIN_PREFETCH_BYTES = PREFETCH_BYTES
+THIN_PREFETCH_C_BYTES = PREFETCH_C_BYTES
 cdef int best_level = -1
 
 

@@ -446,6 +446,22 @@ DFN(thin_rows)(const int nv, const int accumulate, const DT* w, ptrdiff_t ldw, c
                        c_at ? c : c + p0 * ldc, ldc, c_at ? c_at + p0 : NULL);
 }
 
+/* Prefetch the lines of bytes bytes from p (for writing where write). */
+static inline __attribute__((always_inline)) void
+DFN(prefetch_run)(const char* p, ptrdiff_t bytes, const int write)
+{
+    for (ptrdiff_t b = 0; b < bytes; b += 64) {
+        if (write)
+            __builtin_prefetch(p + b, 1, 3);
+        else
+            __builtin_prefetch(p + b, 0, 3);
+    }
+    if (write)   /* (rows need not start on a line) */
+        __builtin_prefetch(p + bytes - 1, 1, 3);
+    else
+        __builtin_prefetch(p + bytes - 1, 0, 3);
+}
+
 /* thin_gemm's last n_rest (< DVEC) rows, as one vector: their weights
  * copied into a zero-padded slice, each tile's sums through a vector-wide
  * scratch tile (reading or writing past the rows could leave the arrays).
@@ -551,6 +567,10 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
     DT wp[THIN_KC * 2 * DVEC] __attribute__((aligned(64)));
     for (ptrdiff_t o0 = 0; o0 < n_terms; o0 += THIN_KC) {
         const ptrdiff_t kc = n_terms - o0 < THIN_KC ? n_terms - o0 : THIN_KC;
+        const int fetch = w_at == NULL && w_row == 1
+                          && n_rows * kc * (ptrdiff_t)sizeof(DT) > THIN_PREFETCH_BYTES;
+        const int fetch_c = c_at == NULL
+                            && n_rows * n_pos * (ptrdiff_t)sizeof(DT) > THIN_PREFETCH_C_BYTES;
         const int accumulate = add || o0 > 0;
         const DT* wk = w_at != NULL ? w : w + o0 * ldw;   /* (w_at: rows from w) */
         /* tile p0 (nr positions) at gp + p0 * kc, element (o, j) at o * nr + j */
@@ -572,6 +592,20 @@ static DTARGET void DFN(thin_gemm)(ptrdiff_t n_rows, ptrdiff_t n_pos, ptrdiff_t 
                                     : n_rows - r >= DVEC ? DVEC : n_rows - r;
             const DT* wr = wk + r;   /* (w_row 1) */
             ptrdiff_t ldr = ldw;
+            if (r + width < n_rows) {
+                /* The next slice of w (read in place: kc rows ldw apart, NCHW
+                 * grad_output's or the input's rows, positions contiguous;
+                 * the 7 px input gradient's weights) and of c (n_pos rows ldc
+                 * apart) is fetched while this one computes (see
+                 * THIN_PREFETCH_BYTES, THIN_PREFETCH_C_BYTES). */
+                const ptrdiff_t bytes = width * (ptrdiff_t)sizeof(DT);
+                if (fetch)
+                    for (ptrdiff_t o = 0; o < kc; o++)
+                        DFN(prefetch_run)((const char*)(wr + width + o * ldw), bytes, 0);
+                if (fetch_c)
+                    for (ptrdiff_t j = 0; j < n_pos; j++)
+                        DFN(prefetch_run)((const char*)(c + r + width + j * ldc), bytes, 1);
+            }
             if (w_at != NULL) {   /* this slice of the gathered rows, copied */
                 DFN(thin_gather)(width, kc, w + r, w_at + o0, wp);
                 wr = wp;

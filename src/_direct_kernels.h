@@ -61,6 +61,16 @@ typedef struct {
 /* Terms per pass of the thin GEMM: a block of rows' slice of the weights
  * (THIN_KC x 2 vectors: 16 KiB with 64-byte vectors) stays in L1. */
 #define THIN_KC 128
+/* The thin GEMM prefetches the next slice of w's rows (read in place) where
+ * a pass sweeps more of w than THIN_PREFETCH_BYTES (n_rows x THIN_KC
+ * terms), and of c's rows where it sweeps more of c than
+ * THIN_PREFETCH_C_BYTES (n_rows x n_pos): such operands come from L3 or
+ * memory in more streams (one a row) than hardware prefetchers follow.
+ * Smaller ones (NHWC weights, 7-14 px tiles; c in the unroll kernels'
+ * scratch tiles, at most fastim2col._plan.TILE_BYTES) stay in cache across
+ * passes and calls, and gained nothing from it. */
+#define THIN_PREFETCH_BYTES (256 * 1024)
+#define THIN_PREFETCH_C_BYTES (1024 * 1024)
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTIM2COL_NO_VECTOR_EXT)
 #define DIRECT_VECTOR_EXT 1

@@ -6,6 +6,8 @@ from cython cimport floating
 
 cdef extern from "_direct_kernels.h" nogil:
     int THIN_KC   # terms per packing pass: gp holds THIN_KC x n_pos elements
+    int THIN_PREFETCH_BYTES   # w's rows swept per pass past which it prefetches
+    int THIN_PREFETCH_C_BYTES   # and c's rows
     void thin_gemm_f(Py_ssize_t n_rows, Py_ssize_t n_pos, Py_ssize_t n_terms, const float* w,
                      Py_ssize_t ldw, Py_ssize_t w_row, const float* g, Py_ssize_t g_term,
                      Py_ssize_t g_pos,

@@ -295,6 +295,30 @@ def test_isa_names():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thin_gemm_prefetched_sweeps(isa_level, rng, dtype):
+    """The thin GEMM where its passes sweep more of w and of c than its
+    prefetch bounds (it then prefetches each slice's successor, see
+    THIN_PREFETCH_BYTES in src/_direct_kernels.h): rows not a multiple of
+    its vectors, two passes over the terms (the second adds), w's and c's
+    leading dimensions past the rows; c's other columns stay untouched."""
+    item = np.dtype(dtype).itemsize
+    n_terms, n_pos, n_rows = 130, 300, 1003
+    assert n_rows * _direct.THIN_TERMS * item > _direct.THIN_PREFETCH_BYTES
+    assert n_rows * n_pos * item > _direct.THIN_PREFETCH_C_BYTES
+    w = rand(rng, (n_terms, n_rows + 7), dtype)
+    g = rand(rng, (n_terms, n_pos + 2), dtype)[:, :n_pos]
+    for add in (False, True):
+        c = np.full((n_pos, n_rows + 5), np.nan, dtype)
+        expected = np.einsum("or,op->pr", as64(w[:, :n_rows]), as64(g))
+        if add:
+            c[:, :n_rows] = rand(rng, (n_pos, n_rows), dtype)
+            expected += c[:, :n_rows]
+        _direct.thin_gemm(w, g, n_rows, c, add)
+        assert_close(np.ascontiguousarray(c[:, :n_rows]), expected, dtype)
+        assert np.isnan(c[:, n_rows:]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_thin_gemm_kernel(isa_level, rng, dtype):
     """The thin GEMM (src/_direct_impl.h thin_gemm), each ISA instance: rows
     around one and two vectors (whole blocks, a one-vector block, the scalar

@@ -427,7 +427,7 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype
     tiles of positions, blocks of input channels; the same bits on 1 and 3
     threads), tiles folded back, whole images a unit, groups, and
     conv_transpose2d's bias on each; against the reference."""
-    from fastim2col import _plan
+    from fastim2col import _direct, _plan
     calls = _thin_input_gradients(monkeypatch)
     monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: True)
     monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
@@ -438,7 +438,8 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype
             (1, 12, 20, 16, 16, 1, 1, 0, 2), (3, 3, 5, 1, 50, 1, 1, 0, 1),
             (2, 6, 10, 15, 12, 3, 2, 1, 1), (1, 8, 6, 20, 9, 3, 1, 1, 2),
             (4, 8, 40, 4, 4, 3, 2, 1, 1), (2, 10, 12, 14, 14, 1, 2, 0, 1),
-            (1, 3, 8, 64, 60, 7, 2, 3, 1)]:   # the stem's shape, smaller: even bands
+            (1, 3, 8, 64, 60, 7, 2, 3, 1),   # the stem's shape, smaller: even bands
+            (3, 9, 130, 23, 25, 1, 1, 0, 1)]:   # passes that sweep past the prefetch bound
         x_shape = (n, c, h, w_)
         w, g, b, op, expected, expected_t = _input_gradient_case(
             rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups)
@@ -451,6 +452,11 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype
             if direct:
                 seen.add("1x1 tiles" if tile < h * w_ else "1x1 whole images")
                 seen.add("1x1 channel blocks" if block < c // groups else "1x1 all channels")
+                # a pass of the kernel sweeps grad_output's rows of the tile's
+                # positions, THIN_TERMS channels (its w, read in place)
+                sweep = tile * min(o // groups, _direct.THIN_TERMS) * np.dtype(dtype).itemsize
+                if sweep > _direct.THIN_PREFETCH_BYTES:
+                    seen.add("prefetched sweeps")
             elif per_tile > 1:
                 seen.add("image sets")
             elif tile < g.shape[2] * g.shape[3]:
@@ -461,7 +467,7 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype
         if k == 1 and s == 1:
             assert np.array_equal(got[1], got[3])
     assert seen == {"1x1 tiles", "1x1 whole images", "1x1 channel blocks", "1x1 all channels",
-                    "image sets", "folded tiles"}, seen
+                    "image sets", "folded tiles", "prefetched sweeps"}, seen
 
 
 # The tap-by-tap kernels' cases: (batch, channels, outputs, height, width,
