@@ -23,9 +23,8 @@ from libc.string cimport memcpy, memset
 
 from _lines cimport CACHE_LINE, line_round, line_start
 from _openmp cimport new_thread_keys, omp_get_thread_num
-from _thin_gemm cimport THIN_KC, thin_gemm_f, thin_gemm_d
-from _thin_gemm cimport THIN_PREFETCH_BYTES as PREFETCH_BYTES
-from _thin_gemm cimport THIN_PREFETCH_C_BYTES as PREFETCH_C_BYTES
+from _thin_gemm cimport (THIN_KC, THIN_PREFETCH_BYTES as PREFETCH_BYTES,
+                         THIN_PREFETCH_C_BYTES as PREFETCH_C_BYTES, thin_gemm_f, thin_gemm_d)
 from _unroll cimport Geometry
 
 cnp.import_array()

@@ -446,20 +446,18 @@ DFN(thin_rows)(const int nv, const int accumulate, const DT* w, ptrdiff_t ldw, c
                        c_at ? c : c + p0 * ldc, ldc, c_at ? c_at + p0 : NULL);
 }
 
-/* Prefetch the lines of bytes bytes from p (for writing where write). */
+/* Prefetch the lines that hold bytes bytes from p (rows need not start on
+ * a line), for writing where write. */
 static inline __attribute__((always_inline)) void
 DFN(prefetch_run)(const char* p, ptrdiff_t bytes, const int write)
 {
-    for (ptrdiff_t b = 0; b < bytes; b += 64) {
-        if (write)
-            __builtin_prefetch(p + b, 1, 3);
+    const char* end = p + bytes;
+    for (p -= (uintptr_t)p % 64; p < end; p += 64) {
+        if (write)   /* (__builtin_prefetch takes constants only) */
+            __builtin_prefetch(p, 1, 3);
         else
-            __builtin_prefetch(p + b, 0, 3);
+            __builtin_prefetch(p, 0, 3);
     }
-    if (write)   /* (rows need not start on a line) */
-        __builtin_prefetch(p + bytes - 1, 1, 3);
-    else
-        __builtin_prefetch(p + bytes - 1, 0, 3);
 }
 
 /* thin_gemm's last n_rest (< DVEC) rows, as one vector: their weights

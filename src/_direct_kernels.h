@@ -15,6 +15,7 @@
 #define FASTIM2COL_DIRECT_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef struct {
