@@ -32,6 +32,12 @@ def thin_gemm(w: np.ndarray, g: np.ndarray, n_rows: int, c: np.ndarray,
 def vector_elements(itemsize: int) -> int:
     """Elements per vector of the direct kernels for this item size."""
 
+def unit_claims(
+    n_units: int, n_threads: int, slow_run: int = -1, slow_seconds: float = 0
+) -> np.ndarray:
+    """For tests: the units each of n_threads runs claims from the forward
+    kernels' unit scheduler, in order, (n_threads, n_units), -1 past the last."""
+
 def direct_forward(
     x: np.ndarray,
     w: np.ndarray,

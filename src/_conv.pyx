@@ -21,7 +21,8 @@ from libc.string cimport memcpy
 
 from _blas cimport gemm_rm
 from _lines cimport CACHE_LINE, line_start
-from _openmp cimport new_thread_keys, omp_get_thread_num
+from _openmp cimport (FastUnitRun, fast_units_claim, new_thread_keys, new_unit_runs,
+                      omp_get_thread_num)
 from _thin_gemm cimport THIN_KC, thin_gemm, thin_gemm_at, thin_gemm_terms, thin_gemm_t
 from _unroll cimport Geometry, ceil_div, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
 
@@ -156,8 +157,10 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
                         floating* out, Conv cv, Geometry g, int n_threads,
                         bint thin) noexcept nogil:
     # Units (image, group, tile, block of output channels), block innermost:
-    # with a static schedule a thread gets consecutive units, so consecutive
-    # blocks of one tile reuse the tile it unrolled (keyed per thread).
+    # a thread gets a run of consecutive units, so consecutive blocks of one
+    # tile reuse the tile it unrolled (keyed per thread); threads done with
+    # their run take the slower threads' last units (fast_units_claim; each
+    # unit writes its own part of out: the same bits whoever computes it).
     # thin (NCHW): the GEMMs are the thin kernel's, the tile's rows (x itself
     # for 1x1) its vectors, the block's weights broadcast
     # (_plan.use_thin_forward).
@@ -168,7 +171,7 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
     cdef Py_ssize_t n_tiles = (n_pos + cv.tile - 1) // cv.tile
     cdef Py_ssize_t n_blocks = (og + cv.block - 1) // cv.block
     cdef Py_ssize_t n_units = cv.n_images * cv.groups * n_tiles * n_blocks
-    cdef Py_ssize_t u, n, grp, t, b, p0, p1, m0, m1, tile_key, ld, r, q
+    cdef Py_ssize_t run, u, n, grp, t, b, p0, p1, m0, m1, tile_key, ld, r, q
     cdef Py_ssize_t n_failed = 0
     cdef floating* buf
     cdef floating* gp
@@ -176,7 +179,10 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
     cdef floating* dst
     cdef int tid
     cdef Py_ssize_t* last_key = new_thread_keys(n_threads)
-    if last_key == NULL:
+    cdef FastUnitRun* runs = new_unit_runs(n_threads, n_units)
+    if last_key == NULL or runs == NULL:
+        free(last_key)
+        free(runs)
         return 1
     buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
     gp = NULL
@@ -185,46 +191,50 @@ cdef Py_ssize_t forward(const floating* x, const floating* w, const floating* bi
         if not cv.direct:
             buf = <floating*> malloc(kg * cv.tile * sizeof(floating))
         gp = thin_scratch(thin, cv.block, buf)
-        for u in prange(n_units, schedule='static'):
+        for run in prange(n_threads, schedule='static', chunksize=1):
             if (not cv.direct and buf == NULL) or (thin and gp == NULL):
                 n_failed += 1
             else:
                 tid = omp_get_thread_num()
-                b = u % n_blocks
-                tile_key = u // n_blocks
-                t = tile_key % n_tiles
-                grp = (tile_key // n_tiles) % cv.groups
-                n = tile_key // (n_tiles * cv.groups)
-                p0 = t * cv.tile
-                p1 = min(n_pos, p0 + cv.tile)
-                cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf,
-                                     last_key[tid] != tile_key)
-                ld = tile_ld(&cv, &g, p0, p1)
-                last_key[tid] = tile_key
-                m0 = grp * og + b * cv.block
-                m1 = min((grp + 1) * og, m0 + cv.block)
-                if cv.nhwc:
-                    dst = out + (n * n_pos + p0) * cv.n_out + m0
-                    gemm_rm(False, True, p1 - p0, m1 - m0, kg, 1, cols, ld,
-                            w + m0 * kg, kg, 0, dst, cv.n_out)
-                    if bias != NULL:
-                        for r in range(p1 - p0):
-                            for q in range(m1 - m0):
-                                dst[r * cv.n_out + q] += bias[m0 + q]
-                else:
-                    dst = out + (n * cv.n_out + m0) * n_pos + p0
-                    if thin:   # out[m, p] = sum_k cols[k, p] w[m, k]
-                        thin_gemm(p1 - p0, m1 - m0, kg, cols, ld, w + m0 * kg, 1, kg, dst,
-                                  n_pos, gp)
+                u = fast_units_claim(runs, n_threads, run)
+                while u >= 0:
+                    b = u % n_blocks
+                    tile_key = u // n_blocks
+                    t = tile_key % n_tiles
+                    grp = (tile_key // n_tiles) % cv.groups
+                    n = tile_key // (n_tiles * cv.groups)
+                    p0 = t * cv.tile
+                    p1 = min(n_pos, p0 + cv.tile)
+                    cols = unrolled_tile(x + n * cv.s_n, &cv, &g, grp, p0, p1, buf,
+                                         last_key[tid] != tile_key)
+                    ld = tile_ld(&cv, &g, p0, p1)
+                    last_key[tid] = tile_key
+                    m0 = grp * og + b * cv.block
+                    m1 = min((grp + 1) * og, m0 + cv.block)
+                    if cv.nhwc:
+                        dst = out + (n * n_pos + p0) * cv.n_out + m0
+                        gemm_rm(False, True, p1 - p0, m1 - m0, kg, 1, cols, ld,
+                                w + m0 * kg, kg, 0, dst, cv.n_out)
+                        if bias != NULL:
+                            for r in range(p1 - p0):
+                                for q in range(m1 - m0):
+                                    dst[r * cv.n_out + q] += bias[m0 + q]
                     else:
-                        gemm_rm(False, False, m1 - m0, p1 - p0, kg, 1, w + m0 * kg, kg,
-                                cols, ld, 0, dst, n_pos)
-                    if bias != NULL:
-                        for r in range(m1 - m0):
-                            for q in range(p1 - p0):
-                                dst[r * n_pos + q] += bias[m0 + r]
+                        dst = out + (n * cv.n_out + m0) * n_pos + p0
+                        if thin:   # out[m, p] = sum_k cols[k, p] w[m, k]
+                            thin_gemm(p1 - p0, m1 - m0, kg, cols, ld, w + m0 * kg, 1, kg, dst,
+                                      n_pos, gp)
+                        else:
+                            gemm_rm(False, False, m1 - m0, p1 - p0, kg, 1, w + m0 * kg, kg,
+                                    cols, ld, 0, dst, n_pos)
+                        if bias != NULL:
+                            for r in range(m1 - m0):
+                                for q in range(p1 - p0):
+                                    dst[r * n_pos + q] += bias[m0 + r]
+                    u = fast_units_claim(runs, n_threads, run)
         free(buf)
         free(gp)
+    free(runs)
     free(last_key)
     return n_failed
 

@@ -22,7 +22,8 @@ from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
 from _lines cimport CACHE_LINE, line_round, line_start
-from _openmp cimport new_thread_keys, omp_get_thread_num
+from _openmp cimport (FastUnitRun, fast_units_claim, new_thread_keys, new_unit_runs,
+                      omp_get_thread_num, omp_get_wtime)
 from _thin_gemm cimport (THIN_KC, THIN_PREFETCH_BYTES as PREFETCH_BYTES,
                          THIN_PREFETCH_C_BYTES as PREFETCH_C_BYTES, thin_gemm_f, thin_gemm_d)
 from _unroll cimport Geometry
@@ -80,6 +81,37 @@ THIN_TERMS = THIN_KC
 THIN_PREFETCH_BYTES = PREFETCH_BYTES
 THIN_PREFETCH_C_BYTES = PREFETCH_C_BYTES
 cdef int best_level = -1
+
+
+def unit_claims(Py_ssize_t n_units, int n_threads, int slow_run=-1, double slow_seconds=0):
+    """For tests: the units each of n_threads runs claims from the unit
+    scheduler of the forward kernels (_openmp.pxd fast_units_claim), in order: an
+    (n_threads, n_units) array, -1 past each run's last claim. Run slow_run
+    spends slow_seconds on each unit it claims (a slow core), the others none."""
+    if not (n_units >= 0 and 1 <= n_threads and -1 <= slow_run < n_threads):
+        raise ValueError("unit_claims: n_units >= 0, n_threads >= 1, -1 <= slow_run < n_threads")
+    cdef cnp.ndarray claims_arr = np.full((n_threads, max(1, n_units)), -1, np.intp)
+    cdef Py_ssize_t* claims = <Py_ssize_t*> cnp.PyArray_DATA(claims_arr)
+    cdef Py_ssize_t width = claims_arr.shape[1]
+    cdef FastUnitRun* runs = new_unit_runs(n_threads, n_units)
+    if runs == NULL:
+        raise MemoryError("unit_claims: could not allocate the runs")
+    cdef Py_ssize_t t, u, k
+    cdef double until
+    with nogil, parallel(num_threads=n_threads):
+        for t in prange(n_threads, schedule='static', chunksize=1):
+            k = 0
+            u = fast_units_claim(runs, n_threads, t)
+            while u >= 0:
+                claims[t * width + k] = u
+                k = k + 1
+                if t == slow_run:
+                    until = omp_get_wtime() + slow_seconds
+                    while omp_get_wtime() < until:
+                        pass
+                u = fast_units_claim(runs, n_threads, t)
+    free(runs)
+    return claims_arr[:, :n_units]
 
 
 def best_isa_level():
@@ -261,7 +293,7 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
     cdef Py_ssize_t tail = DIRECT_NV * direct_vector_elements(sizeof(floating)) + s.row_len
     cdef Py_ssize_t grid_at = line_round(per_unit * s.img_packed + tail, sizeof(floating))
     cdef Py_ssize_t buf_elems = grid_at + DIRECT_MAX_CO * s.grid_len
-    cdef Py_ssize_t u, n0, m, n_img, grp, b, key, oh0, rows, co0, n_out, n_failed = 0
+    cdef Py_ssize_t t, u, n0, m, n_img, grp, b, key, oh0, rows, co0, n_out, n_failed = 0
     cdef floating* buf
     cdef void* raw
     cdef floating* dst
@@ -269,7 +301,13 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
     cdef const floating* w_chunk
     cdef int tid
     cdef Py_ssize_t* last_key = new_thread_keys(n_threads)
-    if last_key == NULL:
+    # each thread starts on its static run of units, then takes the slower
+    # threads' last ones (_openmp.pxd fast_units_claim): units write disjoint
+    # outputs, so the result is the same whichever thread computes each
+    cdef FastUnitRun* runs = new_unit_runs(n_threads, n_units)
+    if last_key == NULL or runs == NULL:
+        free(last_key)
+        free(runs)
         return 1
     buf = NULL   # (also before the block: silences gcc's maybe-uninitialized)
     raw = NULL
@@ -277,38 +315,43 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
         # calloc: the tail, and any slot a unit leaves unpacked, read as zeros
         raw = calloc(buf_elems * sizeof(floating) + CACHE_LINE, 1)
         buf = <floating*> line_start(raw)
-        for u in prange(n_units, schedule='static'):
+        for t in prange(n_threads, schedule='static', chunksize=1):
             if raw == NULL:
                 n_failed += 1
             else:
                 tid = omp_get_thread_num()
-                key = u // n_chunks
-                co0 = (u % n_chunks) * n_steps // n_chunks * step
-                n_out = min(s.og, (u % n_chunks + 1) * n_steps // n_chunks * step) - co0
-                b = key % n_bands
-                grp = (key // n_bands) % groups
-                n0 = key // (n_bands * groups) * per_unit
-                n_img = min(per_unit, n_images - n0)
-                oh0 = b * band
-                rows = min(band, g.out_h - oh0)
-                if key != last_key[tid]:
-                    for m in range(n_img):
-                        pack_band(x + (n0 + m) * s_n + grp * cg * s_c, s_c, s_h, s_w, cg, &g,
-                                  oh0 * g.stride_h, rows + halo, &s, buf + m * s.img_packed)
-                    last_key[tid] = key
-                w_chunk = w + grp * s.og * s.n_taps + co0 * s.w_stride
-                co0 = co0 + grp * s.og
-                chunk_bias = bias
-                if bias != NULL:
-                    chunk_bias = bias + co0
-                dst = out + n0 * s.img_out + co0 * s.out_c + oh0 * s.out_row
-                if floating is float:
-                    direct_rows_f(buf, tap_off, w_off, w_chunk, chunk_bias, buf + grid_at,
-                                  dst, n_img, rows, n_out, &s)
-                else:
-                    direct_rows_d(buf, tap_off, w_off, w_chunk, chunk_bias, buf + grid_at,
-                                  dst, n_img, rows, n_out, &s)
+                u = fast_units_claim(runs, n_threads, t)
+                while u >= 0:
+                    key = u // n_chunks
+                    co0 = (u % n_chunks) * n_steps // n_chunks * step
+                    n_out = min(s.og, (u % n_chunks + 1) * n_steps // n_chunks * step) - co0
+                    b = key % n_bands
+                    grp = (key // n_bands) % groups
+                    n0 = key // (n_bands * groups) * per_unit
+                    n_img = min(per_unit, n_images - n0)
+                    oh0 = b * band
+                    rows = min(band, g.out_h - oh0)
+                    if key != last_key[tid]:
+                        for m in range(n_img):
+                            pack_band(x + (n0 + m) * s_n + grp * cg * s_c, s_c, s_h, s_w,
+                                      cg, &g, oh0 * g.stride_h, rows + halo, &s,
+                                      buf + m * s.img_packed)
+                        last_key[tid] = key
+                    w_chunk = w + grp * s.og * s.n_taps + co0 * s.w_stride
+                    co0 = co0 + grp * s.og
+                    chunk_bias = bias
+                    if bias != NULL:
+                        chunk_bias = bias + co0
+                    dst = out + n0 * s.img_out + co0 * s.out_c + oh0 * s.out_row
+                    if floating is float:
+                        direct_rows_f(buf, tap_off, w_off, w_chunk, chunk_bias, buf + grid_at,
+                                      dst, n_img, rows, n_out, &s)
+                    else:
+                        direct_rows_d(buf, tap_off, w_off, w_chunk, chunk_bias, buf + grid_at,
+                                      dst, n_img, rows, n_out, &s)
+                    u = fast_units_claim(runs, n_threads, t)
         free(raw)
+    free(runs)
     free(last_key)
     return n_failed
 

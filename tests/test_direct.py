@@ -119,6 +119,43 @@ def test_bitwise_identical_whatever_threads_and_bands(always_direct, monkeypatch
         assert_close(gw, expected, dtype)
 
 
+def _static_run(n_units, n_threads, run):
+    return range(n_units * run // n_threads, n_units * (run + 1) // n_threads)
+
+
+@pytest.mark.parametrize("n_units", [0, 1, 5, 16, 37])
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("slow_run", [-1, 0])
+def test_unit_claims_each_unit_once(n_units, n_threads, slow_run):
+    """The forward kernels' unit scheduler hands out every unit exactly
+    once: each run claims its static run from the front, and whatever of it
+    other runs took came off its end."""
+    claims = _direct.unit_claims(n_units, n_threads, slow_run, 0.0005)
+    taken = claims[claims >= 0]
+    assert sorted(taken.tolist()) == list(range(n_units))
+    owner = {int(u): run for run in range(n_threads) for u in claims[run] if u >= 0}
+    for run in range(n_threads):
+        own = list(_static_run(n_units, n_threads, run))
+        kept = [u for u in own if owner[u] == run]
+        assert kept == own[:len(kept)]                 # a prefix, in order
+        assert claims[run][:len(kept)].tolist() == kept  # claimed first
+        assert all(owner[u] != run for u in own[len(kept):])
+
+
+@pytest.mark.skipif(not F._openmp_info.OPENMP_ENABLED, reason="needs OpenMP threads")
+def test_unit_claims_fast_runs_take_the_slow_runs_units():
+    """A run that takes longer per unit (a slower core) leaves the end of
+    its static run to the others, which take it from the back."""
+    n_units, slow = 16, 0
+    claims = _direct.unit_claims(n_units, 2, slow, 0.005)
+    own = list(_static_run(n_units, 2, slow))
+    slow_claims = [int(u) for u in claims[slow] if u >= 0]
+    assert len(slow_claims) < len(own)
+    stolen = [int(u) for u in claims[1] if u >= 0 and u in own]
+    assert stolen and stolen == sorted(stolen, reverse=True)
+    assert stolen[0] == own[-1]
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weight_units_share_packed_bands(always_direct, monkeypatch, rng, restore_threads,
