@@ -34,10 +34,10 @@ cdef extern from *:
     """
     typedef struct {
         Py_ssize_t next, end;   /* the run's units left: [next, end) */
-        char pad[64 - 2 * sizeof(Py_ssize_t)];   /* one cache line each */
+        char pad[64 - 2 * sizeof(Py_ssize_t)];   /* a cache line's size each */
     } FastUnitRun;
 
-    /* n_units in runs[0 .. n_runs), as schedule(static) splits them */
+    /* n_units in n_runs contiguous runs of near-equal length, in order */
     static void fast_units_init(FastUnitRun* runs, int n_runs, Py_ssize_t n_units) {
         for (int r = 0; r < n_runs; r++) {
             runs[r].next = n_units * r / n_runs;
