@@ -33,7 +33,7 @@ def vector_elements(itemsize: int) -> int:
     """Elements per vector of the direct kernels for this item size."""
 
 def unit_claims(
-    n_units: int, n_threads: int, slow_run: int = -1, slow_seconds: float = 0
+    n_units: int, n_threads: int, slow_run: int = -1, slow_seconds: float = 0.0
 ) -> np.ndarray:
     """For tests: the units each of n_threads runs claims from the forward
     kernels' unit scheduler, in order, (n_threads, n_units), -1 past the last."""
