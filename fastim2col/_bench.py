@@ -172,10 +172,11 @@ WARMUP_S = 0.2
 
 
 def timed_blocks(fns: dict, rounds: int, repeat: int, warmup: int = 2,
-                 warmup_s: float | None = None) -> dict:
+                 warmup_s: float | None = None, per_round: dict | None = None) -> dict:
     """Median seconds per call of each function, alternating blocks separated
     by a cool-down, each warmed up by at least `warmup` calls and `warmup_s`
-    seconds (default WARMUP_S)."""
+    seconds (default WARMUP_S). per_round, if given, receives each
+    function's block medians, one per round, in order."""
     warmup_s = WARMUP_S if warmup_s is None else warmup_s
     times: dict = {name: [] for name in fns}
     for _ in range(rounds):
@@ -189,7 +190,19 @@ def timed_blocks(fns: dict, rounds: int, repeat: int, warmup: int = 2,
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
+    if per_round is not None:
+        for name, v in times.items():
+            per_round[name] = [statistics.median(v[r * repeat:(r + 1) * repeat])
+                               for r in range(rounds)]
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def round_ratios(per_round: dict, name: str, others: list[str]) -> list[float]:
+    """name's time over the fastest of `others`, round by round (block
+    medians timed minutes apart at most, so a slow stretch of a shared
+    machine shows in the spread of these instead of in one side only)."""
+    return [mine / min(per_round[o][r] for o in others)
+            for r, mine in enumerate(per_round[name])]
 
 
 def _geomean(values):
@@ -300,8 +313,8 @@ def run_bench(argv=None) -> int:
           f"{threads} thread(s), medians of {args.rounds} alternating rounds x {args.repeat} "
           f"calls" + (f"; torch {torch.__version__}" if torch is not None else ""))
     copy_op = args.op in ("im2col", "col2im")
-    headers = ["layer", "batch", "ms", "GB/s" if copy_op else "GFLOP/s", "/gemm"] + [f"/{p}" for p in peers] + \
-        ["extra MiB"] + [f"{p} MiB" for p in peers]
+    headers = ["layer", "batch", "ms", "GB/s" if copy_op else "GFLOP/s", "/gemm",
+               "rounds"] + [f"/{p}" for p in peers] + ["extra MiB"] + [f"{p} MiB" for p in peers]
     rows = []
     ratios: dict[str, list[float]] = {k: [] for k in ["gemm"] + peers}
     cases = []
@@ -309,9 +322,13 @@ def run_bench(argv=None) -> int:
         for batch in batches:
             for layer in layers:
                 fns, out_bytes = _bench_fns(fastim2col, torch, layer, batch, dtype, args, peers)
-                t = timed_blocks(fns, args.rounds, args.repeat)
+                per_round: dict = {}
+                t = timed_blocks(fns, args.rounds, args.repeat, per_round=per_round)
+                spread = "-"
                 if "gemm_ab" in t:
                     t["gemm"] = min(t.pop("gemm_ab"), t.pop("gemm_ba"))
+                    by_round = round_ratios(per_round, "ours", ["gemm_ab", "gemm_ba"])
+                    spread = f"{min(by_round):.2f}-{max(by_round):.2f}"
                 # im2col/col2im: GB of output written per second; else GFLOP/s
                 work = (out_bytes if copy_op else layer.flops(batch)) / 1e9
                 row = [layer.name, batch, f"{t['ours'] * 1e3:.2f}", f"{work / t['ours']:.1f}"]
@@ -323,6 +340,8 @@ def run_bench(argv=None) -> int:
                         row.append(f"{r:.2f}")
                     else:
                         row.append("-")
+                    if k == "gemm":
+                        row.append(spread)
                 rows.append(row)
                 cases.append((fns, out_bytes))
         # Peak memory last: measuring it changes malloc's settings for the rest
@@ -335,6 +354,9 @@ def run_bench(argv=None) -> int:
                 # peers allocate their result inside the call: count only the extra
                 row.append(f"{max(0.0, m - out_bytes / 2**20):.1f}" if m is not None else "n/a")
     _print_table(headers, rows)
+    if "gemm" in ratios and any(r[5] != "-" for r in rows):
+        print("rounds: the least and the most of the rounds' own ratios to the GEMM (each "
+              "round's block medians)")
     print("time ratios (fastim2col / other; < 1 means fastim2col is faster), geometric means:")
     for k, v in ratios.items():
         if not v:
