@@ -199,8 +199,8 @@ def timed_blocks(fns: dict, rounds: int, repeat: int, warmup: int = 2,
 
 def round_ratios(per_round: dict, name: str, others: list[str]) -> list[float]:
     """name's time over the fastest of `others`, round by round (block
-    medians timed minutes apart at most, so a slow stretch of a shared
-    machine shows in the spread of these instead of in one side only)."""
+    medians timed seconds apart, so a slow stretch of a shared machine shows
+    in the spread of these instead of in one side only)."""
     return [mine / min(per_round[o][r] for o in others)
             for r, mine in enumerate(per_round[name])]
 
@@ -354,7 +354,7 @@ def run_bench(argv=None) -> int:
                 # peers allocate their result inside the call: count only the extra
                 row.append(f"{max(0.0, m - out_bytes / 2**20):.1f}" if m is not None else "n/a")
     _print_table(headers, rows)
-    if "gemm" in ratios and any(r[5] != "-" for r in rows):
+    if any(r[headers.index("rounds")] != "-" for r in rows):
         print("rounds: the least and the most of the rounds' own ratios to the GEMM (each "
               "round's block medians)")
     print("time ratios (fastim2col / other; < 1 means fastim2col is faster), geometric means:")
