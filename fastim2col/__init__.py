@@ -17,6 +17,8 @@ except ImportError as exc:  # pragma: no cover - depends on how it was imported
         "`python setup.py build_ext --inplace`."
     ) from exc
 from .functional import col2im, conv2d, conv_transpose2d, im2col
+from ._kernels import Plan, kernels, use_kernel
+from ._explain import explain
 from ._threads import get_num_threads, set_num_threads
 from ._config import show_config
 from . import grad
@@ -28,6 +30,10 @@ __all__ = [
     "conv2d",
     "conv_transpose2d",
     "grad",
+    "explain",
+    "kernels",
+    "use_kernel",
+    "Plan",
     "set_num_threads",
     "get_num_threads",
     "show_config",

@@ -234,12 +234,13 @@ def check_blas(name: str, **dims: int) -> None:
                              "split the problem (e.g. the batch or the channels)")
 
 
-def output(out, shape, dtype: np.dtype, inputs, name: str, zero_fill: bool = False) -> np.ndarray:
-    """A fresh result, or ``out`` checked: exact shape and dtype, C-contiguous,
-    writeable, sharing no memory with the inputs."""
+def check_output(out, shape, dtype: np.dtype, inputs, name: str) -> None:
+    """Refuse a result too large to address, and an ``out`` that is not exactly
+    the result: its shape and dtype, C-contiguous, writeable, aligned, sharing
+    no memory with the inputs."""
     check_size(shape, dtype.itemsize, f"{name} result")
     if out is None:
-        return np.zeros(shape, dtype) if zero_fill else np.empty(shape, dtype)
+        return
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name}: out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != tuple(shape):
@@ -255,9 +256,6 @@ def output(out, shape, dtype: np.dtype, inputs, name: str, zero_fill: bool = Fal
     for arr in inputs:
         if arr is not None and np.may_share_memory(out, arr):
             raise ValueError(f"{name}: out must not overlap an input")
-    if zero_fill:
-        out.fill(0)
-    return out
 
 
 def shape_tuple(value, name: str, lengths: tuple[int, ...]) -> tuple[int, ...]:

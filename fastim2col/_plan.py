@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from . import _conv, _direct
+
 TILE_BYTES = 1024 * 1024
 # Below this much work per thread, starting and joining a thread team costs
 # more than it saves (and on a busy machine a descheduled worker stalls the
@@ -31,8 +33,8 @@ TILE_ALIGN = 16
 # the input in place).
 DIRECT_BAND_BYTES = 1024 * 1024       # per-thread scratch: stays in L2
 DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
-DIRECT_MAX_CO = 6                     # as in src/_direct_kernels.h
-DIRECT_GRID_BYTES = 4096              # as in src/_direct_kernels.h
+DIRECT_MAX_CO = _direct.MAX_CO             # output channels a register block, at most
+DIRECT_GRID_BYTES = _direct.GRID_BYTES     # grid bytes per output channel (stays in L1)
 # Bands are cut for load balance down to about this many grid positions
 # (then rounded to even heights; over 6 register blocks of 64 floats): each
 # band packs its halo rows again and ends in a partial block. 3x3, 128
@@ -305,7 +307,7 @@ NHWC_MIN_BLOCK = 32   # input channels per NHWC input-gradient block (GEMMs of t
 # 0.37-0.88; float64 the stem 0.69-0.74, the others 0.50-0.77. With AVX2
 # (and OpenBLAS's Haswell kernels: OPENBLAS_CORETYPE=Haswell) stride 1 0.50-
 # 0.83, but stride 2 1.03-1.21 (blocks of 4 positions, not 8): not there.
-FEW_MAX_CHANNELS = 4            # as in src/_direct_kernels.h (_conv.FEW_CHANNELS)
+FEW_MAX_CHANNELS = _conv.FEW_CHANNELS   # the element-by-element kernel's channels a group
 FEW_BANDS_PER_THREAD = 8
 FEW_COPY_BYTES = 512 * 1024
 
@@ -847,6 +849,29 @@ def _direct_band_geometry(win, vector_elements: int) -> tuple[int, int, int]:
             (win.kernel_h - 1) * win.dilation_h // win.stride_h)
 
 
+def _direct_unit_layout(cg: int, win, itemsize: int,
+                        vector_elements: int) -> tuple[int, int, int]:
+    """(fixed bytes, bytes per output row, halo bytes of one image) of a
+    direct kernel unit's scratch: its input bands (cg channels in stride
+    phases, zero padded) and its output grid (see src/_direct.pyx)."""
+    span, row_len, halo = _direct_band_geometry(win, vector_elements)
+    planes = cg * win.stride_h * win.stride_w
+    halo_bytes = planes * halo * row_len * itemsize
+    fixed = halo_bytes + (span + row_len) * itemsize
+    fixed += DIRECT_MAX_CO * (max(row_len * itemsize, DIRECT_GRID_BYTES)
+                              + span * itemsize)   # the grid
+    return fixed, planes * row_len * itemsize, halo_bytes
+
+
+def direct_unit_bytes(cg: int, og: int, win, itemsize: int, vector_elements: int,
+                      split: tuple[int, int, int]) -> int:
+    """A thread's scratch bytes in the direct kernels under `split` (from
+    direct_split), as that bounds them."""
+    fixed, per_row, halo_bytes = _direct_unit_layout(cg, win, itemsize, vector_elements)
+    band, _, per_unit = split
+    return fixed + band * per_row + (per_unit - 1) * (band * per_row + halo_bytes)
+
+
 def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: int,
                  n_threads: int, vector_elements: int) -> tuple[int, int, int] | None:
     """(output rows, output channels, images) per work unit of the direct
@@ -862,17 +887,13 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     finer while they keep about DIRECT_MIN_POSITIONS grid positions (the kernels
     compute whole register blocks), then output channels are split in
     multiples of the widest register block."""
-    span, row_len, halo = _direct_band_geometry(win, vector_elements)
-    planes = cg * win.stride_h * win.stride_w
-    per_row = planes * row_len * itemsize
-    fixed = (planes * halo * row_len + span + row_len) * itemsize
-    fixed += DIRECT_MAX_CO * (max(row_len * itemsize, DIRECT_GRID_BYTES)
-                              + span * itemsize)   # the grid
+    fixed, per_row, halo_bytes = _direct_unit_layout(cg, win, itemsize, vector_elements)
+    row_len = _direct_band_geometry(win, vector_elements)[1]
     if fixed + per_row > DIRECT_MAX_BAND_BYTES:
         return None
     band = max(1, min(win.out_h, (DIRECT_BAND_BYTES - fixed) // per_row))
     per_unit = 1
-    image_bytes = band * per_row + planes * halo * row_len * itemsize
+    image_bytes = band * per_row + halo_bytes
     if band == win.out_h and og * cg * win.kernel_h * win.kernel_w * itemsize >= image_bytes:
         # weights outweigh an image: let each block of them serve several
         # (else one image per unit keeps its band in L1: depthwise layers)
@@ -932,6 +953,25 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
 
 
 
+def _direct_weight_unit_layout(channels: int, og: int, win, itemsize: int,
+                               vector_elements: int) -> tuple[int, int]:
+    """(fixed bytes, bytes per output row) of a direct weight-gradient unit's
+    scratch: `channels` input channels' bands and og outputs' grad_output rows."""
+    span, row_len, halo = _direct_band_geometry(win, vector_elements)
+    planes = channels * win.stride_h * win.stride_w
+    return ((planes * halo * row_len + span + row_len + og * span) * itemsize,
+            (planes + og) * row_len * itemsize)
+
+
+def direct_weight_unit_bytes(og: int, win, itemsize: int, vector_elements: int,
+                             split: tuple[int, int, int]) -> int:
+    """A thread's scratch bytes in the direct weight gradient under `split`
+    (from direct_weight_split), as that bounds them."""
+    band, chunk, _ = split
+    fixed, per_row = _direct_weight_unit_layout(chunk, og, win, itemsize, vector_elements)
+    return fixed + band * per_row
+
+
 def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_threads: int,
                         vector_elements: int) -> tuple[int, int, int] | None:
     """(output rows per band, input channels and output channels per work
@@ -945,11 +985,8 @@ def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_thr
     grad_output band, unless the thread's unit before it packed the same:
     chunks of 2 channels had the whole grad_output band packed 32 times at
     16 threads), then the channels further."""
-    span, row_len, halo = _direct_band_geometry(win, vector_elements)
     cap = min(cg, DIRECT_WEIGHT_CHANNELS)
-    planes = cap * win.stride_h * win.stride_w
-    per_row = (planes + og) * row_len * itemsize
-    fixed = (planes * halo * row_len + span + row_len + og * span) * itemsize
+    fixed, per_row = _direct_weight_unit_layout(cap, og, win, itemsize, vector_elements)
     if fixed + per_row > DIRECT_MAX_BAND_BYTES:
         return None
     band = max(1, min(win.out_h, (DIRECT_BAND_BYTES - fixed) // per_row))

@@ -1,0 +1,174 @@
+"""Execution: a Plan run by its kernel's compiled entry, from one table.
+
+EXECUTORS maps (operation, kernel) to a function that hands the Call's
+operands and the Plan's numbers to one compiled entry, by keyword. Nothing
+here decides: every choice was made by fastim2col._planner.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from . import _args, _conv, _depthwise, _direct, _im2col
+from ._calls import Call
+from ._kernels import Plan
+from ._planner import PLANNERS
+from ._threads import blas_single_threaded
+
+_INPUT_GRADIENT_OPS = ("conv2d_input", "conv_transpose2d")
+
+
+def _shape(call: Call) -> tuple[int, int, int, int]:
+    """(N, C, rows, groups): the compiled entries' shape record."""
+    return (call.n, call.channels, call.rows, call.groups)
+
+
+def _nchw_view(a: np.ndarray, nhwc: bool) -> np.ndarray:
+    """The direct kernels read NCHW: NHWC arrays go in as transposed views."""
+    return a.transpose(0, 3, 1, 2) if nhwc else a
+
+
+def _fill(call: Call, plan: Plan, res: np.ndarray) -> None:
+    if call.bias is None or call.op not in ("conv2d", "conv_transpose2d"):
+        res.fill(0)
+    else:
+        res[...] = call.bias if call.nhwc else call.bias[:, None, None]
+
+
+def _unroll(call: Call, plan: Plan, res: np.ndarray) -> None:
+    _im2col.im2col(call.x, res, geom=tuple(call.win), nhwc=call.nhwc,
+                   tile=plan.params["tile"], n_threads=plan.threads)
+
+
+def _fold(call: Call, plan: Plan, res: np.ndarray) -> None:
+    _im2col.col2im(call.x, res, geom=tuple(call.win), nhwc=call.nhwc,
+                   rows_per_band=plan.params["rows_per_band"], n_threads=plan.threads)
+
+
+def _direct_forward(call: Call, plan: Plan, res: np.ndarray) -> None:
+    _direct.direct_forward(_nchw_view(call.x, call.nhwc), call.w, call.bias, res,
+                           groups=call.groups, geom=tuple(call.win),
+                           split=plan.params["split"], n_threads=plan.threads, nhwc=call.nhwc)
+
+
+def _depthwise_forward(call: Call, plan: Plan, res: np.ndarray) -> None:
+    _depthwise.depthwise_forward(call.x, call.w.T.copy(), call.bias, res,
+                                 multiplier=plan.params["multiplier"], geom=tuple(call.win),
+                                 n_threads=plan.threads)
+
+
+def _gemm_forward(call: Call, plan: Plan, res: np.ndarray) -> None:
+    with blas_single_threaded:
+        _conv.gemm_forward(call.x, call.w, call.bias, res, shape=_shape(call),
+                           geom=tuple(call.win), nhwc=call.nhwc, n_threads=plan.threads,
+                           **plan.params)
+
+
+def _direct_input_gradient(call: Call, plan: Plan, res: np.ndarray) -> None:
+    _direct.direct_forward(_nchw_view(call.grad, call.nhwc), call.w, call.bias, res,
+                           groups=call.groups, geom=plan.params["geom"],
+                           split=plan.params["split"], n_threads=plan.threads,
+                           flip_weights=True, nhwc=call.nhwc)
+
+
+def _taps_input_gradient(call: Call, plan: Plan, res: np.ndarray) -> None:
+    _conv.taps_grad_input(call.grad, call.w, call.bias, res, shape=_shape(call),
+                          geom=tuple(call.win), n_threads=plan.threads, **plan.params)
+
+
+def _elementwise_input_gradient(call: Call, plan: Plan, res: np.ndarray) -> None:
+    groups, cg, og = call.groups, call.cg, call.og
+    # the weights as (groups, taps, cg, og), each tap's columns contiguous,
+    # starting on a cache line (the kernel reads them in vectors)
+    w_taps = _args.line_aligned_copy(call.w.reshape(groups, og, -1, cg).transpose(0, 2, 3, 1))
+    _conv.elementwise_grad_input(call.grad, w_taps, call.bias, res, shape=_shape(call),
+                                 geom=tuple(call.win), n_threads=plan.threads, **plan.params)
+
+
+def _gemm_input_gradient(call: Call, plan: Plan, res: np.ndarray) -> None:
+    with blas_single_threaded:
+        _conv.gemm_grad_input(call.grad, call.w, call.bias, res, shape=_shape(call),
+                              geom=tuple(call.win), nhwc=call.nhwc, n_threads=plan.threads,
+                              **plan.params)
+
+
+def _direct_weight_gradient(call: Call, plan: Plan, res: np.ndarray) -> None:
+    """NHWC goes in as transposed views, the gradient through an NCHW-ordered
+    copy of the (small) weights. The kernel declines an input holding NaN or
+    infinity (its dropped lanes multiply by zero): the fallback plan then."""
+    x, go, nhwc = call.x, call.grad, call.nhwc
+    c_out, cg, win = call.rows, call.cg, call.win
+    dw = np.empty((c_out, cg, win.kernel_h, win.kernel_w), res.dtype) if nhwc else res
+    done = _direct.direct_weight(_nchw_view(x, nhwc), _nchw_view(go, nhwc),
+                                 dw.reshape(c_out, -1), groups=call.groups, geom=tuple(win),
+                                 split=plan.params["split"], n_threads=plan.threads)
+    if not done:
+        assert plan.fallback is not None
+        EXECUTORS[(call.op, plan.fallback.kernel)](call, plan.fallback, res)
+    elif nhwc:
+        res[...] = dw.transpose(0, 2, 3, 1)
+
+
+def _taps_weight_gradient(call: Call, plan: Plan, res: np.ndarray) -> None:
+    _conv.taps_grad_weight(call.x, call.grad, res.reshape(call.rows, -1), shape=_shape(call),
+                           geom=tuple(call.win), n_threads=plan.threads, **plan.params)
+
+
+def _gemm_weight_gradient(call: Call, plan: Plan, res: np.ndarray) -> None:
+    params = dict(plan.params)
+    gw = res.reshape(call.rows, -1)
+    with blas_single_threaded:
+        if params.pop("by_channels", False):
+            _conv.gemm_grad_weight_by_channels(call.x, call.grad, gw, shape=_shape(call),
+                                               geom=tuple(call.win), n_threads=plan.threads,
+                                               **params)
+        else:
+            _conv.gemm_grad_weight(call.x, call.grad, gw, shape=_shape(call),
+                                   geom=tuple(call.win), nhwc=call.nhwc,
+                                   n_threads=plan.threads, **params)
+
+
+Executor = Callable[[Call, Plan, np.ndarray], None]
+EXECUTORS: dict[tuple[str, str], Executor] = {
+    ("im2col", "unroll"): _unroll,
+    ("col2im", "fold"): _fold,
+    ("conv2d", "direct"): _direct_forward,
+    ("conv2d", "depthwise"): _depthwise_forward,
+    ("conv2d", "gemm"): _gemm_forward,
+    ("conv2d", "thin_gemm"): _gemm_forward,
+    ("conv2d_weight", "direct"): _direct_weight_gradient,
+    ("conv2d_weight", "taps"): _taps_weight_gradient,
+    ("conv2d_weight", "gemm"): _gemm_weight_gradient,
+    ("conv2d_weight", "thin_gemm"): _gemm_weight_gradient,
+}
+for _op in ("im2col", "col2im", "conv2d", "conv2d_weight") + _INPUT_GRADIENT_OPS:
+    EXECUTORS[(_op, "fill")] = _fill
+for _op in _INPUT_GRADIENT_OPS:
+    EXECUTORS[(_op, "direct")] = _direct_input_gradient
+    EXECUTORS[(_op, "taps")] = _taps_input_gradient
+    EXECUTORS[(_op, "elementwise")] = _elementwise_input_gradient
+    EXECUTORS[(_op, "gemm")] = _gemm_input_gradient
+    EXECUTORS[(_op, "thin_gemm")] = _gemm_input_gradient
+
+
+def plan(call: Call) -> Plan:
+    return PLANNERS[call.op](call)
+
+
+def run(call: Call) -> np.ndarray:
+    """Plan the call, allocate its result (or take out=), execute, return."""
+    the_plan = plan(call)
+    res = call.batched_out if call.out is not None else np.empty(call.shape, call.dtype)
+    verbose = os.environ.get("FASTIM2COL_VERBOSE", "") not in ("", "0")
+    start = time.perf_counter() if verbose else 0.0
+    EXECUTORS[(call.op, the_plan.kernel)](call, the_plan, res)
+    if verbose:
+        ms = (time.perf_counter() - start) * 1e3
+        print(f"fastim2col: {call.describe()} | {the_plan} | {ms:.3f} ms", file=sys.stderr)
+    if call.out is not None:
+        return call.out
+    return res[0] if call.squeeze else res
