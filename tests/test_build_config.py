@@ -263,3 +263,16 @@ def test_show_config_describes_the_imported_build():
         assert set(defines) <= set(flags["c_args"].split())
         for name, args in flags["module_c_args"].items():
             assert set(args.split()) <= set(modules[name]), name
+
+
+def test_test_dependency_group_matches_the_test_extra():
+    """pyproject.toml: `pip install --group test` (PEP 735) and the `test`
+    extra (cibuildwheel's test-extras) install the same."""
+    tomllib = pytest.importorskip("tomllib")
+    path = os.path.join(ROOT, "pyproject.toml")
+    if not os.path.exists(path):
+        pytest.skip("no pyproject.toml")
+    with open(path, "rb") as f:
+        pyproject = tomllib.load(f)
+    assert pyproject["dependency-groups"]["test"] \
+        == pyproject["project"]["optional-dependencies"]["test"]
