@@ -7,12 +7,24 @@ import sys
 
 
 def _build_info() -> dict:
+    import importlib
+
     from . import _direct, _openmp_info
+    flags: dict = dict(_openmp_info.BUILD_FLAGS)
+    try:
+        # written next to the compiled modules by meson or setup.py
+        # (src/_build_flags.py.in); BUILD_FLAGS above is a copy of its dict
+        record = importlib.import_module(f"{__package__}._build_flags")
+        flags["module_c_args"] = dict(getattr(record, "MODULE_C_ARGS", {}))
+    except ImportError:  # a build older than the record
+        pass
     return {
         "openmp": _openmp_info.OPENMP_ENABLED,
         "direct_kernels_isa": _direct.isa(),
         "compiler": _openmp_info.COMPILER,
-        "build_flags": _openmp_info.BUILD_FLAGS,
+        # the build system, its options, and the flags each module was
+        # compiled with: c_args for all, module_c_args[name] for one
+        "build_flags": flags,
     }
 
 
