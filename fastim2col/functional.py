@@ -45,7 +45,7 @@ def im2col(x: ArrayLike, kernel_size: IntPair, stride: IntPair = 1, padding: Int
     if res.size:
         n_threads = _plan.copy_threads(res.nbytes)
         tile = _plan.im2col_tile(n if nhwc else n * c, n_pos, n_threads)
-        _im2col.im2col(x, res, tuple(win), nhwc, tile, n_threads)
+        _im2col.im2col(x, res, geom=tuple(win), nhwc=nhwc, tile=tile, n_threads=n_threads)
     return out if out is not None else _squeeze(res, unbatched)
 
 
@@ -88,7 +88,8 @@ def col2im(cols: ArrayLike, output_size: IntPair, kernel_size: IntPair, stride: 
     if res.size:
         n_threads = _plan.copy_threads(cols.nbytes)
         rows_per_band = _plan.col2im_rows(n, win, n_threads)
-        _im2col.col2im(cols, res, tuple(win), nhwc, rows_per_band, n_threads)
+        _im2col.col2im(cols, res, geom=tuple(win), nhwc=nhwc, rows_per_band=rows_per_band,
+                       n_threads=n_threads)
     return out if out is not None else _squeeze(res, unbatched)
 
 
@@ -172,10 +173,12 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
             res[...] = 0 if bias is None else (bias if nhwc else bias[:, None, None])
         elif direct_split is not None:
             _direct.direct_forward(x.transpose(0, 3, 1, 2) if nhwc else x, w2, bias, res,
-                                   groups, tuple(win), direct_split, n_threads, nhwc=nhwc)
+                                   groups=groups, geom=tuple(win), split=direct_split,
+                                   n_threads=n_threads, nhwc=nhwc)
         elif nhwc and cg == 1 and groups > 1:
             # Depthwise NHWC: a direct kernel along channel vectors.
-            _depthwise.depthwise_forward(x, w2.T.copy(), bias, res, og, tuple(win), n_threads)
+            _depthwise.depthwise_forward(x, w2.T.copy(), bias, res, multiplier=og,
+                                         geom=tuple(win), n_threads=n_threads)
         else:
             direct = _is_direct(x, win, nhwc, cg)
             images = _plan.forward_images(n, groups, og, kg, n_pos, dtype.itemsize, n_threads,
@@ -194,8 +197,9 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
             _plan.check_scratch(n_threads, _direct.THIN_TERMS * split[1] if thin else 0,
                                 itemsize=dtype.itemsize)
             with blas_single_threaded:
-                _conv.conv2d_forward(x, w2, bias, res, (n, c, c_out, groups), tuple(win),
-                                     split, nhwc, direct, n_threads, per_tile, thin)
+                _conv.gemm_forward(x, w2, bias, res, shape=(n, c, c_out, groups),
+                                   geom=tuple(win), split=split, in_place=direct, nhwc=nhwc,
+                                   n_threads=n_threads, images_per_tile=per_tile, thin=thin)
     return out if out is not None else _squeeze(res, unbatched)
 
 
@@ -224,8 +228,8 @@ def _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc
     if split is None:
         return False
     _direct.direct_forward(grad.transpose(0, 3, 1, 2) if nhwc else grad, weight, bias, res,
-                           groups, tuple(flipped), split, n_threads, flip_weights=True,
-                           nhwc=nhwc)
+                           groups=groups, geom=tuple(flipped), split=split, n_threads=n_threads,
+                           flip_weights=True, nhwc=nhwc)
     return True
 
 
@@ -241,9 +245,9 @@ def _taps_input_gradient(grad, weight, bias, res, dims, win, groups, n_threads) 
     _plan.check_scratch(n_threads, _direct.THIN_TERMS * positions, og * copy_ld,
                         itemsize=res.itemsize)
     _plan.check_scratch(n_threads, 2 * positions, itemsize=8)   # the offset tables
-    _conv.conv2d_grad_input(grad, weight, bias, res, (n, c, rows, groups), tuple(win),
-                            (band, block), True, False, n_threads, per_set, by_taps=True,
-                            weights_copy_ld=copy_ld)
+    _conv.taps_grad_input(grad, weight, bias, res, shape=(n, c, rows, groups), geom=tuple(win),
+                          split=(band, block), images_per_set=per_set, weights_copy_ld=copy_ld,
+                          n_threads=n_threads)
 
 
 def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
@@ -270,9 +274,9 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
         # grad_output's rows are copied (to start on cache lines) unless each
         # group's channels of every pixel already do
         copy = grad.ctypes.data % _args.CACHE_LINE or (og * res.itemsize) % _args.CACHE_LINE
-        _conv.conv2d_grad_input(grad, wt, bias, res, (n, c, rows, groups), tuple(win),
-                                (band, cg), True, False, n_threads, few=True,
-                                few_copy=bool(copy))
+        _conv.elementwise_grad_input(grad, wt, bias, res, shape=(n, c, rows, groups),
+                                     geom=tuple(win), band=band, copy_rows=bool(copy),
+                                     n_threads=n_threads)
         return
     if _direct_input_gradient(grad, weight, bias, res, groups, win, n_threads, nhwc):
         return
@@ -299,9 +303,10 @@ def _input_gradient(grad, weight, bias, res, dims, win, groups, nhwc):
     transposed = not nhwc and not thin_positions and (thin or _plan.grad_input_transposed(
         split[0], split[1] * win.kernel_h * win.kernel_w, res.itemsize))
     with blas_single_threaded:
-        _conv.conv2d_grad_input(grad, weight, bias, res, (n, c, rows, groups), tuple(win),
-                                split, nhwc, direct, n_threads, per_tile, transposed, thin,
-                                thin_positions)
+        _conv.gemm_grad_input(grad, weight, bias, res, shape=(n, c, rows, groups),
+                              geom=tuple(win), split=split, in_place=direct, nhwc=nhwc,
+                              n_threads=n_threads, images_per_tile=per_tile,
+                              transposed=transposed, thin=thin, thin_positions=thin_positions)
 
 
 def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,

@@ -102,10 +102,12 @@ def _direct_weight_gradient(x, go, res, groups, win, n_threads, nhwc) -> bool:
     if split is None:
         return False
     if not nhwc:
-        return _direct.direct_weight(x, go, res, groups, tuple(win), split, n_threads)
+        return _direct.direct_weight(x, go, res, groups=groups, geom=tuple(win), split=split,
+                                     n_threads=n_threads)
     dw = np.empty((c_out, cg, win.kernel_h, win.kernel_w), res.dtype)
-    if not _direct.direct_weight(x.transpose(0, 3, 1, 2), go.transpose(0, 3, 1, 2), dw, groups,
-                                 tuple(win), split, n_threads):
+    if not _direct.direct_weight(x.transpose(0, 3, 1, 2), go.transpose(0, 3, 1, 2), dw,
+                                 groups=groups, geom=tuple(win), split=split,
+                                 n_threads=n_threads):
         return False
     res[...] = dw.transpose(0, 2, 3, 1)
     return True
@@ -125,9 +127,9 @@ def _taps_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> bool:
     terms = (per_call * win.out_h if band >= win.out_h else band) * win.out_w
     _plan.check_scratch(n_threads, _direct.THIN_TERMS * out_block, itemsize=res.itemsize)
     _plan.check_scratch(n_threads, 2 * terms, itemsize=8)
-    _conv.conv2d_grad_weight(x, go, res.reshape(c_out, -1), dims, tuple(win), (cg, out_block),
-                             True, False, False, n_threads, by_taps=True,
-                             taps_split=(tap_block, per_call, band))
+    _conv.taps_grad_weight(x, go, res.reshape(c_out, -1), shape=dims, geom=tuple(win),
+                           split=(cg, out_block), taps_split=(tap_block, per_call, band),
+                           n_threads=n_threads)
     return True
 
 
@@ -177,9 +179,16 @@ def _gemm_weight_gradient(x, go, res, dims, win, nhwc, n_threads) -> None:
         thin = per_tile == 1 and _plan.use_thin_weight(tile, itemsize, isa_level)
     _plan.check_scratch(n_threads, _direct.THIN_TERMS * og if thin else 0, itemsize=itemsize)
     with blas_single_threaded:
-        _conv.conv2d_grad_weight(x, go, res.reshape(c_out, kg), dims, tuple(win),
-                                 (tile, block), nhwc, direct, sums, n_threads, per_tile,
-                                 by_channels is not None, transposed, thin)
+        if by_channels is not None:
+            _conv.gemm_grad_weight_by_channels(
+                x, go, res.reshape(c_out, kg), shape=dims, geom=tuple(win), split=(tile, block),
+                in_place=direct, n_threads=n_threads, images_per_tile=per_tile,
+                transposed=transposed, thin=thin)
+        else:
+            _conv.gemm_grad_weight(
+                x, go, res.reshape(c_out, kg), shape=dims, geom=tuple(win), split=(tile, block),
+                in_place=direct, nhwc=nhwc, per_thread_sums=sums, n_threads=n_threads,
+                images_per_tile=per_tile, transposed=transposed, thin=thin)
 
 
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,

@@ -328,15 +328,18 @@ def test_input_gradient_tiles_ending_mid_row(rng, monkeypatch, restore_threads, 
 class _Call(NamedTuple):
     args: tuple
     kwargs: dict
+    name: str
 
 
-def _log_kernel_calls(monkeypatch, name):
-    """A list that collects each call of the kernel entry _conv.<name> (its
-    positional and keyword arguments); the calls go through."""
+def _log_kernel_calls(monkeypatch, *names):
+    """A list that collects each call of the kernel entries _conv.<name> (its
+    name, positional and keyword arguments); the calls go through."""
     from fastim2col import _conv
     calls = []
-    real = getattr(_conv, name)
-    monkeypatch.setattr(_conv, name, lambda *a, **k: calls.append(_Call(a, k)) or real(*a, **k))
+    for name in names:
+        real = getattr(_conv, name)
+        monkeypatch.setattr(_conv, name, lambda *a, _real=real, _name=name, **k: (
+            calls.append(_Call(a, k, _name)) or _real(*a, **k)))
     return calls
 
 
@@ -344,10 +347,10 @@ def _thin_input_gradients(monkeypatch):
     """For the thin GEMM's input-gradient tests: the GEMM kernels always (not
     the direct ones), work split among threads even when small, tiles of a
     few output rows (several an image); returns the list that collects the
-    arguments of each conv2d_grad_input kernel call."""
+    arguments of each gemm_grad_input kernel call."""
     from conftest import split_small_work
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
+    calls = _log_kernel_calls(monkeypatch, "gemm_grad_input")
     monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
     monkeypatch.setattr(_plan, "use_taps", lambda *a: False)
     split_small_work(monkeypatch)
@@ -409,9 +412,9 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, conv_isa, dtype, lay
             got[threads] = conv2d_input(img_to(np.empty(x_shape), layout).shape,
                                         weight_to(w, layout), img_to(g, layout), s, p,
                                         groups=groups, layout=layout)
-            assert calls[-1].args[12] is True   # thin
-            images += calls[-1].args[10] > 1
-            tiles += calls[-1].args[6][0] < g.shape[2] * g.shape[3]
+            assert calls[-1].kwargs["thin"] is True
+            images += calls[-1].kwargs["images_per_tile"] > 1
+            tiles += calls[-1].kwargs["split"][0] < g.shape[2] * g.shape[3]
             assert_close(got[threads], img_to(expected, layout), dtype)
             got_t = F.conv_transpose2d(img_to(g, layout), weight_to(w, layout), b, s, p,
                                        output_padding=op, groups=groups, layout=layout)
@@ -446,9 +449,10 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype
         got = {}
         for threads in _thread_counts(calls):
             got[threads] = conv2d_input(x_shape, w, g, s, p, groups=groups)
-            assert calls[-1].args[13] is True   # thin_positions
-            args = calls[-1].args
-            (tile, block), direct, per_tile = args[6], args[8], args[10]
+            assert calls[-1].kwargs["thin_positions"] is True
+            kwargs = calls[-1].kwargs
+            (tile, block), direct, per_tile = (kwargs["split"], kwargs["in_place"],
+                                               kwargs["images_per_tile"])
             if direct:
                 seen.add("1x1 tiles" if tile < h * w_ else "1x1 whole images")
                 seen.add("1x1 channel blocks" if block < c // groups else "1x1 all channels")
@@ -488,7 +492,7 @@ def test_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     (each element is summed by one unit, taps and then channels in order)."""
     from conftest import split_small_work
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
+    calls = _log_kernel_calls(monkeypatch, "taps_grad_input", "gemm_grad_input")
     monkeypatch.setattr(_plan, "use_taps", lambda nhwc, cg, direct, isa: nhwc and not direct)
     split_small_work(monkeypatch)
     planned = _plan.grad_input_taps
@@ -507,7 +511,7 @@ def test_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                 got = conv2d_input(img_to(np.empty(x_shape), "NHWC").shape,
                                    weight_to(w, "NHWC"), img_to(g, "NHWC"), s, p, d, groups,
                                    layout="NHWC")
-                assert calls[-1].kwargs["by_taps"] is True
+                assert calls[-1].name == "taps_grad_input"
                 assert_close(got, img_to(expected, "NHWC"), dtype)
                 results.append(got)
                 got_t = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,
@@ -529,7 +533,8 @@ def test_weight_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     one unit, positions in order). An input whose channels are not
     contiguous (an NCHW array's NHWC view) goes the other way."""
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_weight")
+    calls = _log_kernel_calls(monkeypatch, "taps_grad_weight", "gemm_grad_weight",
+                              "gemm_grad_weight_by_channels")
     monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_CHANNELS", 1)
     planned = _plan.grad_weight_taps
     # (output channels a unit, taps a unit, images a call, output rows a call)
@@ -554,13 +559,13 @@ def test_weight_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                     got = conv2d_weight(x_in, expected.shape, img_to(g, "NHWC"), s, p, d,
                                         groups, layout="NHWC",
                                         out=np.full(expected.shape, np.nan, dtype))
-                    assert calls[-1].kwargs["by_taps"] is True
+                    assert calls[-1].name == "taps_grad_weight"
                     assert_close(got, expected, dtype)
                     results.append(got)
         assert all(np.array_equal(results[0], r) for r in results[1:])
         got = conv2d_weight(img_to(x, "NHWC"), expected.shape, img_to(g, "NHWC"), s, p, d, groups,
                             layout="NHWC")
-        assert "by_taps" not in calls[-1].kwargs
+        assert calls[-1].name != "taps_grad_weight"
         assert_close(got, expected, dtype)
 
 
@@ -589,7 +594,8 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     for every band and thread count (each element is one unit's sum)."""
     from conftest import split_small_work
     from fastim2col import _args, _conv, _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
+    calls = _log_kernel_calls(monkeypatch, "elementwise_grad_input", "gemm_grad_input",
+                              "taps_grad_input")
     split_small_work(monkeypatch)
     monkeypatch.setattr(_plan, "use_few_channels", lambda nhwc, cg, og, direct, *a: (
         nhwc and not direct and cg <= _plan.FEW_MAX_CHANNELS))
@@ -611,7 +617,7 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                 got = conv2d_input(expected.shape, weight_to(w, "NHWC"),
                                    img_to(g, "NHWC"), s, p, d, groups, layout="NHWC",
                                    out=np.full(expected.shape, np.nan, dtype))
-                assert calls[-1].kwargs["few"] is True
+                assert calls[-1].name == "elementwise_grad_input"
                 assert_close(got, expected, dtype)
                 results.append(got)
         # grad_output's rows copied to a buffer on cache lines or read in
@@ -622,10 +628,10 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
         for band in (1, 3, 1000):
             for copy in (False, True):
                 got = np.full(expected.shape, np.nan, dtype)
-                _conv.conv2d_grad_input(np.ascontiguousarray(img_to(g, "NHWC")), wt,
-                                        None, got, (n, c, o, groups), tuple(win),
-                                        (band, c // groups), True, False, 2, few=True,
-                                        few_copy=copy)
+                _conv.elementwise_grad_input(np.ascontiguousarray(img_to(g, "NHWC")), wt,
+                                             None, got, shape=(n, c, o, groups),
+                                             geom=tuple(win), band=band, copy_rows=copy,
+                                             n_threads=2)
                 results.append(got)
         assert all(np.array_equal(results[0], r) for r in results[1:])
         # conv_transpose2d maps g back to x's channels, plus a bias
@@ -634,7 +640,7 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                                      (x_shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1)
                                      % s[i] for i in (0, 1)),
                                  groups=groups, dilation=d, layout="NHWC")
-        assert calls[-1].kwargs["few"] is True
+        assert calls[-1].name == "elementwise_grad_input"
         assert_close(got, expected + b, dtype)
 
 
@@ -687,13 +693,12 @@ def test_few_channel_kernel_arguments(rng):
     from fastim2col import _args, _conv
     win = tuple(_args.window((8, 8), (3, 3), 1, 1, 1, allow_strings=False))
     go = np.zeros((1, 8, 8, 16))
-    for nhwc, c, wt_shape, band in [(False, 3, (1, 9, 3, 16), 2), (True, 5, (1, 9, 5, 16), 2),
-                                    (True, 3, (1, 9, 3, 16), 0), (True, 3, (1, 9, 3, 8), 2),
-                                    (True, 0, (1, 9, 0, 16), 2)]:
+    for c, wt_shape, band in [(5, (1, 9, 5, 16), 2), (3, (1, 9, 3, 16), 0),
+                              (3, (1, 9, 3, 8), 2), (0, (1, 9, 0, 16), 2)]:
         gx = np.zeros((1, 8, 8, c))
-        with pytest.raises(ValueError, match="few"):
-            _conv.conv2d_grad_input(go, np.zeros(wt_shape), None, gx, (1, c, 16, 1), win,
-                                    (band, c), nhwc, False, 1, few=True)
+        with pytest.raises(ValueError, match="elementwise_grad_input"):
+            _conv.elementwise_grad_input(go, np.zeros(wt_shape), None, gx, shape=(1, c, 16, 1),
+                                         geom=win, band=band, copy_rows=True, n_threads=1)
 
 
 def test_weight_taps_plan():
@@ -790,7 +795,7 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     order, whatever the tiles: blocks give the same bits on 1 and 3 threads."""
     from conftest import split_small_work
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_weight")
+    calls = _log_kernel_calls(monkeypatch, "gemm_grad_weight")
     monkeypatch.setattr(_plan, "use_direct_weight", lambda *a: False)
     monkeypatch.setattr(_plan, "use_thin_weight", lambda tile, itemsize, isa_level: isa_level >= 0)
     monkeypatch.setattr(_plan, "grad_weight_images", lambda *a: None)
@@ -810,8 +815,8 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
         for threads in _thread_counts(calls):
             got[threads] = conv2d_weight(R.to_nhwc(x), weight_to(np.zeros(w_shape), "NHWC").shape,
                                          R.to_nhwc(g), s, p, groups=groups, layout="NHWC")
-            assert calls[-1].args[13] is True   # thin
-            sums = calls[-1].args[8]
+            assert calls[-1].kwargs["thin"] is True
+            sums = calls[-1].kwargs["per_thread_sums"]
             plans.add(sums)
             assert_close(got[threads], weight_to(expected, "NHWC"), dtype)
         if not sums:
@@ -828,7 +833,7 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
     against the reference; float32 transposed too, forced. BLAS GEMMs
     only: the thin kernel's tiles are always transposed (test_thin_gemm_paths)."""
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
+    calls = _log_kernel_calls(monkeypatch, "gemm_grad_input")
     monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
     monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: False)
     item = np.dtype(dtype).itemsize
@@ -850,8 +855,9 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
             calls.clear()
             got = conv2d_input(x_shape, w, g, s, p)
             assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p), dtype)
-            args = calls[-1].args
-            (tile, block), per_tile, transposed = args[6], args[10], args[11]
+            kwargs = calls[-1].kwargs
+            (tile, block), per_tile, transposed = (kwargs["split"], kwargs["images_per_tile"],
+                                                   kwargs["transposed"])
             assert transposed == (force or (item == 8 and 2 * tile <= block * k * k))
             chosen.append(transposed)
             b = rng.standard_normal(c).astype(dtype)   # the adjoint, with a bias
@@ -859,7 +865,7 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
             got = F.conv_transpose2d(g, w, b, s, p, output_padding=(size + 2 * p - k) % s)
             assert_close(got, R.conv_transpose2d(as64(g), as64(w), as64(b), s, p,
                                                  output_padding=(size + 2 * p - k) % s), dtype)
-            assert calls[-1].args[11] == transposed
+            assert calls[-1].kwargs["transposed"] == transposed
             if force is None and (n, size) == (4, 8):
                 assert per_tile > 1   # the whole-images kernel ran
         if not force:   # the rule took both sides in float64 (the last case: not)
@@ -906,7 +912,8 @@ def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch,
     item = np.dtype(dtype).itemsize
     used = []
     real = _direct.direct_weight
-    monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(True) or real(*a))
+    monkeypatch.setattr(_direct, "direct_weight",
+                        lambda *a, **k: used.append(True) or real(*a, **k))
     outputs = 64 if dtype == np.float64 else 32
     few_outputs = _plan.DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
     need = _plan.DIRECT_WEIGHT_MIN_CHANNELS
@@ -1058,7 +1065,8 @@ def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, t
     F.set_num_threads(threads)
     used = []
     real = _direct.direct_weight
-    monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(real(*a)) or used[-1])
+    monkeypatch.setattr(_direct, "direct_weight",
+                        lambda *a, **k: used.append(real(*a, **k)) or used[-1])
     limit = _plan.NHWC_DIRECT_WEIGHT_OUTPUTS
     channels = _plan.NHWC_DIRECT_WEIGHT_F32_CHANNELS
     # (x NCHW shape, weight shape, stride, padding, groups, direct?)
