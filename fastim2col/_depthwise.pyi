@@ -9,6 +9,7 @@ def depthwise_forward(
     w_taps: np.ndarray,
     bias: np.ndarray | None,
     out: np.ndarray,
+    *,
     multiplier: int,
     geom: tuple[int, ...],
     n_threads: int,

@@ -15,6 +15,9 @@ def force_isa(level: int) -> int:
 THIN_TERMS: int
 THIN_PREFETCH_BYTES: int
 THIN_PREFETCH_C_BYTES: int
+MAX_CO: int
+GRID_BYTES: int
+CACHE_LINE: int
 
 def best_isa_level() -> int:
     """The best ISA level this CPU runs (see force_isa), whatever is forced."""
@@ -43,6 +46,7 @@ def direct_forward(
     w: np.ndarray,
     bias: np.ndarray | None,
     out: np.ndarray,
+    *,
     groups: int,
     geom: tuple[int, ...],
     split: tuple[int, int, int],
@@ -59,6 +63,7 @@ def direct_weight(
     x: np.ndarray,
     go: np.ndarray,
     dw: np.ndarray,
+    *,
     groups: int,
     geom: tuple[int, ...],
     split: tuple[int, int, int],

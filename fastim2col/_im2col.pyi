@@ -7,6 +7,7 @@ import numpy as np
 def im2col(
     x: np.ndarray,
     out: np.ndarray,
+    *,
     geom: tuple[int, ...],
     nhwc: bool,
     tile: int,
@@ -17,9 +18,10 @@ def im2col(
 def col2im(
     cols: np.ndarray,
     out: np.ndarray,
+    *,
     geom: tuple[int, ...],
     nhwc: bool,
-    tile_rows: int,
+    rows_per_band: int,
     n_threads: int,
 ) -> None:
     """Sum the C-contiguous columns cols back into out (C-contiguous)."""

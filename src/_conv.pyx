@@ -1239,15 +1239,23 @@ def force_isa(int level):
     return direct_force_isa(level)
 
 
-def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
-                   tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
-                   int n_threads, Py_ssize_t images_per_tile=1, bint thin=False):
-    """out = conv2d(x, w) + bias; x any strides, w/bias/out C-contiguous.
-    images_per_tile > 1: tiles of that many whole images (not direct).
+# The entries, one a kernel family. Every argument after the arrays is a
+# keyword: shape = (N, C, C_out, groups) (the input gradients: gx's
+# channels, go's, groups), geom = the 12 ints of fastim2col._args.Window,
+# split = (tile, block) unless said otherwise. in_place: a 1x1, stride 1,
+# unpadded convolution whose input (or gx) is read (written) in place as
+# the GEMM's operand, nothing unrolled or folded.
+
+def gemm_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out, *,
+                 tuple shape, tuple geom, tuple split, bint in_place, bint nhwc,
+                 int n_threads, Py_ssize_t images_per_tile=1, bint thin=False):
+    """out = conv2d(x, w) + bias by unrolled tiles and GEMM (forward,
+    forward_images); x any strides, w/bias/out C-contiguous.
+    images_per_tile > 1: tiles of that many whole images (not in_place).
     thin (NCHW, one image a tile): the GEMMs by the thin kernel."""
     if thin and (nhwc or images_per_tile > 1):
-        raise ValueError("conv2d_forward: the thin GEMM is for NCHW tiles of one image")
-    cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
+        raise ValueError("gemm_forward: the thin GEMM is for NCHW tiles of one image")
+    cdef Conv cv = make_conv(x, shape, split, nhwc, in_place)
     cdef Geometry g = make_geometry(geom)
     cdef void* xp = data(x)
     cdef void* wp = data(w)
@@ -1271,61 +1279,33 @@ def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
         raise MemoryError("conv2d: could not allocate the per-thread tile buffers")
 
 
-def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx,
-                      tuple shape, tuple geom, tuple split, bint nhwc, bint direct,
-                      int n_threads, Py_ssize_t images_per_tile=1, bint transposed=False,
-                      bint thin=False, bint thin_positions=False, bint by_taps=False,
-                      Py_ssize_t weights_copy_ld=0, bint few=False, bint few_copy=True):
-    """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx); all C-contiguous.
-    few (NHWC, at most FEW_MAX_CHANNELS input channels a group): element by element,
-    units of split[0] input rows (grad_input_few); w is then the weights as
-    (groups, taps, cg, og); few_copy: each unit copies the grad_output rows it
-    needs first (else they are read in place).
-    by_taps (NHWC): tap by tap in the thin kernel, units of split[0] input
-    rows, split[1] input channels and images_per_tile images; weights_copy_ld
-    > 0 (at least split[1]): each tap's weights copied first, rows that far
-    apart (grad_input_taps).
-    images_per_tile > 1: units of that many whole images (not direct).
+def gemm_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx, *,
+                    tuple shape, tuple geom, tuple split, bint in_place, bint nhwc,
+                    int n_threads, Py_ssize_t images_per_tile=1, bint transposed=False,
+                    bint thin=False, bint thin_positions=False):
+    """gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx) by GEMM and
+    fold (grad_input, grad_input_images); all C-contiguous.
+    images_per_tile > 1: units of that many whole images (not in_place).
     transposed (NCHW only): each GEMM in the orientation with positions as
     its rows (see grad_input). thin: the GEMMs by the thin kernel
     (_plan.use_thin_gemm), in the transposed orientation in NCHW. thin_positions
     (NCHW): by the thin kernel over grad_output's rows (_plan.use_thin_positions)."""
     if transposed and nhwc:
-        raise ValueError("conv2d_grad_input: transposed GEMMs are for NCHW only")
+        raise ValueError("gemm_grad_input: transposed GEMMs are for NCHW only")
     if thin and not (transposed or nhwc):
-        raise ValueError("conv2d_grad_input: the thin GEMM writes the transposed orientation")
+        raise ValueError("gemm_grad_input: the thin GEMM writes the transposed orientation")
     if thin_positions and (nhwc or transposed or thin):
-        raise ValueError("conv2d_grad_input: thin_positions is for NCHW, not transposed, "
+        raise ValueError("gemm_grad_input: thin_positions is for NCHW, not transposed, "
                          "instead of thin")
-    cdef Conv cv = make_conv(gx, shape, split, nhwc, direct)
+    cdef Conv cv = make_conv(gx, shape, split, nhwc, in_place)
     cdef Geometry g = make_geometry(geom)
     cdef void* gop = data(go)
     cdef void* wp = data(w)
     cdef void* bp = data(bias)
     cdef void* gxp = data(gx)
     cdef Py_ssize_t failed
-    if by_taps and (not nhwc or direct):
-        raise ValueError("conv2d_grad_input: by_taps is for NHWC, not direct")
-    if weights_copy_ld and weights_copy_ld < min(split[1], shape[1] // shape[3]):
-        raise ValueError("conv2d_grad_input: weights_copy_ld is shorter than a block")
-    if few and not (nhwc and 1 <= shape[1] // shape[3] <= FEW_MAX_CHANNELS and split[0] > 0
-                    and w.size == shape[1] * shape[2] // shape[3] * geom[4] * geom[5]):
-        raise ValueError("conv2d_grad_input: few is for NHWC, at most FEW_MAX_CHANNELS input "
-                         "channels a group, bands of rows, w as (groups, taps, cg, og)")
     with nogil:
-        if few and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
-            failed = grad_input_few(<float*> gop, <float*> wp, <float*> bp, <float*> gxp, cv, g,
-                                    few_copy, n_threads)
-        elif few:
-            failed = grad_input_few(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
-                                    cv, g, few_copy, n_threads)
-        elif by_taps and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
-            failed = grad_input_taps(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
-                                     cv, g, images_per_tile, weights_copy_ld, n_threads)
-        elif by_taps:
-            failed = grad_input_taps(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
-                                     cv, g, images_per_tile, weights_copy_ld, n_threads)
-        elif images_per_tile > 1 and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+        if images_per_tile > 1 and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
             failed = grad_input_images(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
                                        cv, g, images_per_tile, n_threads, transposed, thin,
                                        thin_positions)
@@ -1343,60 +1323,85 @@ def conv2d_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx
         raise MemoryError("conv2d_input: could not allocate the per-thread tile buffers")
 
 
-def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shape,
-                       tuple geom, tuple split, bint nhwc, bint direct,
-                       bint per_thread_sums, int n_threads, Py_ssize_t images_per_tile=1,
-                       bint by_channels=False, bint transposed=False, bint thin=False,
-                       bint by_taps=False, tuple taps_split=(1, 1, 1)):
-    """gw = d/dw <conv2d(x, w), go>; x any strides, go/gw C-contiguous.
-    by_taps (NHWC, x's channels contiguous): tap by tap in the thin kernel,
-    units of split[1] output channels and split[0] input channels;
-    taps_split = (taps a unit, images a call, output rows a call: fewer than
-    out_h for bands of one image) (grad_weight_taps).
-    by_channels (NCHW): units own chunks of split[1] input channels
-    (grad_weight_channels; images_per_tile > 1: sets of whole images,
-    grad_weight_channels_images). transposed (NCHW, one image a tile, by
-    channels or per-thread sums): GEMMs in the transposed orientation.
-    Else images_per_tile > 1: tiles of that many whole images, per-thread sums.
-    thin (NHWC one image a tile, or NCHW by_channels not transposed): the
-    GEMMs by the thin kernel."""
-    if thin and not (images_per_tile == 1 and (nhwc and not by_channels
-                                               or by_channels and not transposed)):
-        raise ValueError("conv2d_grad_weight: the thin GEMM is for tiles of one image")
-    cdef Conv cv = make_conv(x, shape, split, nhwc, direct)
+def taps_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx, *,
+                    tuple shape, tuple geom, tuple split, Py_ssize_t images_per_set,
+                    Py_ssize_t weights_copy_ld, int n_threads):
+    """NHWC: gx = d/dx <conv2d(x, w), go> (+ bias per channel of gx) tap by
+    tap in the thin kernel (grad_input_taps); all C-contiguous. Units of
+    split = (band, block): band input rows, block input channels, of
+    images_per_set images; weights_copy_ld > 0 (at least a block): each
+    tap's weights copied first, rows that far apart."""
+    if weights_copy_ld and weights_copy_ld < min(split[1], shape[1] // shape[3]):
+        raise ValueError("taps_grad_input: weights_copy_ld is shorter than a block")
+    cdef Conv cv = make_conv(gx, shape, split, True, False)
+    cdef Geometry g = make_geometry(geom)
+    cdef void* gop = data(go)
+    cdef void* wp = data(w)
+    cdef void* bp = data(bias)
+    cdef void* gxp = data(gx)
+    cdef Py_ssize_t failed
+    with nogil:
+        if cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+            failed = grad_input_taps(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
+                                     cv, g, images_per_set, weights_copy_ld, n_threads)
+        else:
+            failed = grad_input_taps(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
+                                     cv, g, images_per_set, weights_copy_ld, n_threads)
+    if failed:
+        raise MemoryError("conv2d_input: could not allocate the per-thread tile buffers")
+
+
+def elementwise_grad_input(cnp.ndarray go, cnp.ndarray w_taps, object bias, cnp.ndarray gx,
+                           *, tuple shape, tuple geom, Py_ssize_t band, bint copy_rows,
+                           int n_threads):
+    """NHWC, at most FEW_CHANNELS input channels a group: gx = d/dx
+    <conv2d(x, w), go> (+ bias per channel of gx) element by element
+    (grad_input_few), units of `band` input rows; all C-contiguous, w_taps
+    the weights as (groups, taps, cg, og). copy_rows: each unit copies the
+    grad_output rows it needs first (else they are read in place)."""
+    if not (1 <= shape[1] // shape[3] <= FEW_MAX_CHANNELS and band > 0
+            and w_taps.size == shape[1] * shape[2] // shape[3] * geom[4] * geom[5]):
+        raise ValueError("elementwise_grad_input: for at most FEW_CHANNELS input channels "
+                         "a group, bands of rows, w_taps as (groups, taps, cg, og)")
+    cdef Conv cv = make_conv(gx, shape, (band, shape[1] // shape[3]), True, False)
+    cdef Geometry g = make_geometry(geom)
+    cdef void* gop = data(go)
+    cdef void* wp = data(w_taps)
+    cdef void* bp = data(bias)
+    cdef void* gxp = data(gx)
+    cdef Py_ssize_t failed
+    with nogil:
+        if cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+            failed = grad_input_few(<float*> gop, <float*> wp, <float*> bp, <float*> gxp, cv, g,
+                                    copy_rows, n_threads)
+        else:
+            failed = grad_input_few(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
+                                    cv, g, copy_rows, n_threads)
+    if failed:
+        raise MemoryError("conv2d_input: could not allocate the per-thread tile buffers")
+
+
+def gemm_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, *, tuple shape,
+                     tuple geom, tuple split, bint in_place, bint nhwc,
+                     bint per_thread_sums, int n_threads, Py_ssize_t images_per_tile=1,
+                     bint transposed=False, bint thin=False):
+    """gw = d/dw <conv2d(x, w), go> by unrolled tiles and GEMM (grad_weight,
+    grad_weight_images); x any strides, go/gw C-contiguous.
+    per_thread_sums: units (image, group, tile) into per-thread sums; else
+    units (group, block of output channels). images_per_tile > 1: tiles of
+    that many whole images, per-thread sums. transposed (NCHW, one image a
+    tile, per-thread sums): GEMMs in the transposed orientation. thin (NHWC,
+    one image a tile): the GEMMs by the thin kernel."""
+    if thin and not (images_per_tile == 1 and nhwc):
+        raise ValueError("gemm_grad_weight: the thin GEMM is for NHWC tiles of one image")
+    cdef Conv cv = make_conv(x, shape, split, nhwc, in_place)
     cdef Geometry g = make_geometry(geom)
     cdef void* xp = data(x)
     cdef void* gop = data(go)
     cdef void* gwp = data(gw)
     cdef Py_ssize_t failed
-    if by_taps and not (nhwc and cv.s_c == 1 and not (by_channels or thin or per_thread_sums)):
-        raise ValueError("conv2d_grad_weight: by_taps is for NHWC with contiguous channels, "
-                         "on its own")
-    cdef TapsSplit sp
-    sp.in_block, sp.out_block = split
-    sp.tap_block, sp.per_call, sp.band = taps_split
-    if by_taps and min(split + taps_split) < 1:
-        raise ValueError("conv2d_grad_weight: by_taps needs positive blocks")
     with nogil:
-        if by_taps and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
-            failed = grad_weight_taps(<float*> xp, <float*> gop, <float*> gwp, cv, g, sp,
-                                      n_threads)
-        elif by_taps:
-            failed = grad_weight_taps(<double*> xp, <double*> gop, <double*> gwp, cv, g, sp,
-                                      n_threads)
-        elif by_channels and images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
-            failed = grad_weight_channels_images(<float*> xp, <float*> gop, <float*> gwp, cv,
-                                                 g, images_per_tile, n_threads)
-        elif by_channels and images_per_tile > 1:
-            failed = grad_weight_channels_images(<double*> xp, <double*> gop, <double*> gwp,
-                                                 cv, g, images_per_tile, n_threads)
-        elif by_channels and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
-            failed = grad_weight_channels(<float*> xp, <float*> gop, <float*> gwp, cv, g,
-                                          transposed, n_threads, thin)
-        elif by_channels:
-            failed = grad_weight_channels(<double*> xp, <double*> gop, <double*> gwp, cv, g,
-                                          transposed, n_threads, thin)
-        elif images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+        if images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
             failed = grad_weight_images(<float*> xp, <float*> gop, <float*> gwp, cv, g,
                                         images_per_tile, n_threads)
         elif images_per_tile > 1:
@@ -1408,5 +1413,71 @@ def conv2d_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, tuple shap
         else:
             failed = grad_weight(<double*> xp, <double*> gop, <double*> gwp, cv, g,
                                  per_thread_sums, transposed, n_threads, thin)
+    if failed:
+        raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")
+
+
+def gemm_grad_weight_by_channels(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, *,
+                                 tuple shape, tuple geom, tuple split, bint in_place,
+                                 int n_threads, Py_ssize_t images_per_tile=1,
+                                 bint transposed=False, bint thin=False):
+    """NCHW: gw = d/dw <conv2d(x, w), go>, units owning chunks of split[1]
+    input channels (grad_weight_channels; images_per_tile > 1: sets of whole
+    images, grad_weight_channels_images); x any strides, go/gw C-contiguous.
+    transposed (one image a tile): GEMMs in the transposed orientation.
+    thin (one image a tile, not transposed): the GEMMs by the thin kernel."""
+    if thin and not (images_per_tile == 1 and not transposed):
+        raise ValueError("gemm_grad_weight_by_channels: the thin GEMM is for tiles of one "
+                         "image, not transposed")
+    cdef Conv cv = make_conv(x, shape, split, False, in_place)
+    cdef Geometry g = make_geometry(geom)
+    cdef void* xp = data(x)
+    cdef void* gop = data(go)
+    cdef void* gwp = data(gw)
+    cdef Py_ssize_t failed
+    with nogil:
+        if images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+            failed = grad_weight_channels_images(<float*> xp, <float*> gop, <float*> gwp, cv,
+                                                 g, images_per_tile, n_threads)
+        elif images_per_tile > 1:
+            failed = grad_weight_channels_images(<double*> xp, <double*> gop, <double*> gwp,
+                                                 cv, g, images_per_tile, n_threads)
+        elif cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+            failed = grad_weight_channels(<float*> xp, <float*> gop, <float*> gwp, cv, g,
+                                          transposed, n_threads, thin)
+        else:
+            failed = grad_weight_channels(<double*> xp, <double*> gop, <double*> gwp, cv, g,
+                                          transposed, n_threads, thin)
+    if failed:
+        raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")
+
+
+def taps_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, *, tuple shape,
+                     tuple geom, tuple split, tuple taps_split, int n_threads):
+    """NHWC, x's channels contiguous: gw = d/dw <conv2d(x, w), go> tap by tap
+    in the thin kernel (grad_weight_taps); go/gw C-contiguous. Units of
+    split = (in_block, out_block) input and output channels; taps_split =
+    (taps a unit, images a call, output rows a call: fewer than out_h for
+    bands of one image)."""
+    cdef Conv cv = make_conv(x, shape, split, True, False)
+    cdef Geometry g = make_geometry(geom)
+    cdef void* xp = data(x)
+    cdef void* gop = data(go)
+    cdef void* gwp = data(gw)
+    cdef Py_ssize_t failed
+    if cv.s_c != 1:
+        raise ValueError("taps_grad_weight: x's channels must be contiguous")
+    cdef TapsSplit sp
+    sp.in_block, sp.out_block = split
+    sp.tap_block, sp.per_call, sp.band = taps_split
+    if min(split + taps_split) < 1:
+        raise ValueError("taps_grad_weight: needs positive blocks")
+    with nogil:
+        if cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+            failed = grad_weight_taps(<float*> xp, <float*> gop, <float*> gwp, cv, g, sp,
+                                      n_threads)
+        else:
+            failed = grad_weight_taps(<double*> xp, <double*> gop, <double*> gwp, cv, g, sp,
+                                      n_threads)
     if failed:
         raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")

@@ -54,7 +54,7 @@ cdef void depthwise_nhwc(const floating* x, Py_ssize_t s_n, Py_ssize_t s_h,
                             dst[co] += wt[co] * src[(co // multiplier) * s_c]
 
 
-def depthwise_forward(cnp.ndarray x, cnp.ndarray w_taps, object bias, cnp.ndarray out,
+def depthwise_forward(cnp.ndarray x, cnp.ndarray w_taps, object bias, cnp.ndarray out, *,
                       Py_ssize_t multiplier, tuple geom, int n_threads):
     """out = depthwise conv2d(x, w) + bias, NHWC. x (N, H, W, C) any strides;
     w_taps C-contiguous (kh*kw, C_out); out C-contiguous (N, Ho, Wo, C_out)."""

@@ -80,6 +80,15 @@ THIN_TERMS = THIN_KC
 # prefetches them.
 THIN_PREFETCH_BYTES = PREFETCH_BYTES
 THIN_PREFETCH_C_BYTES = PREFETCH_C_BYTES
+# The most output channels of any register block of the direct kernels
+# (a thread's grid scratch holds that many), and the bytes of grid per
+# output channel (_direct_kernels.h), for fastim2col._plan's sizes.
+MAX_CO = DIRECT_MAX_CO
+GRID_BYTES = DIRECT_GRID_BYTES
+# Bytes of a cache line, on which per-thread buffers start (_lines.pxd).
+# (Set through the module's dict: the name CACHE_LINE is the cimported
+# constant's here.)
+globals()["CACHE_LINE"] = CACHE_LINE
 cdef int best_level = -1
 
 
@@ -356,7 +365,7 @@ cdef Py_ssize_t direct_forward_impl(const floating* x, Py_ssize_t s_n, Py_ssize_
     return n_failed
 
 
-def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out,
+def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out, *,
                    Py_ssize_t groups, tuple geom, tuple split, int n_threads,
                    bint flip_weights=False, bint nhwc=False):
     """out = conv2d(x, w, groups) + bias, NCHW, by direct accumulation.
@@ -567,7 +576,7 @@ cdef Py_ssize_t direct_weight_impl(const floating* x, Py_ssize_t s_n, Py_ssize_t
     return n_failed
 
 
-def direct_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray dw, Py_ssize_t groups,
+def direct_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray dw, *, Py_ssize_t groups,
                   tuple geom, tuple split, int n_threads):
     """dw = the weight gradient of conv2d(x, w, groups), NCHW, by direct
     accumulation. x (N, C, H, W) and go (N, C_out, Ho, Wo) any strides (NHWC

@@ -111,7 +111,7 @@ cdef void col2im_nhwc(const floating* cols, Py_ssize_t n_images,
                           0, n_channels, &g, p0, p1, out + n * image_size)
 
 
-def im2col(cnp.ndarray x, cnp.ndarray out, tuple geom, bint nhwc,
+def im2col(cnp.ndarray x, cnp.ndarray out, *, tuple geom, bint nhwc,
            Py_ssize_t tile, int n_threads):
     """x: (N, C, H, W) or (N, H, W, C), any strides; out: C-contiguous."""
     cdef Geometry g = make_geometry(geom)
@@ -137,8 +137,8 @@ def im2col(cnp.ndarray x, cnp.ndarray out, tuple geom, bint nhwc,
                         tile, <double*> op, n_threads)
 
 
-def col2im(cnp.ndarray cols, cnp.ndarray out, tuple geom, bint nhwc,
-           Py_ssize_t tile_rows, int n_threads):
+def col2im(cnp.ndarray cols, cnp.ndarray out, *, tuple geom, bint nhwc,
+           Py_ssize_t rows_per_band, int n_threads):
     """cols: C-contiguous (N, C*kh*kw, L) or (N, L, kh*kw*C); out C-contiguous."""
     cdef Geometry g = make_geometry(geom)
     cdef Py_ssize_t n_images = out.shape[0]
@@ -148,10 +148,10 @@ def col2im(cnp.ndarray cols, cnp.ndarray out, tuple geom, bint nhwc,
     cdef bint single = cnp.PyArray_TYPE(cols) == cnp.NPY_FLOAT32
     with nogil:
         if nhwc and single:
-            col2im_nhwc(<float*> cp, n_images, n_channels, g, tile_rows,
+            col2im_nhwc(<float*> cp, n_images, n_channels, g, rows_per_band,
                         <float*> op, n_threads)
         elif nhwc:
-            col2im_nhwc(<double*> cp, n_images, n_channels, g, tile_rows,
+            col2im_nhwc(<double*> cp, n_images, n_channels, g, rows_per_band,
                         <double*> op, n_threads)
         elif single:
             col2im_nchw(<float*> cp, n_images, n_channels, g, <float*> op, n_threads)
