@@ -13,15 +13,18 @@ import fastim2col as F
 class _Call(NamedTuple):
     args: tuple
     kwargs: dict
+    name: str
 
 
-def _log_kernel_calls(monkeypatch, name):
-    """A list that collects each call of the kernel entry _conv.<name> (its
-    positional and keyword arguments); the calls go through."""
+def _log_kernel_calls(monkeypatch, *names):
+    """A list that collects each call of the kernel entries _conv.<name> (its
+    name, positional and keyword arguments); the calls go through."""
     from fastim2col import _conv
     calls = []
-    real = getattr(_conv, name)
-    monkeypatch.setattr(_conv, name, lambda *a, **k: calls.append(_Call(a, k)) or real(*a, **k))
+    for name in names:
+        real = getattr(_conv, name)
+        monkeypatch.setattr(_conv, name, lambda *a, _real=real, _name=name, **k: (
+            calls.append(_Call(a, k, _name)) or _real(*a, **k)))
     return calls
 
 

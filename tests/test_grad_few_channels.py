@@ -38,7 +38,8 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     for every band and thread count (each element is one unit's sum)."""
     from conftest import split_small_work
     from fastim2col import _args, _conv, _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
+    calls = _log_kernel_calls(monkeypatch, "elementwise_grad_input", "gemm_grad_input",
+                              "taps_grad_input")
     split_small_work(monkeypatch)
     monkeypatch.setattr(_plan, "use_few_channels", lambda nhwc, cg, og, direct, *a: (
         nhwc and not direct and cg <= _plan.FEW_MAX_CHANNELS))
@@ -60,7 +61,7 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                 got = conv2d_input(expected.shape, weight_to(w, "NHWC"),
                                    img_to(g, "NHWC"), s, p, d, groups, layout="NHWC",
                                    out=np.full(expected.shape, np.nan, dtype))
-                assert calls[-1].kwargs["few"] is True
+                assert calls[-1].name == "elementwise_grad_input"
                 assert_close(got, expected, dtype)
                 results.append(got)
         # grad_output's rows copied to a buffer on cache lines or read in
@@ -71,10 +72,10 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
         for band in (1, 3, 1000):
             for copy in (False, True):
                 got = np.full(expected.shape, np.nan, dtype)
-                _conv.conv2d_grad_input(np.ascontiguousarray(img_to(g, "NHWC")), wt,
-                                        None, got, (n, c, o, groups), tuple(win),
-                                        (band, c // groups), True, False, 2, few=True,
-                                        few_copy=copy)
+                _conv.elementwise_grad_input(np.ascontiguousarray(img_to(g, "NHWC")), wt,
+                                             None, got, shape=(n, c, o, groups),
+                                             geom=tuple(win), band=band, copy_rows=copy,
+                                             n_threads=2)
                 results.append(got)
         assert all(np.array_equal(results[0], r) for r in results[1:])
         # conv_transpose2d maps g back to x's channels, plus a bias
@@ -83,7 +84,7 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                                      (x_shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1)
                                      % s[i] for i in (0, 1)),
                                  groups=groups, dilation=d, layout="NHWC")
-        assert calls[-1].kwargs["few"] is True
+        assert calls[-1].name == "elementwise_grad_input"
         assert_close(got, expected + b, dtype)
 
 
@@ -136,10 +137,9 @@ def test_few_channel_kernel_arguments(rng):
     from fastim2col import _args, _conv
     win = tuple(_args.window((8, 8), (3, 3), 1, 1, 1, allow_strings=False))
     go = np.zeros((1, 8, 8, 16))
-    for nhwc, c, wt_shape, band in [(False, 3, (1, 9, 3, 16), 2), (True, 5, (1, 9, 5, 16), 2),
-                                    (True, 3, (1, 9, 3, 16), 0), (True, 3, (1, 9, 3, 8), 2),
-                                    (True, 0, (1, 9, 0, 16), 2)]:
+    for c, wt_shape, band in [(5, (1, 9, 5, 16), 2), (3, (1, 9, 3, 16), 0),
+                              (3, (1, 9, 3, 8), 2), (0, (1, 9, 0, 16), 2)]:
         gx = np.zeros((1, 8, 8, c))
-        with pytest.raises(ValueError, match="few"):
-            _conv.conv2d_grad_input(go, np.zeros(wt_shape), None, gx, (1, c, 16, 1), win,
-                                    (band, c), nhwc, False, 1, few=True)
+        with pytest.raises(ValueError, match="elementwise_grad_input"):
+            _conv.elementwise_grad_input(go, np.zeros(wt_shape), None, gx, shape=(1, c, 16, 1),
+                                         geom=win, band=band, copy_rows=True, n_threads=1)

@@ -50,7 +50,7 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
     against the reference; float32 transposed too, forced. BLAS GEMMs
     only: the thin kernel's tiles are always transposed (test_thin_gemm_paths)."""
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
+    calls = _log_kernel_calls(monkeypatch, "gemm_grad_input")
     monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
     monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: False)
     item = np.dtype(dtype).itemsize
@@ -72,8 +72,9 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
             calls.clear()
             got = conv2d_input(x_shape, w, g, s, p)
             assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p), dtype)
-            args = calls[-1].args
-            (tile, block), per_tile, transposed = args[6], args[10], args[11]
+            kwargs = calls[-1].kwargs
+            (tile, block), per_tile, transposed = (kwargs["split"], kwargs["images_per_tile"],
+                                                   kwargs["transposed"])
             assert transposed == (force or (item == 8 and 2 * tile <= block * k * k))
             chosen.append(transposed)
             b = rng.standard_normal(c).astype(dtype)   # the adjoint, with a bias
@@ -81,7 +82,7 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
             got = F.conv_transpose2d(g, w, b, s, p, output_padding=(size + 2 * p - k) % s)
             assert_close(got, R.conv_transpose2d(as64(g), as64(w), as64(b), s, p,
                                                  output_padding=(size + 2 * p - k) % s), dtype)
-            assert calls[-1].args[11] == transposed
+            assert calls[-1].kwargs["transposed"] == transposed
             if force is None and (n, size) == (4, 8):
                 assert per_tile > 1   # the whole-images kernel ran
         if not force:   # the rule took both sides in float64 (the last case: not)
@@ -148,10 +149,10 @@ def _thin_input_gradients(monkeypatch):
     """For the thin GEMM's input-gradient tests: the GEMM kernels always (not
     the direct ones), work split among threads even when small, tiles of a
     few output rows (several an image); returns the list that collects the
-    arguments of each conv2d_grad_input kernel call."""
+    arguments of each gemm_grad_input kernel call."""
     from conftest import split_small_work
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
+    calls = _log_kernel_calls(monkeypatch, "gemm_grad_input")
     monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
     monkeypatch.setattr(_plan, "use_taps", lambda *a: False)
     split_small_work(monkeypatch)
@@ -205,9 +206,9 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, conv_isa, dtype, lay
             got[threads] = conv2d_input(img_to(np.empty(x_shape), layout).shape,
                                         weight_to(w, layout), img_to(g, layout), s, p,
                                         groups=groups, layout=layout)
-            assert calls[-1].args[12] is True   # thin
-            images += calls[-1].args[10] > 1
-            tiles += calls[-1].args[6][0] < g.shape[2] * g.shape[3]
+            assert calls[-1].kwargs["thin"] is True
+            images += calls[-1].kwargs["images_per_tile"] > 1
+            tiles += calls[-1].kwargs["split"][0] < g.shape[2] * g.shape[3]
             assert_close(got[threads], img_to(expected, layout), dtype)
             got_t = F.conv_transpose2d(img_to(g, layout), weight_to(w, layout), b, s, p,
                                        output_padding=op, groups=groups, layout=layout)
@@ -242,9 +243,10 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype
         got = {}
         for threads in _thread_counts(calls):
             got[threads] = conv2d_input(x_shape, w, g, s, p, groups=groups)
-            assert calls[-1].args[13] is True   # thin_positions
-            args = calls[-1].args
-            (tile, block), direct, per_tile = args[6], args[8], args[10]
+            assert calls[-1].kwargs["thin_positions"] is True
+            kwargs = calls[-1].kwargs
+            (tile, block), direct, per_tile = (kwargs["split"], kwargs["in_place"],
+                                               kwargs["images_per_tile"])
             if direct:
                 seen.add("1x1 tiles" if tile < h * w_ else "1x1 whole images")
                 seen.add("1x1 channel blocks" if block < c // groups else "1x1 all channels")
@@ -303,7 +305,7 @@ def test_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     (each element is summed by one unit, taps and then channels in order)."""
     from conftest import split_small_work
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_input")
+    calls = _log_kernel_calls(monkeypatch, "taps_grad_input", "gemm_grad_input")
     monkeypatch.setattr(_plan, "use_taps", lambda nhwc, cg, direct, isa: nhwc and not direct)
     split_small_work(monkeypatch)
     planned = _plan.grad_input_taps
@@ -322,7 +324,7 @@ def test_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                 got = conv2d_input(img_to(np.empty(x_shape), "NHWC").shape,
                                    weight_to(w, "NHWC"), img_to(g, "NHWC"), s, p, d, groups,
                                    layout="NHWC")
-                assert calls[-1].kwargs["by_taps"] is True
+                assert calls[-1].name == "taps_grad_input"
                 assert_close(got, img_to(expected, "NHWC"), dtype)
                 results.append(got)
                 got_t = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,

@@ -98,7 +98,8 @@ def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch,
     item = np.dtype(dtype).itemsize
     used = []
     real = _direct.direct_weight
-    monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(True) or real(*a))
+    monkeypatch.setattr(_direct, "direct_weight",
+                        lambda *a, **k: used.append(True) or real(*a, **k))
     outputs = 64 if dtype == np.float64 else 32
     few_outputs = _plan.DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
     need = _plan.DIRECT_WEIGHT_MIN_CHANNELS
@@ -184,7 +185,8 @@ def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, t
     F.set_num_threads(threads)
     used = []
     real = _direct.direct_weight
-    monkeypatch.setattr(_direct, "direct_weight", lambda *a: used.append(real(*a)) or used[-1])
+    monkeypatch.setattr(_direct, "direct_weight",
+                        lambda *a, **k: used.append(real(*a, **k)) or used[-1])
     limit = _plan.NHWC_DIRECT_WEIGHT_OUTPUTS
     channels = _plan.NHWC_DIRECT_WEIGHT_F32_CHANNELS
     # (x NCHW shape, weight shape, stride, padding, groups, direct?)
@@ -239,7 +241,8 @@ def test_weight_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     one unit, positions in order). An input whose channels are not
     contiguous (an NCHW array's NHWC view) goes the other way."""
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_weight")
+    calls = _log_kernel_calls(monkeypatch, "taps_grad_weight", "gemm_grad_weight",
+                              "gemm_grad_weight_by_channels")
     monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_CHANNELS", 1)
     planned = _plan.grad_weight_taps
     # (output channels a unit, taps a unit, images a call, output rows a call)
@@ -264,13 +267,13 @@ def test_weight_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                     got = conv2d_weight(x_in, expected.shape, img_to(g, "NHWC"), s, p, d,
                                         groups, layout="NHWC",
                                         out=np.full(expected.shape, np.nan, dtype))
-                    assert calls[-1].kwargs["by_taps"] is True
+                    assert calls[-1].name == "taps_grad_weight"
                     assert_close(got, expected, dtype)
                     results.append(got)
         assert all(np.array_equal(results[0], r) for r in results[1:])
         got = conv2d_weight(img_to(x, "NHWC"), expected.shape, img_to(g, "NHWC"), s, p, d, groups,
                             layout="NHWC")
-        assert "by_taps" not in calls[-1].kwargs
+        assert calls[-1].name != "taps_grad_weight"
         assert_close(got, expected, dtype)
 
 
@@ -313,7 +316,7 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     order, whatever the tiles: blocks give the same bits on 1 and 3 threads."""
     from conftest import split_small_work
     from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "conv2d_grad_weight")
+    calls = _log_kernel_calls(monkeypatch, "gemm_grad_weight")
     monkeypatch.setattr(_plan, "use_direct_weight", lambda *a: False)
     monkeypatch.setattr(_plan, "use_thin_weight", lambda tile, itemsize, isa_level: isa_level >= 0)
     monkeypatch.setattr(_plan, "grad_weight_images", lambda *a: None)
@@ -333,8 +336,8 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
         for threads in _thread_counts(calls):
             got[threads] = conv2d_weight(R.to_nhwc(x), weight_to(np.zeros(w_shape), "NHWC").shape,
                                          R.to_nhwc(g), s, p, groups=groups, layout="NHWC")
-            assert calls[-1].args[13] is True   # thin
-            sums = calls[-1].args[8]
+            assert calls[-1].kwargs["thin"] is True
+            sums = calls[-1].kwargs["per_thread_sums"]
             plans.add(sums)
             assert_close(got[threads], weight_to(expected, "NHWC"), dtype)
         if not sums:

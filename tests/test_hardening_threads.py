@@ -299,8 +299,8 @@ def test_blas_pin_applies_in_worker_threads(blas_state, monkeypatch):
         def __getattr__(self, name):
             return getattr(real_conv, name)
 
-        def conv2d_forward(self, *args):
-            real_conv.conv2d_forward(*args)
+        def gemm_forward(self, *args, **kwargs):
+            real_conv.gemm_forward(*args, **kwargs)
             seen.append(_blas_threads())
 
     monkeypatch.setattr(functional, "_conv", RecordingKernels())
@@ -348,8 +348,8 @@ def test_overlapping_calls_from_two_threads_restore_blas_threads(blas_state, mon
         def __getattr__(self, name):
             return getattr(real_conv, name)
 
-        def conv2d_forward(self, *args):
-            real_conv.conv2d_forward(*args)
+        def gemm_forward(self, *args, **kwargs):
+            real_conv.gemm_forward(*args, **kwargs)
             seen_inside[threading.current_thread().name] = _blas_threads()
             if threading.current_thread().name == "A":
                 a_inside.set()
