@@ -291,9 +291,9 @@ def test_blas_pin_applies_in_worker_threads(blas_state, monkeypatch):
     thread but the first one that used it: the pin silently does nothing in
     other threads, and OpenMP x BLAS threads oversubscribe the cores.)
     The BLAS thread counts are read inside the kernel call itself."""
-    from fastim2col import functional
+    from fastim2col import _execute
     fi.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))   # the main thread first
-    real_conv, seen = functional._conv, []
+    real_conv, seen = _execute._conv, []
 
     class RecordingKernels:
         def __getattr__(self, name):
@@ -303,7 +303,7 @@ def test_blas_pin_applies_in_worker_threads(blas_state, monkeypatch):
             real_conv.gemm_forward(*args, **kwargs)
             seen.append(_blas_threads())
 
-    monkeypatch.setattr(functional, "_conv", RecordingKernels())
+    monkeypatch.setattr(_execute, "_conv", RecordingKernels())
     with cf.ThreadPoolExecutor(1) as pool:
         pool.submit(_big_conv()).result(timeout=120)
     assert len(seen) == 1
@@ -338,9 +338,9 @@ def test_overlapping_calls_from_two_threads_restore_blas_threads(blas_state, mon
     The interleaving is forced, not timed: the kernel entry point is wrapped
     so that A's kernel waits (inside its BLAS pin) until B's call is inside
     its own, and B's kernel waits until A's call has returned."""
-    from fastim2col import functional
+    from fastim2col import _execute
     before = blas_state
-    real_conv = functional._conv
+    real_conv = _execute._conv
     a_inside, b_inside, a_returned, release = (threading.Event() for _ in range(4))
     seen_inside = {}
 
@@ -358,7 +358,7 @@ def test_overlapping_calls_from_two_threads_restore_blas_threads(blas_state, mon
                 b_inside.set()
                 assert a_returned.wait(60), "A's call never returned"
 
-    monkeypatch.setattr(functional, "_conv", GatedKernels())
+    monkeypatch.setattr(_execute, "_conv", GatedKernels())
     x, w = _big_conv_args()
     expected = ref.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
     results, errors = {}, []
