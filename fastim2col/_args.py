@@ -12,6 +12,8 @@ from typing import Literal, NamedTuple, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _direct
+
 # Types of the public API's arguments.
 IntPair = Union[int, Tuple[int, int]]
 Padding = Union[int, Tuple[int, int], Literal["valid", "same"]]
@@ -98,7 +100,7 @@ def contiguous_operand(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.array(arr, dtype=dtype, order="C", copy=True)
 
 
-CACHE_LINE = 64   # bytes (src/_lines.pxd)
+CACHE_LINE = _direct.CACHE_LINE   # bytes (src/_lines.pxd, exported by the compiled module)
 
 
 def line_aligned_copy(arr: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 # UndefinedBehaviorSanitizer, then run the test suite against that build.
 #
 #   tools/sanitize.sh                     # tests/ minus leak and timing tests
-#   tools/sanitize.sh tests/test_hardening.py -k property   # any pytest args
+#   tools/sanitize.sh tests/test_hardening_views.py -k property   # any pytest args
 #
 # Environment:
 #   PYTHON        interpreter whose environment has numpy, scipy, threadpoolctl,
