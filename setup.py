@@ -15,8 +15,9 @@ meson.build). This file builds the same thing from the same description:
   fastim2col/_build_flags.py, from the template meson fills (src/_build_flags.py.in).
 
 tests/test_build_config.py checks that the two builds agree. Importing this
-file runs no build (only `python setup.py ...` does), and the functions
-above main() need neither setuptools nor Cython.
+file runs no build (only `python setup.py ...` does); read_extensions() and
+project_options() need only the standard library, compile_plan() a C
+compiler (new_compiler(): setuptools').
 """
 import glob
 import json
