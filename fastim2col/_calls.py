@@ -71,11 +71,18 @@ class Call:
         return size
 
     def describe(self) -> str:
-        """The call's operands, for FASTIM2COL_VERBOSE."""
+        """The call's operands as the user passed them, for FASTIM2COL_VERBOSE."""
         layout = "NHWC" if self.nhwc else "NCHW"
-        parts = [f"{name}={tuple(a.shape)}" for name, a in
-                 (("x", self.x), ("grad", self.grad), ("w", self.w)) if a is not None]
+        parts = [f"{name}={tuple(a.shape)}" for name, a in zip(_INPUT_NAMES[self.op], self.inputs)
+                 if a is not None]
         return f"{self.op} {' '.join(parts)} -> {self.shape} {self.dtype} {layout}"
+
+
+_INPUT_NAMES = {
+    "im2col": ("x",), "col2im": ("cols",), "conv2d": ("x", "weight", "bias"),
+    "conv_transpose2d": ("x", "weight", "bias"), "conv2d_input": ("weight", "grad_output"),
+    "conv2d_weight": ("input", "grad_output"),
+}
 
 
 def _weights_setup(x_dims, weight_shape, groups, nhwc: bool):

@@ -7,6 +7,12 @@ Kernels take these numbers as given. The rules:
   (load balance), by cutting tiles finer and then, when tiles would get too
   thin for an efficient GEMM, by splitting output channels instead;
 - scratch memory stays bounded (SCRATCH_BYTES for per-thread sums).
+
+Thresholds are the module's constants, each next to the decision that
+applies it (kernel choice or work split, per operation), with a line or two
+on why. The measurements behind them, and the commands that reproduce
+them, are in docs/performance.md ("Planner thresholds"), keyed by the
+constant's name or, for numbers inside a function, the function's.
 """
 from __future__ import annotations
 
@@ -26,92 +32,56 @@ TILE_SCRATCH_BYTES = 32 * 1024 * 1024   # all threads' tile buffers together
 MULTI_TILE_BYTES = 8 * 1024 * 1024      # per thread, for tiles of whole images
 TILE_ALIGN = 16
 # NCHW convs with kh x kw > 1, and depthwise ones, run in the direct kernels
-# (src/_direct.pyx, see use_direct), not unroll + GEMM. Measured (2 threads,
-# this machine, float32 and float64): 0.45-0.9x the time of the blocked GEMM
-# on every ResNet/VGG/ResNeXt/MobileNet layer with a 3x3 or larger window,
-# batch 1 and 8; 1x1 layers stay with GEMM (1.0-1.6x there: their GEMM reads
-# the input in place).
+# (src/_direct.pyx, see use_direct), not unroll + GEMM: nothing is unrolled.
+# 1x1 layers stay with GEMM, which reads their input in place (docs/performance.md).
 DIRECT_BAND_BYTES = 1024 * 1024       # per-thread scratch: stays in L2
 DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
 DIRECT_MAX_CO = _direct.MAX_CO             # output channels a register block, at most
 DIRECT_GRID_BYTES = _direct.GRID_BYTES     # grid bytes per output channel (stays in L1)
 # Bands are cut for load balance down to about this many grid positions
 # (then rounded to even heights; over 6 register blocks of 64 floats): each
-# band packs its halo rows again and ends in a partial block. 3x3, 128
-# channels at 28 px, batch 1, float32: 14-row bands took 0.89-0.92x the
-# time of the 7-row ones that a floor of 256 gave, forward and input
-# gradient; other ResNet layers, both dtypes, 0.95-1.03x.
+# band packs its halo rows again and ends in a partial block, so thinner
+# bands cost more than the balance gains (docs/performance.md).
 DIRECT_MIN_POSITIONS = 400
 # The input gradient reads its weights flipped and transposed in place: a
 # register block's weights are then short runs a weight row apart, a new page
 # every kh*kw taps, read again by every block. Past this many bytes of weights
-# per group the TLB misses cost more than the direct kernels save (512
-# channels at 7 px, batch 8: 29.4 ms direct vs 18.0 ms GEMM + fold in float64,
-# 10.2 vs 8.6 ms in float32; at 14 px, 256 channels, 4.7 MB of float64
-# weights, direct stays faster: 16.0 vs 21.3 ms): GEMM + fold there.
+# per group the TLB misses cost more than the direct kernels save: GEMM + fold
+# there (docs/performance.md).
 DIRECT_FLIPPED_WEIGHT_BYTES = 8 * 1024 * 1024
 DIRECT_WEIGHT_CHANNELS = 32           # input channels per weight-gradient band, at most
 DIRECT_WEIGHT_OUTPUTS = 32
 # Ungrouped layers: the direct weight gradient beats unroll + GEMM where the
 # GEMM is thin (few output channels) and the input has channels enough to
-# split (float64, 3x3, 2 threads, direct / GEMM time: 64 -> 64 channels at
-# 56 px 0.84-0.96, VGG's at 224 px 0.89-0.95, at 14 px 0.90-0.92, 7 px 1.06;
-# 128 outputs 1.02-1.19. float32 only up to 32 outputs: 0.72-0.94 there,
-# 1.11-1.17 with 64). On 8 and 16 threads (16-core VM, units split by input x
-# output channels, see direct_weight_split): 64 channels at 56 px 0.20-0.95,
-# VGG's 0.87-0.90; 128 outputs 1.23-1.24.
+# split: up to this many outputs in float64, DIRECT_WEIGHT_OUTPUTS in float32
+# (docs/performance.md).
 DIRECT_WEIGHT_OUTPUTS_F64 = 64
 # Fewer input channels than DIRECT_WEIGHT_MIN_CHANNELS (first layers: the
 # GEMM's other side, channels x taps, is thin too): direct up to
-# DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS in both dtypes (2 threads, batch 1 and 8,
-# direct / GEMM time: ResNet's stem 0.79-0.83 float64, 0.77-0.79 float32;
-# 3 -> 64 3x3 at 224 px 0.73-0.84 / 0.77-0.80; 8 -> 64 at 56 px 0.42-0.91;
-# 3 -> 32 3x3 stride 2 at 224 px 0.38-0.90; 1 -> 32 5x5 at 28 px 0.73-0.89;
-# with 128 outputs 0.94-1.04 float64, 0.64-1.09 float32: not there). 1x1
-# kernels stay GEMMs (use_direct).
+# DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS in both dtypes. 1x1 kernels stay GEMMs
+# (use_direct; docs/performance.md).
 DIRECT_WEIGHT_MIN_CHANNELS = 16
 DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS = 64
 # NHWC (input and grad_output read as strided NCHW views, ungrouped only):
-# the same rules, and with stride 1 at most this many outputs (2 threads,
-# batch 1 and 8, direct / GEMM path time: ResNet's stem 0.64-0.73; 64 -> 32
-# 3x3 at 56 px 0.79-0.89; 16 -> 32 0.44-1.00; 3 -> 32 3x3 stride 2 at 224 px
-# 0.39-0.95; 4 -> 64 7x7 stride 2 0.36-0.90; stride 1 with 64 outputs: 3
-# channels at 224 px 0.93-1.22, 8 at 56 px 0.58-1.26, 64 at 56 px float64
-# 1.00-1.05).
+# the same rules, and with stride 1 at most this many outputs
+# (docs/performance.md).
 NHWC_DIRECT_WEIGHT_OUTPUTS = 32
 # ... and in float32 at most this many input channels with stride 1: the
-# thin GEMM path has caught up there (3x3 -> 32 outputs at 56 px, 2 threads,
-# batch 1 and 8, direct / other path: 64 input channels 1.10-1.17, 64 -> 16
-# 1.02-1.08; 32 channels 0.67-0.72, 8-16 0.26-0.83, at 112 px 0.69-0.79;
-# float64 0.47-0.92 with 8-64 channels).
+# thin GEMM path has caught up there (docs/performance.md).
 NHWC_DIRECT_WEIGHT_F32_CHANNELS = 32
 DIRECT_WEIGHT_MIN_POSITIONS = 196
 # NCHW, ungrouped, over at least DIRECT_WEIGHT_WIDE_POSITIONS output
 # positions: direct with up to DIRECT_WEIGHT_WIDE_OUTPUTS outputs, since its
 # register blocks' lane sums run as a tree of pairs (src/_direct_impl.h
-# lane_sums; added one lane at a time they took 29% of its time). 3x3, 2
-# threads, direct / GEMM path time, batch 1 and 8: float32 64 -> 64 at
-# 56 px 0.81-0.82, 64 -> 128 0.94, 128 -> 64 0.81,
-# 32 -> 64 at 112 px 0.79-0.81, VGG's 0.85, 128 -> 128 at 28 px 0.93-0.96,
-# 256 -> 128 0.93, stride 2 from 56 to 28 px 0.96; float64 0.77-0.88 at
-# 56 px and up, 0.95-1.00 at 28 px, 1.04 stride 2 to 28 px. Fewer
-# positions lose: 196 (14 px, 256 channels) 1.33-1.40 float32, 1.14-1.15
-# float64; 49 about 2x. More outputs lose too (the GEMM path's unroll
-# is shared by more of them): 256 at 28-56 px 1.07-1.19 float32, 0.99-1.10
-# float64; 512 at 28 px 1.21-1.41. Few input channels: 3 and 8 -> 128 at
-# 56-224 px 0.55-0.91 (3 -> 256 at 112 px won too, 0.60-0.74, but more
-# outputs than 128 stay on the GEMM path, unmeasured beyond). NHWC loses
-# everywhere here to the tap-by-tap kernels (1.07-1.48 at 28-224 px): not
-# there.
+# lane_sums). Fewer positions lose (a short reduction), and so do more outputs
+# (the GEMM path's unroll is shared by more of them); in NHWC the tap-by-tap
+# kernels win (docs/performance.md).
 DIRECT_WEIGHT_WIDE_POSITIONS = 784
 DIRECT_WEIGHT_WIDE_OUTPUTS = 128
 # A unit packs its chunk's input band and its block's grad_output band
-# (a thread's next unit reuses whichever of the two it shares): when each
-# unit packed both, with chunks of 2 channels (64 channels on 16 threads)
-# the whole grad_output band was packed 32 times, and the direct weight
-# gradient ran 1.14-1.25x the GEMM path (3x3 64 channels at 56 px batch 16,
-# VGG's batch 1); split by chunks of 8 channels x blocks of 16 outputs,
-# 0.90-0.95x.
+# (a thread's next unit reuses whichever of the two it shares): chunks of at
+# least this many channels keep the grad_output band from being packed again
+# for every thin chunk (docs/performance.md).
 DIRECT_WEIGHT_MIN_CHUNK = 8
 DIRECT_WEIGHT_MIN_BLOCK = 4           # output channels per unit: a register block (AVX-512)
 
@@ -169,11 +139,8 @@ def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct,
     if direct and n_threads > 1 and units < n_threads:
         # Nothing to unroll, so nothing to overlap: one GEMM per thread, of a
         # tile of positions (NHWC: contiguous rows of the result) or, in NCHW
-        # float64, of whole images and a block of output channels (1x1
-        # layers at 56-14 px, batch 1, 2 threads, tiles / blocks: NHWC
-        # 0.68-1.03 in both dtypes; NCHW float32 0.74-1.04; NCHW float64
-        # 0.92-1.18; earlier, 64 -> 256 channels at 56 px: 0.40 ms for
-        # blocks vs 0.47 ms for 4 position tiles).
+        # float64, of whole images and a block of output channels
+        # (docs/performance.md, forward).
         finer = _tile_per_thread(n_pos, units, n_threads)
         if finer is not None and (nhwc or itemsize == 4):
             return finer, og
@@ -228,8 +195,7 @@ def forward_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct)
     MULTI_TILE_BYTES per thread, within TILE_SCRATCH_BYTES in all."""
     if direct or n_images < 2 or og < 2 * n_pos:
         # Only where the weights dwarf a per-image tile: elsewhere the wider
-        # tile falls out of cache and costs more than the packing it saves
-        # (measured: 7 px layers gain, 28 px and grouped layers lose).
+        # tile falls out of cache and costs more than the packing it saves.
         return None
     # per image: the unrolled tile + the GEMM result
     per_tile = _images_per_tile(n_images, groups, (kg + og) * n_pos * itemsize, n_threads)
@@ -247,7 +213,7 @@ def grad_weight_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_o
             or n_threads * n_out * kg * itemsize > SCRATCH_BYTES):
         # Only for thin per-image tiles (7-14 px in ResNet): each image would
         # otherwise be a rank-L update that streams the whole (n_out, K_g)
-        # sum through memory (measured 2-3x slower at 14 px in float64).
+        # sum through memory (docs/performance.md).
         return None
     # per image: the unrolled tile + grad_output rows
     per_tile = _images_per_tile(n_images, groups, (kg + og) * n_pos * itemsize, n_threads)
@@ -260,16 +226,13 @@ def grad_input_images(n_images, groups, cg, og, kg, n_pos, itemsize, n_threads, 
     output channels are half the positions: there a set of images is one
     run of grad_output rows (nothing gathered), and each GEMM packs the
     whole weight matrix (kh*kw*C x C_out) again, so fewer, wider GEMMs pack
-    it less (256 channels at 14 px, 2 threads, batch 4 and 8: 0.73-0.77x
-    the time in float32, 0.94x in float64; 128 at 28 px unchanged; grouped
-    and depthwise layers at 56 px 1.2-1.7x, so not there)."""
+    it less (docs/performance.md)."""
     if direct or n_images < 2 or og < (n_pos // 2 if nhwc else 2 * n_pos):
         return None
     # per image: the GEMM result + grad_output rows. NCHW splits the input
     # channels among the threads: every image in one set where the scratch
     # allows, so that each thread packs its block's part of the weights once
-    # (with a set of images a thread, each packed all of them: 512 channels
-    # at 7 px, 2 threads, batch 4 and 8: 0.85 and 0.96x the time).
+    # (with a set of images a thread, each thread packs all of them).
     per_tile = _images_per_tile(n_images, groups, (kg + og) * n_pos * itemsize, n_threads,
                                 sets_per_thread=nhwc)
     if per_tile < 2:
@@ -293,20 +256,14 @@ NHWC_MIN_BLOCK = 32   # input channels per NHWC input-gradient block (GEMMs of t
 # channels a group (RGB and grayscale first layers) run element by element
 # (src/_conv.pyx grad_input_few): each element a dot product over the
 # grad_output pixels and taps that reach it, in registers, nothing unrolled,
-# folded or reduced, one phase. A GEMM there has cg*kh*kw columns (the
-# stem's 147), and its fold of 3-channel pixels cost a third more again.
-# Units are bands of input rows, FEW_BANDS_PER_THREAD a thread (4 to 32
-# measured alike); where grad_output does not start on a cache line each
-# copies the grad_output rows it reaches into a buffer that does, at most
-# FEW_COPY_BYTES (NumPy's arrays start 16 bytes past a line, and vector
-# loads that split lines made it 1.2x slower; 128-256 KiB copies ran
-# 1.1-1.25x slower, 512 KiB-8 MiB alike). Whole calls, 2 threads,
-# this path / the GEMM + fold (or direct) path before: float32 AVX-512, the
-# stem 0.73 (batch 1: 1.04-1.07x its GEMM, was 1.45-1.55x) and 0.79 (batch 8);
-# 3x3 and 5x5 layers of 1-4 channels at 28-64 px, strides 1 and 2,
-# 0.37-0.88; float64 the stem 0.69-0.74, the others 0.50-0.77. With AVX2
-# (and OpenBLAS's Haswell kernels: OPENBLAS_CORETYPE=Haswell) stride 1 0.50-
-# 0.83, but stride 2 1.03-1.21 (blocks of 4 positions, not 8): not there.
+# folded or reduced, one phase. A GEMM there has only cg*kh*kw columns (the
+# stem's 147), and its fold of 3-channel pixels costs more again.
+# Units are bands of input rows, FEW_BANDS_PER_THREAD a thread; where
+# grad_output does not start on a cache line (NumPy's arrays start 16 bytes
+# past one) each copies the grad_output rows it reaches into a buffer that
+# does, at most FEW_COPY_BYTES: vector loads that split lines are slower, and
+# so are smaller copies. AVX2 only at stride 1: its blocks of 4 positions
+# lose at stride 2 (docs/performance.md).
 FEW_MAX_CHANNELS = _conv.FEW_CHANNELS   # the element-by-element kernel's channels a group
 FEW_BANDS_PER_THREAD = 8
 FEW_COPY_BYTES = 512 * 1024
@@ -342,11 +299,8 @@ def grad_input_few(n_images: int, groups: int, og: int, win, itemsize: int,
 # layers: no channel blocks to share among the threads): bands of output
 # rows of even height, at least THIN_FOLD_BANDS_PER_THREAD a thread in each
 # of the two fold phases. The thin GEMM runs as fast on thin tiles as on
-# wide ones, and uneven bands left a thread waiting at the phase barrier:
-# the stem at batch 1 had 8 bands of 15 rows, the last of 7; 16 of 7 rows
-# took 0.90-0.91x the time, 8 of 14 0.95x; batch 8 0.99. With more channels
-# (1x1 and 3x3 stride-2 layers of 16-512 channels) the same rule measured
-# 0.94-1.13x: not there.
+# wide ones, and uneven bands left a thread waiting at the phase barrier;
+# with more channels the rule does not pay (docs/performance.md).
 THIN_FOLD_MAX_CHANNELS = 3
 THIN_FOLD_BANDS_PER_THREAD = 4
 THIN_FOLD_MIN_POSITIONS = 256
@@ -363,9 +317,8 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct,
         units = n_images * groups
         if n_threads > 1 and units < n_threads:
             # Nothing to fold, so nothing to overlap: one GEMM per thread, all
-            # input channels by a tile of positions, runs fastest (1x1, 256 ->
-            # 64 channels at 56 px, batch 1: 0.49 ms, vs 1.07 ms for blocks
-            # of 16 channels).
+            # input channels by a tile of positions, runs fastest
+            # (docs/performance.md, grad_input).
             finer = _tile_per_thread(n_pos, units, n_threads)
             if finer is not None:
                 return finer, cg
@@ -399,16 +352,8 @@ def grad_input_transposed(tile, rows, itemsize) -> bool:
     rows) with the rows (a unit's input channels x taps) as OpenBLAS's M,
     then folds (1x1: copies) from that layout: float64 where the rows are at
     least twice the tile's positions (dgemm runs faster with the larger side
-    as M, by a margin only then).
-
-    Whole calls, 2 threads, transposed / as before: float64 3x3 512 channels
-    at 7 px 0.79 (batch 1) and 0.81 (batch 8); 3x3 stride 2 to 28/14/7 px
-    0.77-0.99; 1x1 2048 -> 512 channels at 7 px 0.79-0.89, 256 -> 1024 at
-    14 px batch 8 0.92; where the rows are under twice the tile it gained
-    nothing or lost (1.01-1.10; 1x1 64 -> 256 at 56 px 1.25-1.71, the stem
-    1.15-1.17). float32 never: sgemm was faster that way only on 1x1 layers
-    (0.80-0.94 in the bare GEMMs), and the copy out of the transposed tile
-    took all of it back (1.00-1.05), 1.03-1.16 elsewhere.
+    as M, by a margin only then). Never float32: the copy out of the
+    transposed tile takes back what sgemm gains (docs/performance.md).
     """
     return itemsize == 8 and 2 * tile <= rows
 
@@ -416,14 +361,9 @@ def grad_input_transposed(tile, rows, itemsize) -> bool:
 # float32 input-gradient GEMMs of at most this many positions (a 7 px
 # image's 49, a pair of them) run in the thin kernel (src/_direct_impl.h
 # thin_gemm): BLAS packs all of W^T for every GEMM and uses each packed
-# element only that many times; the thin kernel reads W in place. Both
-# threads busy, 4608 rows x 512 terms (GFLOP/s, thin / OpenBLAS per-thread
-# GEMMs / OpenBLAS's own 2-thread GEMM): 49 positions 181 / 123 / 133, 98
-# 226 / 182 / 198, 196 258 / 243 / 250: past ~128 BLAS's packing pays for
-# itself. Whole calls, 2 threads, thin / BLAS time: ResNet 3x3 at 7 px batch 1
-# 0.77 (NHWC 0.79), 3x3 stride 2 to 14 and 7 px 0.72-0.84 (NHWC 0.70), 1x1 at 7
-# px 0.65-0.74 (NHWC 0.74-0.87), NHWC 3x3 at 14 px batch 1 0.90. float64 not:
-# 0.90-1.2 against its transposed BLAS GEMMs (grad_input_transposed).
+# element only that many times; the thin kernel reads W in place. Past
+# about this many positions BLAS's packing pays for itself; float64 not:
+# its transposed BLAS GEMMs are as fast (docs/performance.md).
 THIN_MAX_POSITIONS = 128
 
 
@@ -435,7 +375,7 @@ def vector_fma(isa_level: int) -> bool:
 
 def thin_kernel_runs(itemsize: int, isa_level: int) -> bool:
     """Whether the thin kernel is an option in place of a BLAS GEMM: float32
-    (in float64 it measured no faster than dgemm), with vector_fma."""
+    (in float64 it is no faster than dgemm), with vector_fma."""
     return itemsize == 4 and vector_fma(isa_level)
 
 
@@ -451,15 +391,7 @@ def use_thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
 # its vectors, the unit's weights (the small operand) broadcast; the tile
 # then folds (or, 1x1, lands in the result) as from BLAS. With BLAS,
 # positions-contiguous grad_output is the slower orientation (OpenBLAS packs
-# it, sgemm_itcopy; the bare GEMM's channels-contiguous one ran 0.82x the
-# time). One thread, float32, GFLOP/s thin / BLAS on this layout / BLAS
-# channels-contiguous: 64 <- 256 channels, 1568 positions 137 / 104 / 129;
-# 64 <- 64 167 / 107 / 117; 256 <- 1024, 196 positions 156 / 138 / 146; 512
-# <- 2048 147 / 140 / 143; float64 63-68 / 64-72 (so not there). Whole calls,
-# 2 threads, thin / BLAS time: ResNet's 1x1 layers at 56 to 14 px, batch 1
-# 0.75-0.90, batch 8 0.71-0.93; its 1x1 stride-2 downsampling layers
-# 0.81-0.95; a 3x3 stride-2 layer of 32 -> 64 channels at 112 px 0.80-0.91;
-# the stem 0.97.
+# it, sgemm_itcopy). float64 not: no faster than BLAS (docs/performance.md).
 THIN_POSITIONS_MAX_ROWS = 512
 
 
@@ -477,10 +409,8 @@ def use_thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int
 # THIN_WEIGHT_NCHW_MIN_OUTPUTS output channels a group: the thin
 # kernel (both dtypes), the unit's unrolled rows read along their positions
 # and copied transposed, a block of rows at a time (thin_gemm's w_row), the
-# tile's grad_output broadcast; gw written in place. Whole calls, 2 threads,
-# batch 1, time against BLAS: 512 channels at 7 px 0.87-0.92 (float64 0.93),
-# 512 from 14 px stride 2 0.90, 256 -> 1024 at 7 px 0.95; 256 channels at 14
-# px 0.99-1.03 (float64 0.97), 28 and 56 px 1.04-1.27: not there.
+# tile's grad_output broadcast; gw written in place. With fewer channels on
+# larger images BLAS is as fast (docs/performance.md).
 THIN_WEIGHT_NCHW_MIN_OUTPUTS = 512
 THIN_WEIGHT_NCHW_MAX_POSITIONS = 64   # (7 px measured; larger tiles not)
 
@@ -495,13 +425,10 @@ def use_thin_weight_channels(og: int, tile: int, direct: bool, isa_level: int) -
 
 # NHWC weight gradients with tiles of this many positions (one image a
 # tile): the thin kernel, the unrolled tile's rows (positions x kh*kw*C) its
-# vectors, the block's grad_output broadcast. BLAS packs the unrolled tile
-# again for every GEMM. Whole calls, 2 threads, time / the bare GEMM's, BLAS
-# -> thin: ResNet 3x3 at 56 px 1.37 -> 1.05 (batch 1), 1.18 -> 0.87 (8); at
-# 28 px 1.36 -> 1.31, 1.19 -> 1.12; at 14 px batch 1 1.50 -> 1.25 (with one
-# block of output channels a thread, see grad_weight). 7 px (49 positions):
-# 1.29 -> 1.31-1.35, so not there. (Layers with TAPS_WEIGHT_MIN_CHANNELS or
-# more now run tap by tap instead: 56 px is what stays here.)
+# vectors, the block's grad_output broadcast, since BLAS packs the unrolled
+# tile again for every GEMM; 7 px tiles (49 positions) gain nothing.
+# (Layers with TAPS_WEIGHT_MIN_CHANNELS or more run tap by tap instead: 56 px
+# is what stays here; docs/performance.md.)
 THIN_WEIGHT_MIN_POSITIONS = 96
 THIN_WEIGHT_MAX_POSITIONS = 512
 
@@ -591,20 +518,14 @@ def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
 # gathered rows of the input and grad_output; nothing unrolled, no per-thread
 # sums. Calls of about TAPS_WEIGHT_TERMS positions (images several to a
 # call as far as the batch goes, or bands of an image's rows), each call's
-# rows kept in cache across the unit's taps. Whole calls, 2 threads,
-# float32, time / the bare GEMM's, unrolled tiles + BLAS or thin kernel ->
-# taps, batch 1 / 8: ResNet 3x3 at
-# 7 px 1.19-1.25 / 1.43-1.52 -> 0.86-0.88 / 0.95; 14 px 1.25-1.27 / 1.11-1.18
-# -> 0.91-0.92 / 0.94-0.95; 28 px 1.33-1.39 / 1.09-1.13 -> 1.05 / 1.05;
-# float64 7 px 1.19 / 1.29 -> 1.00 / 1.03-1.08, 14 px 1.34 / 1.13 -> 0.95 /
-# 1.02, 28 px 1.17 / 1.03 -> 0.98 / 1.00. At 56 px, 64 channels, 1.07 / 0.90
-# -> 1.25 / 1.13 (packing grad_output's rows costs 1/channels of the work):
-# so not there.
+# rows kept in cache across the unit's taps. Fewer channels: packing
+# grad_output's rows, 1/channels of the work, costs more than the taps save
+# (docs/performance.md).
 TAPS_WEIGHT_MIN_CHANNELS = 128
 TAPS_WEIGHT_TERMS = 392
 # Output channels a unit: at most (its grad_output slice, THIN_KC x this,
-# stays in L2; 7 px: 0.88 with blocks of 128, 0.95 with 256), at least two of
-# the thin kernel's register tiles where the threads allow.
+# stays in L2), at least two of the thin kernel's register tiles where the
+# threads allow.
 TAPS_WEIGHT_MAX_OUT_BLOCK = 128
 TAPS_WEIGHT_MIN_OUT_BLOCK = 24
 
@@ -649,11 +570,8 @@ def grad_weight_taps(n_images, groups, og, kernel_h, n_taps, out_h, out_w,
 # tiles of at least THIN_FORWARD_MIN_POSITIONS positions, at most
 # THIN_FORWARD_MAX_OUTPUTS output channels a block and THIN_FORWARD_MAX_TERMS
 # input channels x taps: the thin kernel, the tile's rows (x's own rows for
-# 1x1) its vectors, the block's weights broadcast. Whole calls, 2 threads,
-# thin / BLAS time, batch 1 / 8: ResNet's 1x1 layers 64 -> 256 at 56 px
-# 0.82 / 0.80, 256 -> 64 0.90 / 0.93, 512 -> 128 at 28 px 0.84 / 0.97, 128 ->
-# 512 0.73 / 0.98, 1024 -> 256 at 14 px 0.90 / 1.00; 2048 -> 512 at 7 px
-# 1.28-1.29 (49 positions a tile, 2048 terms), so not there.
+# 1x1) its vectors, the block's weights broadcast. Beyond these limits BLAS
+# won or was not measured (docs/performance.md).
 THIN_FORWARD_MIN_POSITIONS = 128
 THIN_FORWARD_MAX_OUTPUTS = 512
 THIN_FORWARD_MAX_TERMS = 1024
@@ -669,10 +587,8 @@ def use_thin_forward(nhwc: bool, tile: int, block: int, kg: int, itemsize: int,
             and kg <= THIN_FORWARD_MAX_TERMS)
 
 
-# A channel unit's part of gw, and its unrolled set of images: wide chunks
-# keep the GEMMs wide (512 channels at 7 px, batch 8, 2 threads: 7.2 ms with
-# chunks of 256 channels over sets of 4 images, 9.4 ms with 64 over 8 in
-# float32; 14.5 vs 17.3 ms in float64; other ResNet layers within noise).
+# A channel unit's part of gw (see grad_weight_channels): chunks are cut finer
+# only past this, since wide chunks keep the GEMMs wide (docs/performance.md).
 GRAD_WEIGHT_PART_BYTES = 8 * 1024 * 1024
 MIN_CHUNK_COLUMNS = 64                  # narrower GEMMs lose speed
 MIN_UNEVEN_CHUNK = 8                    # uneven chunks at least this wide (balance)
@@ -741,10 +657,7 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
     if direct:
         # Nothing is unrolled (1x1 stride 1): no tile buffer to bound, so
         # whole images, cut only so that the units are a multiple of the
-        # threads (1x1, 64 -> 256 channels at 56 px, batch 1, float32: 0.58
-        # ms in 2 tiles of 1568 positions into per-thread sums, 0.69 ms in
-        # blocks of 64 output channels; float64 batch 8: 9.6 ms in whole
-        # images, 9.8 ms in tiles of 1568).
+        # threads (docs/performance.md, grad_weight).
         per_image = n_threads // math.gcd(outer, n_threads)
         tile = _ceil_div(n_pos, max(1, min(per_image, n_pos // MIN_GEMM_TILE)))
     else:
@@ -753,23 +666,17 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
     min_units = n_threads if direct else 2 * n_threads
     if not direct and n_threads > 1 and 2 * n_threads <= units < 8 * n_threads and units % n_threads:
         # a multiple of the threads: 7 tiles on 2 threads leave one idle for a
-        # seventh of the call (3x3, 64 channels, 56 px, batch 1: 1.50 ms with
-        # 8 tiles, 1.70 ms with 7)
+        # seventh of the call
         tile = _ceil_div(n_pos, _ceil_div(_ceil_div(units, n_threads) * n_threads, outer))
         units = outer * _ceil_div(n_pos, tile)
     sums_bytes = n_threads * n_out * kg * itemsize
     if n_threads > 1 and units >= min_units and sums_bytes <= SCRATCH_BYTES:
         return tile, og, True
-    # (one block per thread measured faster, 1.37 vs 1.83 ms at 14 px, batch 1,
-    # but its results then changed bits under concurrent calls from other
-    # Python threads: test_calls_inside_threadpoolctl_limits; kept at two.
-    # Finer tiles into per-thread sums where tiles are fewer than two a
-    # thread took the stem at batch 1 on 16 threads from 6.3 to 0.72 ms, but
-    # failed that test too, 11 runs in 30, with the same plan and thread
-    # count as the sequential call: not kept, cause not found.)
+    # Two blocks a thread: one was faster, but its results then changed bits
+    # under concurrent calls from other Python threads
+    # (test_calls_inside_threadpoolctl_limits; docs/performance.md, grad_weight).
     # The thin kernel (NHWC) calls no BLAS and passes that test with one
-    # block a thread: NHWC 3x3 at 14 px batch 1, 2 threads, 1.25 of the bare
-    # GEMM's time (1.35 with two blocks a thread, 1.50 with BLAS).
+    # block a thread.
     per_thread = 1 if use_thin_weight(tile, itemsize, thin_isa_level) else 2
     n_blocks = min(og, max(1, _ceil_div(per_thread * n_threads, groups))) if n_threads > 1 else 1
     return tile, _ceil_div(og, n_blocks), False
@@ -780,10 +687,7 @@ def transposed_sums(og, kg, itemsize, whole_images) -> bool:
     (K_g x og) with og as OpenBLAS's M: for thin groups (see
     TRANSPOSED_GEMM_OUTPUTS), and in float64 where og > K_g over tiles of
     whole images (dgemm runs faster with the larger side as M there; sgemm
-    does not: 1x1, 64 -> 256 channels at 56 px, batch 8: float64 8.75 vs
-    9.6 ms, float32 3.97 vs 3.60 ms; the same in a C loop of the GEMMs alone
-    for 64 -> 128/256/512 and 128 -> 256/512 channels. Over parts of an
-    image, batch 1, it gained nothing on 2 threads: not used there)."""
+    does not, and over parts of an image it gains nothing: docs/performance.md)."""
     return og <= TRANSPOSED_GEMM_OUTPUTS or (itemsize == 8 and og > kg and whole_images)
 
 
@@ -802,11 +706,8 @@ def col2im_rows(n_images, win, n_threads) -> int:
 
 # NHWC conv2d gathers each unit's input band from every pixel's channels, a
 # transposition repeated by every block of output channels: past this many
-# input channels a group, unroll + GEMM wins (3x3, 2 threads, GEMM / direct
-# time: 512 channels at 7 px 0.96-0.97 batch 1, 0.73-0.76 batch 8,
-# 0.64-0.70 batch 32; at 14 px 0.66-0.83; 384 channels 0.92-1.22, 256 at
-# 14 px 0.93-1.19, 128 at 28 px 1.07-1.43; NCHW, which copies its bands,
-# keeps the direct kernels with 512 channels: 0.98-1.46).
+# input channels a group, unroll + GEMM wins (NCHW, which copies its bands,
+# keeps the direct kernels; docs/performance.md).
 NHWC_DIRECT_MAX_CHANNELS = 384
 
 
@@ -824,9 +725,7 @@ def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
 
 # NHWC input gradients read grad_output through strided NCHW views: with
 # more channels than this the direct kernels' gathers lose to GEMM + fold
-# (3x3, stride 1, 2 threads, batch 1 and 8, direct / GEMM path time: 256
-# channels at 14 and 28 px 1.4-1.8 float32, 1.45-1.8 float64; 128 at 14-28
-# px 0.85-1.1; 64 at 56 px 0.57-0.86).
+# (docs/performance.md).
 NHWC_DIRECT_INPUT_CHANNELS = 128
 
 
@@ -922,7 +821,7 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
                       nhwc: bool = False) -> bool:
     """Whether a weight gradient runs in the direct kernels: only where
     per-group GEMMs are thin: groups of at most DIRECT_WEIGHT_OUTPUTS output
-    channels (ResNeXt, depthwise; measured 0.55-0.7x the GEMM path there),
+    channels (ResNeXt, depthwise),
     ungrouped layers over at least DIRECT_WEIGHT_MIN_POSITIONS output
     positions with at most that many outputs (float64:
     DIRECT_WEIGHT_OUTPUTS_F64) where they have DIRECT_WEIGHT_MIN_CHANNELS
@@ -933,8 +832,7 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
     NHWC_DIRECT_WEIGHT_OUTPUTS outputs (and in float32 at most
     NHWC_DIRECT_WEIGHT_F32_CHANNELS input channels).
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
-    over positions, short on small images (1.3-2.5x slower at 7-14 px with
-    many output channels)."""
+    over positions, short on small images (docs/performance.md)."""
     if nhwc and (groups > 1 or ((win.stride_h, win.stride_w) == (1, 1) and (
             og > NHWC_DIRECT_WEIGHT_OUTPUTS
             or (itemsize == 4 and cg > NHWC_DIRECT_WEIGHT_F32_CHANNELS)))):
@@ -982,9 +880,8 @@ def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_thr
     each group's input channels until there are two per thread, in chunks of
     at least DIRECT_WEIGHT_MIN_CHUNK channels, then its output channels into
     blocks (a unit packs its chunk's input band and its block's
-    grad_output band, unless the thread's unit before it packed the same:
-    chunks of 2 channels had the whole grad_output band packed 32 times at
-    16 threads), then the channels further."""
+    grad_output band, unless the thread's unit before it packed the same),
+    then the channels further."""
     cap = min(cg, DIRECT_WEIGHT_CHANNELS)
     fixed, per_row = _direct_weight_unit_layout(cap, og, win, itemsize, vector_elements)
     if fixed + per_row > DIRECT_MAX_BAND_BYTES:

@@ -306,7 +306,7 @@ def test_verbose_prints_one_line_per_call(value):
         return
     assert len(lines) == 3, proc.stderr
     first, second, third = lines
-    assert first.startswith("fastim2col: conv2d x=(1, 3, 8, 8) w=(4, 27)")
+    assert first.startswith("fastim2col: conv2d x=(1, 3, 8, 8) weight=(4, 3, 3, 3)")
     assert "float32 NCHW" in first and " ms" in first
     assert fastim2col.explain(fastim2col.conv2d, np.ones((1, 3, 8, 8), np.float32),
                               np.ones((4, 3, 3, 3), np.float32), padding=1).kernel in first
