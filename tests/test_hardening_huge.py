@@ -194,6 +194,12 @@ def test_kernel_scratch_allocation_failure_raises_memory_error():
     w_shape = (128, 128, 9, 9)
     expected = ref.conv2d_weight_grad(x, w_shape, go)
     fi.conv2d(x[:, :2], np.ones((1, 2, 9, 9)))   # thread pools exist before the cap
+    # ... and OpenBLAS's buffers in every OpenMP thread, which it allocates on a
+    # thread's first GEMM and retries forever under the cap (a forward pass
+    # through BLAS, large enough for all threads, its tiles smaller than the
+    # sums the kernel must fail to allocate)
+    with fi.use_kernel("gemm"):
+        fi.conv2d(np.ones((2, 64, 32, 32)), np.ones((64, 64, 3, 3)))
     out_bytes = math.prod(w_shape) * 8
     with address_space_limit(headroom=out_bytes + 12 * MiB):
         try:
