@@ -9,15 +9,19 @@ Every builder takes exactly its public function's arguments.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from . import _args
 from ._args import Window
 
-_EMPTY: tuple = ()
+_ABSENT = np.empty(0)   # an operand this op does not have
+
+
+def _absent():
+    return field(default_factory=lambda: _ABSENT)
 
 
 @dataclass
@@ -26,18 +30,18 @@ class Call:
     nhwc: bool
     dtype: np.dtype
     shape: tuple                # the batched result's shape
-    out: Optional[np.ndarray]   # the user's out=, as given (returned as it is)
+    out: Any                    # the user's out=, as given (returned as it is)
     squeeze: bool               # an unbatched call: drop the batch axis of the result
-    inputs: tuple = _EMPTY      # the user's arrays (out= must not overlap them)
-    x: Optional[np.ndarray] = None      # im2col / conv input, batched; col2im: cols
-    w: Optional[np.ndarray] = None      # weights as (rows, K_g), C-contiguous
+    win: Window
+    inputs: tuple = ()          # the user's arrays (out= must not overlap them)
+    x: np.ndarray = _absent()   # im2col / conv input, batched; col2im: cols
+    w: np.ndarray = _absent()   # weights as (rows, K_g), C-contiguous
     bias: Optional[np.ndarray] = None
-    grad: Optional[np.ndarray] = None   # grad_output (conv_transpose2d: x), C-contiguous
+    grad: np.ndarray = _absent()  # grad_output (conv_transpose2d: x), C-contiguous
     n: int = 0
     channels: int = 0           # the conv input's channels (im2col/col2im: the image's)
     rows: int = 0               # the weights' rows: C_out (conv_transpose2d: C_in)
     groups: int = 1
-    win: Optional[Window] = None
 
     @property
     def batched_out(self) -> Optional[np.ndarray]:
@@ -57,7 +61,6 @@ class Call:
     @property
     def kg(self) -> int:
         """One group's window size: input channels x taps."""
-        assert self.win is not None
         return self.cg * self.win.kernel_h * self.win.kernel_w
 
     @property
@@ -125,8 +128,8 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, layout="NCHW",
     shape = (n, n_pos, kk * c) if nhwc else (n, c * kk, n_pos)
     user = x
     x = _args.strided_operand(x, dtype)
-    call = Call("im2col", nhwc, dtype, shape, out, unbatched, (user,),
-                x=x, n=n, channels=c, win=win)
+    call = Call("im2col", nhwc, dtype, shape, out, unbatched, win, (user,),
+                x=x, n=n, channels=c)
     _args.check_output(call.batched_out, shape, dtype, call.inputs, "im2col")
     return call
 
@@ -159,8 +162,8 @@ def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1, *,
     shape = _args.image_shape(n, c, out_hw[0], out_hw[1], nhwc)
     user = cols
     cols = _args.contiguous_operand(cols, dtype)
-    call = Call("col2im", nhwc, dtype, shape, out, unbatched, (user,),
-                x=cols, n=n, channels=c, win=win)
+    call = Call("col2im", nhwc, dtype, shape, out, unbatched, win, (user,),
+                x=cols, n=n, channels=c)
     _args.check_output(call.batched_out, shape, dtype, call.inputs, "col2im")
     return call
 
@@ -183,12 +186,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     _args.check_blas("conv2d", positions=win.out_h * win.out_w, out_channels=c_out,
                      window_size=kg)
     shape = _args.image_shape(n, c_out, win.out_h, win.out_w, nhwc)
-    call = Call("conv2d", nhwc, dtype, shape, out, unbatched,
+    call = Call("conv2d", nhwc, dtype, shape, out, unbatched, win,
                 (x, weight, bias),
                 x=_args.strided_operand(x, dtype),
                 w=_args.contiguous_operand(weight, dtype).reshape(c_out, kg),
                 bias=None if bias is None else _args.contiguous_operand(bias, dtype),
-                n=n, channels=c, rows=c_out, groups=groups, win=win)
+                n=n, channels=c, rows=c_out, groups=groups)
     _args.check_output(call.batched_out, shape, dtype, call.inputs, "conv2d")
     return call
 
@@ -229,12 +232,12 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     _args.check_blas("conv_transpose2d", positions=max(h * w, out_h * out_w),
                      in_channels=c_in, out_channels=c_out, window_size=kg)
     shape = _args.image_shape(n, c_out, out_h, out_w, nhwc)
-    call = Call("conv_transpose2d", nhwc, dtype, shape, out, unbatched,
+    call = Call("conv_transpose2d", nhwc, dtype, shape, out, unbatched, win,
                 (x, weight, bias),
                 grad=_args.contiguous_operand(x, dtype),
                 w=_args.contiguous_operand(weight, dtype).reshape(c_in, kg),
                 bias=None if bias is None else _args.contiguous_operand(bias, dtype),
-                n=n, channels=c_out, rows=c_in, groups=groups, win=win)
+                n=n, channels=c_out, rows=c_in, groups=groups)
     _args.check_output(call.batched_out, shape, dtype, call.inputs, "conv_transpose2d")
     return call
 
@@ -277,12 +280,12 @@ def conv2d_input(input_size: Sequence[int], weight, grad_output, stride=1, paddi
         "conv2d_input", x_shape, weight.shape, grad_output, stride, padding, dilation, groups,
         nhwc, unbatched)
     kg = c // groups * win.kernel_h * win.kernel_w
-    call = Call("conv2d_input", nhwc, dtype, x_shape, out, unbatched,
+    call = Call("conv2d_input", nhwc, dtype, x_shape, out, unbatched, win,
                 (weight, grad_output),
                 grad=_args.contiguous_operand(grad_output, dtype).reshape(
                     _args.image_shape(n, c_out, win.out_h, win.out_w, nhwc)),
                 w=_args.contiguous_operand(weight, dtype).reshape(c_out, kg),
-                n=n, channels=c, rows=c_out, groups=groups, win=win)
+                n=n, channels=c, rows=c_out, groups=groups)
     _args.check_output(call.batched_out, x_shape, dtype, call.inputs, "conv2d_input")
     return call
 
@@ -300,10 +303,10 @@ def conv2d_weight(input, weight_size: Sequence[int], grad_output, stride=1, padd
         "conv2d_weight", x.shape, w_shape, grad_output, stride, padding, dilation, groups,
         nhwc, unbatched)
     # (the weight gradient has no batch axis: out= and the result are never squeezed)
-    call = Call("conv2d_weight", nhwc, dtype, w_shape, out, False, (x, grad_output),
+    call = Call("conv2d_weight", nhwc, dtype, w_shape, out, False, win, (x, grad_output),
                 x=_args.strided_operand(x, dtype),
                 grad=_args.contiguous_operand(grad_output, dtype).reshape(
                     _args.image_shape(n, c_out, win.out_h, win.out_w, nhwc)),
-                n=n, channels=c, rows=c_out, groups=groups, win=win)
+                n=n, channels=c, rows=c_out, groups=groups)
     _args.check_output(out, w_shape, dtype, call.inputs, "conv2d_weight")
     return call

@@ -162,7 +162,9 @@ def plan(call: Call) -> Plan:
 def run(call: Call) -> np.ndarray:
     """Plan the call, allocate its result (or take out=), execute, return."""
     the_plan = plan(call)
-    res = call.batched_out if call.out is not None else np.empty(call.shape, call.dtype)
+    res = call.batched_out
+    if res is None:
+        res = np.empty(call.shape, call.dtype)
     verbose = os.environ.get("FASTIM2COL_VERBOSE", "") not in ("", "0")
     start = time.perf_counter() if verbose else 0.0
     EXECUTORS[(call.op, the_plan.kernel)](call, the_plan, res)

@@ -51,7 +51,7 @@ def use_kernel(name: str) -> Iterator[None]:
     raises ``ValueError`` saying why. Calls with nothing to compute (an empty
     size) still run ``"fill"``.
     """
-    if not isinstance(name, str) or name not in KERNELS or name == "fill":
+    if name not in kernels() or name == "fill":
         choices = ", ".join(repr(k) for k in KERNELS if k != "fill")
         raise ValueError(f"use_kernel: name must be one of {choices}, got {name!r}")
     token = _forced.set(name)

@@ -111,15 +111,15 @@ def plan_conv2d(call: Call) -> Plan:
     m = machine()
     if forced == "direct" or (forced is None and P.use_direct(groups, cg, og, win, nhwc,
                                                              itemsize)):
-        split = P.direct_split(n, groups, cg, og, win, itemsize, n_threads,
+        bands = P.direct_split(n, groups, cg, og, win, itemsize, n_threads,
                                m.vector_elements(itemsize))
-        if split is not None:
+        if bands is not None:
             scratch = n_threads * P.direct_unit_bytes(cg, og, win, itemsize,
-                                                      m.vector_elements(itemsize), split)
+                                                      m.vector_elements(itemsize), bands)
             return Plan(call.op, "direct", n_threads, scratch,
                         "forced" if forced else
                         "a window wider than 1x1, or depthwise: direct beats unroll + GEMM",
-                        {"split": split})
+                        {"split": bands})
         if forced:
             raise _refuse(call, forced, "one output row's band exceeds the direct kernels' "
                                         "scratch bound (huge dilations)")
