@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Callable
 
 from . import _direct
-from . import _plan as P
+from ._plan import bands as PB, common as PC, conv2d as PF, \
+    input_gradient as PI, weight_gradient as PW
 from ._args import BLAS_INT_MAX, Window
 from ._calls import Call
 from ._kernels import Plan, forced_kernel
@@ -48,7 +49,7 @@ def _check_forced(call: Call, forced: str | None, kernels: tuple[str, ...]) -> N
 
 def _scratch(n_threads: int, *buffer_elements: int, itemsize: int) -> int:
     """Bytes of all threads' scratch buffers (MemoryError for absurd sizes)."""
-    P.check_scratch(n_threads, *buffer_elements, itemsize=itemsize)
+    PC.check_scratch(n_threads, *buffer_elements, itemsize=itemsize)
     return n_threads * sum(buffer_elements) * itemsize
 
 
@@ -78,9 +79,9 @@ def plan_im2col(call: Call) -> Plan:
     size = call.result_size()
     if size == 0:
         return _empty(call)
-    n_threads = P.copy_threads(size * call.itemsize)
+    n_threads = PC.copy_threads(size * call.itemsize)
     n_pos = call.win.out_h * call.win.out_w
-    tile = P.im2col_tile(call.n if call.nhwc else call.n * call.channels, n_pos, n_threads)
+    tile = PC.im2col_tile(call.n if call.nhwc else call.n * call.channels, n_pos, n_threads)
     return Plan(call.op, "unroll", n_threads, 0, "copies each window into its column",
                 {"tile": tile})
 
@@ -89,8 +90,8 @@ def plan_col2im(call: Call) -> Plan:
     _check_forced(call, forced_kernel(), ("fold",))
     if call.result_size() == 0:
         return _empty(call)
-    n_threads = P.copy_threads(call.x.nbytes)
-    rows = P.col2im_rows(call.n, call.win, n_threads)
+    n_threads = PC.copy_threads(call.x.nbytes)
+    rows = PC.col2im_rows(call.n, call.win, n_threads)
     return Plan(call.op, "fold", n_threads, 0, "adds each column into its window",
                 {"rows_per_band": rows})
 
@@ -107,14 +108,14 @@ def plan_conv2d(call: Call) -> Plan:
     if kg == 0:
         return _empty(call, "no input channels: only the bias")
     n, groups, cg, og = call.n, call.groups, call.cg, call.og
-    n_threads = P.conv_threads(2.0 * size * kg)
+    n_threads = PC.conv_threads(2.0 * size * kg)
     m = machine()
-    if forced == "direct" or (forced is None and P.use_direct(groups, cg, og, win, nhwc,
+    if forced == "direct" or (forced is None and PF.use_direct(groups, cg, og, win, nhwc,
                                                              itemsize)):
-        bands = P.direct_split(n, groups, cg, og, win, itemsize, n_threads,
+        bands = PB.direct_split(n, groups, cg, og, win, itemsize, n_threads,
                                m.vector_elements(itemsize))
         if bands is not None:
-            scratch = n_threads * P.direct_unit_bytes(cg, og, win, itemsize,
+            scratch = n_threads * PB.direct_unit_bytes(cg, og, win, itemsize,
                                                       m.vector_elements(itemsize), bands)
             return Plan(call.op, "direct", n_threads, scratch,
                         "forced" if forced else
@@ -134,7 +135,7 @@ def plan_conv2d(call: Call) -> Plan:
     n_pos = win.out_h * win.out_w
     if forced == "thin_gemm" and nhwc:
         raise _refuse(call, forced, "the thin GEMM runs NCHW forward tiles only")
-    images = None if forced == "thin_gemm" else P.forward_images(
+    images = None if forced == "thin_gemm" else PF.forward_images(
         n, groups, og, kg, n_pos, itemsize, n_threads, in_place)
     per_tile = 1
     if images is not None:
@@ -142,9 +143,9 @@ def plan_conv2d(call: Call) -> Plan:
         split = (per_tile * n_pos, block)
         tile_elements = (kg + block) * split[0]
     else:
-        split = P.forward(n, groups, og, kg, n_pos, itemsize, n_threads, in_place, nhwc)
+        split = PF.forward(n, groups, og, kg, n_pos, itemsize, n_threads, in_place, nhwc)
         tile_elements = kg * split[0]
-    thin = per_tile == 1 and P.use_thin_forward(nhwc, split[0], split[1], kg, itemsize,
+    thin = per_tile == 1 and PF.use_thin_forward(nhwc, split[0], split[1], kg, itemsize,
                                                 m.isa_level)
     if forced is not None:
         thin = forced == "thin_gemm"
@@ -190,15 +191,15 @@ def plan_input_gradient(call: Call) -> Plan:
     win, nhwc, itemsize = call.win, call.nhwc, call.itemsize
     m = machine()
     vector = m.vector_elements(itemsize)
-    n_threads = P.conv_threads(2.0 * call.grad.size * kg)
+    n_threads = PC.conv_threads(2.0 * call.grad.size * kg)
     in_place = (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w,
                 win.out_h, win.out_w) == (1, 1, 1, 1, 0, 0, win.in_h, win.in_w)
     tap_kernels_ok = nhwc and not in_place
     if forced in ("taps", "elementwise") and not tap_kernels_ok:
         raise _refuse(call, forced, "it runs NHWC input gradients of windows other than an "
                                     "unpadded 1x1 at stride 1")
-    if forced == "taps" or (forced is None and P.use_taps(nhwc, cg, in_place, m.isa_level)):
-        band, block, per_set, copy_ld = P.grad_input_taps(
+    if forced == "taps" or (forced is None and PI.use_taps(nhwc, cg, in_place, m.isa_level)):
+        band, block, per_set, copy_ld = PI.grad_input_taps(
             n, groups, cg, og, call.w.shape[1], win, itemsize, n_threads, vector)
         positions = per_set * band * win.in_w
         scratch = (_scratch(n_threads, _direct.THIN_TERMS * positions, og * copy_ld,
@@ -208,12 +209,12 @@ def plan_input_gradient(call: Call) -> Plan:
                     "forced" if forced else "NHWC: each tap a thin GEMM, nothing folded",
                     {"split": (band, block), "images_per_set": per_set,
                      "weights_copy_ld": copy_ld})
-    if forced == "elementwise" and cg > P.FEW_MAX_CHANNELS:
+    if forced == "elementwise" and cg > PI.FEW_MAX_CHANNELS:
         raise _refuse(call, forced, f"{cg} input channels a group (at most "
-                                    f"{P.FEW_MAX_CHANNELS})")
-    if forced == "elementwise" or (forced is None and P.use_few_channels(
+                                    f"{PI.FEW_MAX_CHANNELS})")
+    if forced == "elementwise" or (forced is None and PI.use_few_channels(
             nhwc, cg, og, in_place, win, vector, m.isa_level)):
-        band = P.grad_input_few(n, groups, og, win, itemsize, n_threads)
+        band = PI.grad_input_few(n, groups, og, win, itemsize, n_threads)
         # grad_output's rows are copied (to start on cache lines) unless each
         # group's channels of every pixel already do
         copy = bool(call.grad.ctypes.data % m.cache_line or (og * itemsize) % m.cache_line)
@@ -240,16 +241,16 @@ def _direct_input_gradient(call: Call, forced, n_threads: int, vector: int) -> P
     groups, og, cg, itemsize = call.groups, call.og, call.cg, call.itemsize
     if forced is None and (
             og * cg * flipped.kernel_h * flipped.kernel_w * itemsize
-            > P.DIRECT_FLIPPED_WEIGHT_BYTES
-            or not P.use_direct_input(groups, og, cg, flipped, call.nhwc, itemsize)):
+            > PI.DIRECT_FLIPPED_WEIGHT_BYTES
+            or not PI.use_direct_input(groups, og, cg, flipped, call.nhwc, itemsize)):
         return None
-    split = P.direct_split(call.n, groups, og, cg, flipped, itemsize, n_threads, vector)
+    split = PB.direct_split(call.n, groups, og, cg, flipped, itemsize, n_threads, vector)
     if split is None:
         if forced:
             raise _refuse(call, forced, "one row's band exceeds the direct kernels' scratch "
                                         "bound (huge dilations)")
         return None
-    scratch = n_threads * P.direct_unit_bytes(og, cg, flipped, itemsize, vector, split)
+    scratch = n_threads * PB.direct_unit_bytes(og, cg, flipped, itemsize, vector, split)
     return Plan(call.op, "direct", n_threads, scratch,
                 "forced" if forced else "stride 1: a conv2d of grad_output, flipped weights",
                 {"geom": tuple(flipped), "split": split})
@@ -260,7 +261,7 @@ def _gemm_input_gradient(call: Call, forced, n_threads: int, in_place: bool) -> 
     win, nhwc, itemsize = call.win, call.nhwc, call.itemsize
     isa_level = machine().isa_level
     n_pos = win.out_h * win.out_w
-    images = P.grad_input_images(n, groups, cg, og, kg, n_pos, itemsize, n_threads, nhwc,
+    images = PI.grad_input_images(n, groups, cg, og, kg, n_pos, itemsize, n_threads, nhwc,
                                  in_place)
     per_tile = 1
     if images is not None:
@@ -268,21 +269,21 @@ def _gemm_input_gradient(call: Call, forced, n_threads: int, in_place: bool) -> 
         split = (per_tile * n_pos, block)
         tile_elements = (kg + og) * split[0]
     else:
-        thin_fold = P.use_thin_positions(nhwc, kg, itemsize, isa_level)
-        split = P.grad_input(n, groups, cg, kg, win, itemsize, n_threads, nhwc, in_place,
+        thin_fold = PI.use_thin_positions(nhwc, kg, itemsize, isa_level)
+        split = PI.grad_input(n, groups, cg, kg, win, itemsize, n_threads, nhwc, in_place,
                              thin_fold)
         tile_elements = kg * split[0]
     unit_rows = split[1] * win.kernel_h * win.kernel_w   # a unit's channels x taps
     if forced is None:
-        thin = P.use_thin_gemm(split[0], itemsize, isa_level)
-        thin_positions = not thin and P.use_thin_positions(nhwc, unit_rows, itemsize,
+        thin = PI.use_thin_gemm(split[0], itemsize, isa_level)
+        thin_positions = not thin and PI.use_thin_positions(nhwc, unit_rows, itemsize,
                                                            isa_level)
     else:
         thin, thin_positions = forced == "thin_gemm", False
     thin_elements = unit_rows if thin_positions else split[0] if thin else 0
     scratch = _scratch(n_threads, tile_elements, _direct.THIN_TERMS * thin_elements,
                        itemsize=itemsize)
-    transposed = not nhwc and not thin_positions and (thin or P.grad_input_transposed(
+    transposed = not nhwc and not thin_positions and (thin or PI.grad_input_transposed(
         split[0], unit_rows, itemsize))
     why = ("forced" if forced else "1x1: GEMM straight into the result" if in_place
            else f"{per_tile} whole images a unit" if per_tile > 1 else "GEMM + fold")
@@ -302,15 +303,15 @@ def plan_weight_gradient(call: Call) -> Plan:
     if call.grad.size == 0 or call.x.size == 0:
         return _empty(call, "nothing to sum: zeros")
     groups, cg, og, win, itemsize = call.groups, call.cg, call.og, call.win, call.itemsize
-    n_threads = P.conv_threads(2.0 * call.grad.size * call.kg)
+    n_threads = PC.conv_threads(2.0 * call.grad.size * call.kg)
     fallback = _weight_gradient_after_direct(call, None if forced == "direct" else forced,
                                              n_threads)
-    if forced == "direct" or (forced is None and P.use_direct_weight(
+    if forced == "direct" or (forced is None and PW.use_direct_weight(
             groups, cg, og, win, itemsize, call.nhwc)):
         vector = machine().vector_elements(itemsize)
-        split = P.direct_weight_split(groups, cg, og, win, itemsize, n_threads, vector)
+        split = PW.direct_weight_split(groups, cg, og, win, itemsize, n_threads, vector)
         if split is not None:
-            scratch = n_threads * P.direct_weight_unit_bytes(og, win, itemsize, vector, split)
+            scratch = n_threads * PW.direct_weight_unit_bytes(og, win, itemsize, vector, split)
             return Plan(call.op, "direct", n_threads, scratch,
                         "forced" if forced else "thin per-group GEMMs: direct sums",
                         {"split": split}, fallback=fallback)
@@ -331,9 +332,9 @@ def _weight_gradient_after_direct(call: Call, forced, n_threads: int) -> Plan:
         raise _refuse(call, forced, "it runs NHWC weight gradients of windows other than an "
                                     "unpadded 1x1 at stride 1, the input's channels "
                                     "contiguous")
-    if forced == "taps" or (forced is None and P.use_weight_taps(nhwc, cg, in_place, isa_level,
+    if forced == "taps" or (forced is None and PW.use_weight_taps(nhwc, cg, in_place, isa_level,
                                                                 channels_contiguous)):
-        out_block, tap_block, per_call, band = P.grad_weight_taps(
+        out_block, tap_block, per_call, band = PW.grad_weight_taps(
             n, groups, og, win.kernel_h, win.kernel_h * win.kernel_w, win.out_h, win.out_w,
             n_threads)
         terms = (per_call * win.out_h if band >= win.out_h else band) * win.out_w
@@ -355,7 +356,7 @@ def _gemm_weight_gradient(call: Call, forced, n_threads: int, in_place: bool,
     taps, n_pos = win.kernel_h * win.kernel_w, win.out_h * win.out_w
     # NCHW: by input channels where they split evenly (no per-thread sums of
     # the whole gradient to reduce, no tile unrolled twice)
-    by_channels = None if nhwc else P.grad_weight_channels(
+    by_channels = None if nhwc else PW.grad_weight_channels(
         n, groups, og, cg, taps, n_pos, itemsize, n_threads, in_place)
     thin = False
     if by_channels is not None:
@@ -363,7 +364,7 @@ def _gemm_weight_gradient(call: Call, forced, n_threads: int, in_place: bool,
         sums = False
         thin_ok = per_tile == 1
         if forced is None:
-            thin = thin_ok and P.use_thin_weight_channels(og, tile, in_place, isa_level)
+            thin = thin_ok and PW.use_thin_weight_channels(og, tile, in_place, isa_level)
         # per thread: the unrolled chunk and the transposed part; shared: the
         # gathered grad_output rows of a set of images
         buffers = (block * taps * (tile + og), c_out * tile)
@@ -372,20 +373,20 @@ def _gemm_weight_gradient(call: Call, forced, n_threads: int, in_place: bool,
             raise _refuse(call, forced, "NCHW weight gradients run it only where the input "
                                         "channels split into chunks")
         transposed = False
-        per_tile = 1 if forced == "thin_gemm" else P.grad_weight_images(
+        per_tile = 1 if forced == "thin_gemm" else PW.grad_weight_images(
             n, groups, og, kg, n_pos, itemsize, n_threads, c_out, in_place) or 1
         if per_tile > 1:
             tile, block, sums = per_tile * n_pos, og, True
             buffers = ((kg + og) * tile, c_out * kg)
         else:
-            tile, block, sums = P.grad_weight(n, groups, og, kg, n_pos, itemsize, n_threads,
+            tile, block, sums = PW.grad_weight(n, groups, og, kg, n_pos, itemsize, n_threads,
                                               c_out, in_place, isa_level if nhwc else -1)
             buffers = (kg * tile, (c_out * kg) if sums else 0)
-            transposed = sums and not nhwc and P.transposed_sums(og, kg, itemsize,
+            transposed = sums and not nhwc and PW.transposed_sums(og, kg, itemsize,
                                                                  tile == n_pos)
         thin_ok = nhwc and per_tile == 1
         if forced is None and thin_ok:
-            thin = P.use_thin_weight(tile, itemsize, isa_level)
+            thin = PW.use_thin_weight(tile, itemsize, isa_level)
     if forced == "thin_gemm":
         if not thin_ok:
             raise _refuse(call, forced, "these channels go by sets of whole images, "

@@ -1,6 +1,6 @@
-"""A/B of a planner change: an earlier commit's Python side (fastim2col/_plan.py,
-functional.py, grad.py) against the working tree's, in one process, on the
-same compiled kernels. Timings alternate warmed-up blocks (fastim2col._bench
+"""A/B of a planner change: an earlier commit's Python side (every module of
+fastim2col/) against the working tree's, in one process, on the same
+compiled kernels. Timings alternate warmed-up blocks (fastim2col._bench
 .timed_blocks), so the two sides see the same machine state; results are
 checked to agree first.
 
@@ -13,7 +13,6 @@ commits (the old Python code calls the current compiled modules).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -25,34 +24,35 @@ import fastim2col
 from fastim2col import _bench
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ("_plan", "functional", "grad")   # in import order
 
 
 def load_old(base: str, base_dir: str | None = None):
-    """The base commit's planner, functional and grad modules (or those in
-    base_dir: where there is no git, e.g. a copied tree), loaded as
-    fastim2col._ab_<name>, importing each other instead of the current ones."""
-    tmp = Path(tempfile.mkdtemp(prefix="ab_planner_"))
-    loaded = {}
-    for name in MODULES:
-        if base_dir is not None:
-            src = (Path(base_dir) / f"{name}.py").read_text()
-        else:
-            src = subprocess.run(["git", "show", f"{base}:fastim2col/{name}.py"], cwd=ROOT,
-                                 check=True, capture_output=True, text=True).stdout
-        for dep in MODULES:
-            src = src.replace(f"from . import {dep}\n", f"from . import _ab_{dep} as {dep}\n")
-            src = src.replace(f"from .{dep} import", f"from ._ab_{dep} import")
-            src = src.replace(f"from . import _args, {dep}", f"from . import _args\nfrom . import _ab_{dep} as {dep}")
-        path = tmp / f"_ab_{name}.py"
-        path.write_text(src)
-        spec = importlib.util.spec_from_file_location(f"fastim2col._ab_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        setattr(fastim2col, f"_ab_{name}", module)
-        spec.loader.exec_module(module)
-        loaded[name] = module
-    return loaded
+    """The base commit's Python side (every fastim2col/**/*.py; or the files
+    under base_dir, a copy of such a fastim2col/ folder, where there is no
+    git) as the package fastim2col_base, on the current compiled modules
+    (linked in): {"functional": ..., "grad": ...}."""
+    tmp = Path(tempfile.mkdtemp(prefix="ab_planner_")) / "fastim2col_base"
+    if base_dir is not None:
+        files = {p.relative_to(base_dir).as_posix(): p.read_text()
+                 for p in Path(base_dir).rglob("*.py")}
+    else:
+        names = subprocess.run(["git", "ls-tree", "-r", "--name-only", base, "fastim2col/"],
+                               cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        files = {}
+        for name in names.split():
+            if name.endswith(".py"):
+                files[name[len("fastim2col/"):]] = subprocess.run(
+                    ["git", "show", f"{base}:{name}"], cwd=ROOT, check=True,
+                    capture_output=True, text=True).stdout
+    for rel, text in files.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_text(text)
+    for compiled in Path(fastim2col.__file__).parent.glob("_*.so"):   # the same kernels
+        (tmp / compiled.name).symlink_to(compiled)
+    sys.path.insert(0, str(tmp.parent))
+    import fastim2col_base.functional
+    import fastim2col_base.grad
+    return {"functional": fastim2col_base.functional, "grad": fastim2col_base.grad}
 
 
 def call(op, side, x, w, go, layer, out, layout):
@@ -68,7 +68,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="HEAD")
     ap.add_argument("--base-dir", default=None,
-                    help="a folder holding the old _plan.py, functional.py and grad.py "
+                    help="a copy of an earlier fastim2col/ folder's Python files "
                          "(instead of --base)")
     ap.add_argument("--op", choices=["conv2d", "conv2d_input", "conv2d_weight"],
                     default="conv2d_weight")
