@@ -121,6 +121,25 @@ def test_every_pyx_is_a_module_with_its_stub():
 
 
 @in_checkout
+def test_meson_installs_every_python_module():
+    """Every tracked .py of the package (not the generated _build_flags.py) is
+    in fastim2col/meson.build's install lists, and setup.py lists its
+    subpackages: a module missing there is missing from every wheel."""
+    package = os.path.join(ROOT, "fastim2col")
+    on_disk = sorted(os.path.relpath(os.path.join(d, f), package).replace(os.sep, "/")
+                     for d, _, files in os.walk(package) for f in files
+                     if f.endswith(".py") and f != "_build_flags.py")
+    installed = meson_strings(os.path.join(package, "meson.build"))
+    missing = [f for f in on_disk if f not in installed]
+    assert not missing, f"fastim2col/meson.build does not install {missing}"
+    subpackages = sorted({os.path.dirname(f) for f in on_disk} - {""})
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        setup_text = f.read()
+    for sub in subpackages:
+        assert f'"fastim2col.{sub}"' in setup_text, f"setup.py does not list fastim2col.{sub}"
+
+
+@in_checkout
 def test_meson_build_hard_codes_no_module_or_flag():
     """Modules and flags belong in src/extensions.txt, where setup.py sees them."""
     files = [os.path.join(ROOT, d, "meson.build") for d in ("", "src", "fastim2col")]
