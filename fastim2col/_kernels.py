@@ -33,28 +33,52 @@ def kernels() -> tuple[str, ...]:
     return tuple(KERNELS)
 
 
-_forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+# (kernel name, strict) forced in this context, or None
+_forced: contextvars.ContextVar[Optional[tuple[str, bool]]] = contextvars.ContextVar(
     "fastim2col_forced_kernel", default=None)
+
+
+class KernelRefused(ValueError):
+    """A kernel forced with use_kernel cannot run this call."""
 
 
 def forced_kernel() -> str | None:
     """The kernel use_kernel forces in this context, or None."""
-    return _forced.get()
+    forced = _forced.get()
+    return None if forced is None else forced[0]
+
+
+def forced_strictly() -> bool:
+    """Whether a forced kernel that cannot run a call is an error (else the
+    planner's own choice runs)."""
+    forced = _forced.get()
+    return forced is None or forced[1]
 
 
 @contextlib.contextmanager
-def use_kernel(name: str) -> Iterator[None]:
+def unforced() -> Iterator[None]:
+    """Plan as if nothing were forced (non-strict use_kernel's fallback)."""
+    token = _forced.set(None)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+@contextlib.contextmanager
+def use_kernel(name: str, *, strict: bool = True) -> Iterator[None]:
     """Force kernel ``name`` for the calls inside the ``with`` block.
 
     Context-local (a :mod:`contextvars` variable): other threads and asyncio
     tasks keep planning as usual. A call inside that the kernel cannot run
-    raises ``ValueError`` saying why. Calls with nothing to compute (an empty
-    size) still run ``"fill"``.
+    raises ``ValueError`` saying why; with ``strict=False`` it runs the
+    planner's own choice instead (for sweeping one kernel over calls of every
+    kind). Calls with nothing to compute (an empty size) still run ``"fill"``.
     """
     if name not in kernels() or name == "fill":
         choices = ", ".join(repr(k) for k in KERNELS if k != "fill")
         raise ValueError(f"use_kernel: name must be one of {choices}, got {name!r}")
-    token = _forced.set(name)
+    token = _forced.set((name, bool(strict)))
     try:
         yield
     finally:

@@ -17,7 +17,7 @@ from ._plan import bands as PB, common as PC, conv2d as PF, \
     input_gradient as PI, weight_gradient as PW
 from ._args import BLAS_INT_MAX, Window
 from ._calls import Call
-from ._kernels import Plan, forced_kernel
+from ._kernels import KernelRefused, Plan, forced_kernel
 from ._machine import machine
 
 # What each kernel runs, for the refusals of use_kernel.
@@ -34,12 +34,8 @@ _RUNS = {
 }
 
 
-class _Refused(ValueError):
-    pass
-
-
-def _refuse(call: Call, kernel: str, why: str) -> _Refused:
-    return _Refused(f"use_kernel({kernel!r}) cannot run this {call.op} call: {why}")
+def _refuse(call: Call, kernel: str, why: str) -> KernelRefused:
+    return KernelRefused(f"use_kernel({kernel!r}) cannot run this {call.op} call: {why}")
 
 
 def _check_forced(call: Call, forced: str | None, kernels: tuple[str, ...]) -> None:

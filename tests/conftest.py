@@ -170,8 +170,9 @@ def kernel_threads(request, monkeypatch, restore_threads):
 @pytest.fixture(params=["auto", "gemm", "gemm-channels", "gemm-thin", "direct", "direct-1row",
                         "taps", "few"])
 def conv_path(request, monkeypatch):
-    """The kernels NCHW conv2d and its gradients use: the planner's choice,
-    the blocked GEMM always (gemm-channels: with the weight gradient split by
+    """The kernels NCHW conv2d and its gradients use, forced through
+    fastim2col.use_kernel(..., strict=False) (each call the kernel cannot run
+    gets the planner's choice): the planner's choice, the blocked GEMM always (gemm-channels: with the weight gradient split by
     input channels whatever the shape, into many small chunks, images batched
     per GEMM, GEMMs in both orientations), or the direct kernels always (with
     the planner's bands of output rows, or bands of one row). gemm-channels
@@ -194,16 +195,17 @@ def conv_path(request, monkeypatch):
     by element (grad_input_few) on few, whatever their output channels, in
     bands of one row; never on the other forced paths."""
     from fastim2col import _plan
+    # the kernel: forced with use_kernel, falling back to the planner's choice
+    # where it cannot run a call; the thresholds: small, so that small test
+    # shapes reach the kernels' multi-band, multi-block and multi-image splits
+    kernel = {"gemm": "gemm", "gemm-channels": "gemm", "gemm-thin": "thin_gemm",
+              "direct": "direct", "direct-1row": "direct", "taps": "taps",
+              "few": "elementwise"}.get(request.param)
     if request.param == "few":
         split_small_work(monkeypatch)
-        monkeypatch.setattr(_plan, "use_few_channels", lambda nhwc, cg, og, direct, *a: (
-            nhwc and not direct and cg <= _plan.FEW_MAX_CHANNELS))
         monkeypatch.setattr(_plan, "FEW_BANDS_PER_THREAD", 10 ** 6)
-    elif request.param != "auto":
-        monkeypatch.setattr(_plan, "use_few_channels", lambda *args: False)
     if request.param == "taps":
         split_small_work(monkeypatch)
-        monkeypatch.setattr(_plan, "use_taps", lambda nhwc, cg, direct, isa: nhwc and not direct)
         monkeypatch.setattr(_plan, "TAPS_MAX_POSITIONS", 20)
         monkeypatch.setattr(_plan, "TAPS_MIN_POSITIONS", 1)
         monkeypatch.setattr(_plan, "TAPS_SET_POSITIONS", 40)
@@ -214,22 +216,9 @@ def conv_path(request, monkeypatch):
             rows, block, per_set, _ = real_split(*args)
             return rows, block, per_set, (block + 3) * (len(calls) % 2)
         monkeypatch.setattr(_plan, "grad_input_taps", alternate_copy)
-        monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_CHANNELS", 1)
         monkeypatch.setattr(_plan, "TAPS_WEIGHT_TERMS", 7)
         monkeypatch.setattr(_plan, "TAPS_WEIGHT_MAX_OUT_BLOCK", 5)
         monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_OUT_BLOCK", 1)
-    else:
-        monkeypatch.setattr(_plan, "use_taps", lambda *args: False)
-        monkeypatch.setattr(_plan, "use_weight_taps", lambda *args: False)
-    if request.param.startswith("gemm"):
-        monkeypatch.setattr(_plan, "use_direct", lambda *args: False)
-        monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: False)
-        thin = request.param == "gemm-thin"
-        monkeypatch.setattr(_plan, "use_thin_gemm", lambda *args: thin)
-        monkeypatch.setattr(_plan, "use_thin_positions", lambda *args: False)
-        monkeypatch.setattr(_plan, "use_thin_forward", lambda nhwc, *args: thin and not nhwc)
-        monkeypatch.setattr(_plan, "use_thin_weight", lambda *args: thin)
-        monkeypatch.setattr(_plan, "use_thin_weight_channels", lambda *args: thin)
     if request.param == "gemm-channels":
         monkeypatch.setattr(_plan, "MIN_CHUNK_COLUMNS", 1)
         monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)
@@ -238,12 +227,13 @@ def conv_path(request, monkeypatch):
         # both GEMM orientations: transposed for groups of up to 4 outputs
         monkeypatch.setattr(_plan, "TRANSPOSED_GEMM_OUTPUTS", 4)
         monkeypatch.setattr(_plan, "grad_input_transposed", lambda *args: True)
-    elif request.param.startswith("direct"):
-        monkeypatch.setattr(_plan, "use_direct", lambda *args: True)
-        monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)
-        if request.param == "direct-1row":
-            monkeypatch.setattr(_plan, "DIRECT_BAND_BYTES", 0)
-    return request.param
+    if request.param == "direct-1row":
+        monkeypatch.setattr(_plan, "DIRECT_BAND_BYTES", 0)
+    if kernel is None:
+        yield request.param
+        return
+    with fastim2col.use_kernel(kernel, strict=False):
+        yield request.param
 
 
 @pytest.fixture
