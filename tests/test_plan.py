@@ -187,6 +187,24 @@ def test_use_kernel_nests_and_restores(rng):
     assert fastim2col.explain(fastim2col.conv2d, x, w).kernel == auto
 
 
+def test_use_kernel_not_strict_falls_back_to_the_planner(rng):
+    """strict=False: a call the kernel runs gets it; a call it cannot run
+    gets exactly the plan it has unforced, and the right result."""
+    x, w = rand(rng, (1, 4, 8, 8)), rand(rng, (6, 4, 3, 3))
+    g = rand(rng, (1, 6, 8, 8))
+    auto = fastim2col.explain(fastim2col.conv2d, x, w, padding=1)
+    with fastim2col.use_kernel("taps", strict=False):
+        assert fastim2col.explain(fastim2col.conv2d, x, w, padding=1) == auto
+        got = fastim2col.conv2d(x, w, padding=1)
+        nhwc = fastim2col.explain(grad.conv2d_input, (1, 8, 8, 4), _weight(w, "NHWC"),
+                                  _img(g, "NHWC"), padding=1, layout="NHWC")
+    assert nhwc.kernel == "taps"
+    assert_close(got, R.conv2d(x, w, None, 1, 1, 1, 1), np.float64)
+    with fastim2col.use_kernel("taps"):
+        with pytest.raises(ValueError, match="it runs NHWC input and weight gradients"):
+            fastim2col.conv2d(x, w, padding=1)
+
+
 def test_use_kernel_is_context_local(rng):
     """Another thread plans as usual while this one forces a kernel."""
     x, w = rand(rng, (1, 4, 8, 8)), rand(rng, (4, 4, 3, 3))
