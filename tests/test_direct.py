@@ -21,17 +21,18 @@ def isa_level(request):
 
 @pytest.fixture
 def always_direct(monkeypatch):
-    """Every NCHW conv2d, input and weight gradient in the direct kernels;
-    returns the names of the kernels called, in order."""
+    """Every NCHW conv2d, weight gradient and stride-1 input gradient in the
+    direct kernels, forced with use_kernel("direct", strict=False) (strided
+    input gradients, which direct cannot run, get the planner's choice);
+    yields the names of the kernels called, in order."""
     calls = []
     for name in ("direct_forward", "direct_weight"):
         def spy(*args, _real=getattr(_direct, name), _name=name, **kwargs):
             calls.append(_name)
             return _real(*args, **kwargs)
         monkeypatch.setattr(_direct, name, spy)
-    monkeypatch.setattr(_plan, "use_direct", lambda *args: True)
-    monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)
-    return calls
+    with F.use_kernel("direct", strict=False):
+        yield calls
 
 
 # (N, C, H, W), (O, C/g, kh, kw), stride, padding, dilation, groups: output
@@ -101,6 +102,7 @@ def test_bitwise_identical_whatever_threads_and_bands(always_direct, monkeypatch
             results.append(F.conv2d(x, w, b, padding=1, groups=4))
     for r in results[1:]:
         assert np.array_equal(r, results[0])
+    assert always_direct.count("direct_forward") == len(results)
     assert_close(results[0], R.conv2d(as64(x), as64(w), as64(b), padding=1, groups=4), dtype)
     g = rand(rng, results[0].shape, dtype)
     grads = []
@@ -117,6 +119,7 @@ def test_bitwise_identical_whatever_threads_and_bands(always_direct, monkeypatch
     expected = R.conv2d_weight_grad(as64(x), w.shape, as64(g), padding=1, groups=4)
     for gw in (grads[0], grads[3]):
         assert_close(gw, expected, dtype)
+    assert always_direct.count("direct_weight") == len(grads)
 
 
 def _static_run(n_units, n_threads, run):
@@ -195,6 +198,7 @@ def test_weight_gradient_with_nonfinite_input(always_direct, rng, value):
     assert np.array_equal(np.isfinite(got), np.isfinite(expected))
     assert np.isfinite(got[:, :, :, 0]).all()
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10, equal_nan=True)
+    assert always_direct == ["direct_weight"]   # tried first, declined
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -213,6 +217,7 @@ def test_nonfinite_found_anywhere_in_the_band(always_direct, rng, dtype, where):
     expected = R.conv2d_weight_grad(as64(x), w.shape, as64(g), groups=2)
     assert np.array_equal(np.isfinite(got), np.isfinite(expected))
     assert np.isfinite(got[:, :, :, 0]).all()
+    assert always_direct == ["direct_weight"]   # tried first, declined
 
 
 @pytest.mark.parametrize("where", [(0, 0), (7, 4), (15, 8)])

@@ -30,7 +30,7 @@ _FEW_CASES = [(1, 3, 64, 23, 21, 7, 2, 3, 1, 1), (2, 1, 16, 9, 12, 3, 1, 1, 1, 1
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     """NHWC input gradients of at most FEW_MAX_CHANNELS channels a group,
-    element by element (src/_conv.pyx grad_input_few; forced, both dtypes,
+    element by element (src/_conv.pyx grad_input_few; forced with use_kernel, both dtypes,
     every ISA level this CPU runs: conv_isa): bands of 1, 2 or all rows, positions in
     blocks, half blocks and single edge columns, grad_output's rows copied
     per band or read in place; conv_transpose2d's bias;
@@ -41,51 +41,50 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     calls = _log_kernel_calls(monkeypatch, "elementwise_grad_input", "gemm_grad_input",
                               "taps_grad_input")
     split_small_work(monkeypatch)
-    monkeypatch.setattr(_plan, "use_few_channels", lambda nhwc, cg, og, direct, *a: (
-        nhwc and not direct and cg <= _plan.FEW_MAX_CHANNELS))
     planned = _plan.grad_input_few
-    for n, c, o, h, w_, k, s, p, d, groups in _FEW_CASES:
-        k, s, p, d = (v if isinstance(v, tuple) else (v, v) for v in (k, s, p, d))
-        x_shape = (n, c, h, w_)
-        w = rand(rng, (o, c // groups) + k, dtype)
-        g = rand(rng, R.conv2d(np.zeros(x_shape), np.zeros(w.shape), stride=s,
-                               padding=p, dilation=d, groups=groups).shape, dtype)
-        b = rand(rng, (c,), dtype)
-        expected = img_to(R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d,
-                                              groups), "NHWC")
-        results = []
-        for band in (None, 1, 2, 1000):
-            monkeypatch.setattr(_plan, "grad_input_few",
-                                planned if band is None else lambda *a, band=band: band)
-            for _ in _thread_counts(calls):
-                got = conv2d_input(expected.shape, weight_to(w, "NHWC"),
-                                   img_to(g, "NHWC"), s, p, d, groups, layout="NHWC",
-                                   out=np.full(expected.shape, np.nan, dtype))
-                assert calls[-1].name == "elementwise_grad_input"
-                assert_close(got, expected, dtype)
-                results.append(got)
-        # grad_output's rows copied to a buffer on cache lines or read in
-        # place (the call above copies where NumPy's array starts off a line)
-        wt = np.ascontiguousarray(weight_to(w, "NHWC").reshape(
-            groups, o // groups, -1, c // groups).transpose(0, 2, 3, 1))
-        win = _args.window((h, w_), k, s, p, d, allow_strings=False)
-        for band in (1, 3, 1000):
-            for copy in (False, True):
-                got = np.full(expected.shape, np.nan, dtype)
-                _conv.elementwise_grad_input(np.ascontiguousarray(img_to(g, "NHWC")), wt,
-                                             None, got, shape=(n, c, o, groups),
-                                             geom=tuple(win), band=band, copy_rows=copy,
-                                             n_threads=2)
-                results.append(got)
-        assert all(np.array_equal(results[0], r) for r in results[1:])
-        # conv_transpose2d maps g back to x's channels, plus a bias
-        got = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,
-                                 output_padding=tuple(
-                                     (x_shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1)
-                                     % s[i] for i in (0, 1)),
-                                 groups=groups, dilation=d, layout="NHWC")
-        assert calls[-1].name == "elementwise_grad_input"
-        assert_close(got, expected + b, dtype)
+    with F.use_kernel("elementwise"):   # every call: element by element
+        for n, c, o, h, w_, k, s, p, d, groups in _FEW_CASES:
+            k, s, p, d = (v if isinstance(v, tuple) else (v, v) for v in (k, s, p, d))
+            x_shape = (n, c, h, w_)
+            w = rand(rng, (o, c // groups) + k, dtype)
+            g = rand(rng, R.conv2d(np.zeros(x_shape), np.zeros(w.shape), stride=s,
+                                   padding=p, dilation=d, groups=groups).shape, dtype)
+            b = rand(rng, (c,), dtype)
+            expected = img_to(R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d,
+                                                  groups), "NHWC")
+            results = []
+            for band in (None, 1, 2, 1000):
+                monkeypatch.setattr(_plan, "grad_input_few",
+                                    planned if band is None else lambda *a, band=band: band)
+                for _ in _thread_counts(calls):
+                    got = conv2d_input(expected.shape, weight_to(w, "NHWC"),
+                                       img_to(g, "NHWC"), s, p, d, groups, layout="NHWC",
+                                       out=np.full(expected.shape, np.nan, dtype))
+                    assert calls[-1].name == "elementwise_grad_input"
+                    assert_close(got, expected, dtype)
+                    results.append(got)
+            # grad_output's rows copied to a buffer on cache lines or read in
+            # place (the call above copies where NumPy's array starts off a line)
+            wt = np.ascontiguousarray(weight_to(w, "NHWC").reshape(
+                groups, o // groups, -1, c // groups).transpose(0, 2, 3, 1))
+            win = _args.window((h, w_), k, s, p, d, allow_strings=False)
+            for band in (1, 3, 1000):
+                for copy in (False, True):
+                    got = np.full(expected.shape, np.nan, dtype)
+                    _conv.elementwise_grad_input(np.ascontiguousarray(img_to(g, "NHWC")), wt,
+                                                 None, got, shape=(n, c, o, groups),
+                                                 geom=tuple(win), band=band, copy_rows=copy,
+                                                 n_threads=2)
+                    results.append(got)
+            assert all(np.array_equal(results[0], r) for r in results[1:])
+            # conv_transpose2d maps g back to x's channels, plus a bias
+            got = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,
+                                     output_padding=tuple(
+                                         (x_shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1)
+                                         % s[i] for i in (0, 1)),
+                                     groups=groups, dilation=d, layout="NHWC")
+            assert calls[-1].name == "elementwise_grad_input"
+            assert_close(got, expected + b, dtype)
 
 
 def test_few_channel_plan(monkeypatch):

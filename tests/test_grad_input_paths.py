@@ -18,17 +18,18 @@ conv2d_input, conv2d_weight = F.grad.conv2d_input, F.grad.conv2d_weight
 
 # --------------------------------------------------------------------------- GEMM + fold
 
+@pytest.mark.parametrize("kernel", ["gemm", "thin_gemm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_input_gradient_tiles_ending_mid_row(rng, monkeypatch, restore_threads, dtype,
-                                             transposed):
+                                             transposed, kernel):
     """The fold's general loop (tiles that start or end inside an output
     row; the planner's tiles are whole rows, which take a rectangle per tap):
     forced on one thread (bands of partial rows may share input rows, so
-    only one thread may run them), both layouts of the GEMM result."""
+    only one thread may run them), both layouts of the GEMM result (BLAS's
+    GEMMs; the thin kernel's tiles are always transposed)."""
     from fastim2col import _plan
     F.set_num_threads(1)
-    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
     monkeypatch.setattr(_plan, "grad_input", lambda *a: (a[4].out_w + 3, a[2]))
     monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: transposed)
     for x_shape, w_shape, s, p, d in [((2, 5, 13, 11), (4, 5, 3, 3), 1, 1, 1),
@@ -37,7 +38,12 @@ def test_input_gradient_tiles_ending_mid_row(rng, monkeypatch, restore_threads, 
         y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
                            dilation=d).shape
         g = rng.standard_normal(y_shape).astype(dtype)
-        got = conv2d_input(x_shape, w, g, s, p, d)
+        with F.use_kernel(kernel):
+            plan = F.explain(conv2d_input, x_shape, w, g, s, p, d)
+            got = conv2d_input(x_shape, w, g, s, p, d)
+        assert (plan.kernel, plan.params["thin"]) == (kernel, kernel == "thin_gemm")
+        assert plan.params["split"][0] == y_shape[3] + 3   # tiles end mid-row
+        assert plan.params["transposed"] == (transposed or kernel == "thin_gemm")
         assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d), dtype)
 
 
@@ -51,8 +57,6 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
     only: the thin kernel's tiles are always transposed (test_thin_gemm_paths)."""
     from fastim2col import _plan
     calls = _log_kernel_calls(monkeypatch, "gemm_grad_input")
-    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
-    monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: False)
     item = np.dtype(dtype).itemsize
     rule = _plan.grad_input_transposed
     # (batch, channels, outputs, size, kernel, stride, padding): stride 2 keeps
@@ -60,33 +64,34 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
     # images a unit; the last has positions enough not to transpose.
     cases = [(1, 24, 8, 9, 3, 2, 1), (4, 128, 40, 8, 3, 2, 1), (2, 40, 16, 4, 1, 1, 0),
              (1, 4, 8, 24, 1, 1, 0)]
-    for force in (None, True):
-        if force:
-            monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: True)
-        chosen = []
-        for n, c, o, size, k, s, p in cases:
-            x_shape, w_shape = (n, c, size, size), (o, c, k, k)
-            w = rng.standard_normal(w_shape).astype(dtype)
-            y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p).shape
-            g = rng.standard_normal(y_shape).astype(dtype)
-            calls.clear()
-            got = conv2d_input(x_shape, w, g, s, p)
-            assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p), dtype)
-            kwargs = calls[-1].kwargs
-            (tile, block), per_tile, transposed = (kwargs["split"], kwargs["images_per_tile"],
-                                                   kwargs["transposed"])
-            assert transposed == (force or (item == 8 and 2 * tile <= block * k * k))
-            chosen.append(transposed)
-            b = rng.standard_normal(c).astype(dtype)   # the adjoint, with a bias
-            calls.clear()
-            got = F.conv_transpose2d(g, w, b, s, p, output_padding=(size + 2 * p - k) % s)
-            assert_close(got, R.conv_transpose2d(as64(g), as64(w), as64(b), s, p,
-                                                 output_padding=(size + 2 * p - k) % s), dtype)
-            assert calls[-1].kwargs["transposed"] == transposed
-            if force is None and (n, size) == (4, 8):
-                assert per_tile > 1   # the whole-images kernel ran
-        if not force:   # the rule took both sides in float64 (the last case: not)
-            assert (any(chosen) and not chosen[-1]) if item == 8 else not any(chosen)
+    with F.use_kernel("gemm"):   # BLAS GEMMs (not the thin kernel), every call
+        for force in (None, True):
+            if force:
+                monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: True)
+            chosen = []
+            for n, c, o, size, k, s, p in cases:
+                x_shape, w_shape = (n, c, size, size), (o, c, k, k)
+                w = rng.standard_normal(w_shape).astype(dtype)
+                y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p).shape
+                g = rng.standard_normal(y_shape).astype(dtype)
+                calls.clear()
+                got = conv2d_input(x_shape, w, g, s, p)
+                assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p), dtype)
+                kwargs = calls[-1].kwargs
+                (tile, block), per_tile, transposed = (kwargs["split"], kwargs["images_per_tile"],
+                                                       kwargs["transposed"])
+                assert transposed == (force or (item == 8 and 2 * tile <= block * k * k))
+                chosen.append(transposed)
+                b = rng.standard_normal(c).astype(dtype)   # the adjoint, with a bias
+                calls.clear()
+                got = F.conv_transpose2d(g, w, b, s, p, output_padding=(size + 2 * p - k) % s)
+                assert_close(got, R.conv_transpose2d(as64(g), as64(w), as64(b), s, p,
+                                                     output_padding=(size + 2 * p - k) % s), dtype)
+                assert calls[-1].kwargs["transposed"] == transposed
+                if force is None and (n, size) == (4, 8):
+                    assert per_tile > 1   # the whole-images kernel ran
+            if not force:   # the rule took both sides in float64 (the last case: not)
+                assert (any(chosen) and not chosen[-1]) if item == 8 else not any(chosen)
     assert rule(10, 20, 8) and not rule(11, 20, 8) and not rule(10, 20, 4)
 
 
@@ -115,46 +120,44 @@ def test_input_gradient_fold_runs(rng, monkeypatch, restore_threads, dtype, imag
     from conftest import split_small_work
     from fastim2col import _plan
     split_small_work(monkeypatch)
-    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
-    monkeypatch.setattr(_plan, "use_few_channels", lambda *a: False)
-    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
-    monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: False)
     monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: False)
     if image_sets:
         monkeypatch.setattr(_plan, "grad_input_images", lambda n, g, cg, *a: (n, cg))
     else:
         monkeypatch.setattr(_plan, "grad_input_images", lambda *a: None)
-    for x_shape, w_shape, s, p, d in FOLD_RUNS:
-        w = rand(rng, w_shape, dtype)
-        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
-                           dilation=d).shape
-        g = rand(rng, y_shape, dtype)
-        g[0, 0, y_shape[2] // 2, 0] = np.nan
-        expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d)
-        for n_threads in (1, 2, 3):
-            F.set_num_threads(n_threads)
-            got = conv2d_input(x_shape, w, g, s, p, d)
-            np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-            assert_close(np.nan_to_num(got), np.nan_to_num(expected), dtype)
-        if s == (2, 1):   # odd image rows: no tap reaches them, only the run's -0.0
-            got = F.conv_transpose2d(g, w, np.full(x_shape[1], -0.0, dtype), s, p,
-                                     dilation=d)
-            assert got.shape[2:] == x_shape[2:]
-            assert np.signbit(got[:, :, 1::2]).all() and not got[:, :, 1::2].any()
+    with F.use_kernel("gemm"):   # BLAS GEMMs + fold, every call
+        for x_shape, w_shape, s, p, d in FOLD_RUNS:
+            w = rand(rng, w_shape, dtype)
+            y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
+                               dilation=d).shape
+            g = rand(rng, y_shape, dtype)
+            g[0, 0, y_shape[2] // 2, 0] = np.nan
+            expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d)
+            plan = F.explain(conv2d_input, x_shape, w, g, s, p, d)
+            assert (plan.kernel, plan.params["images_per_tile"]) == (
+                "gemm", x_shape[0] if image_sets else 1)
+            for n_threads in (1, 2, 3):
+                F.set_num_threads(n_threads)
+                got = conv2d_input(x_shape, w, g, s, p, d)
+                np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+                assert_close(np.nan_to_num(got), np.nan_to_num(expected), dtype)
+            if s == (2, 1):   # odd image rows: no tap reaches them, only the run's -0.0
+                got = F.conv_transpose2d(g, w, np.full(x_shape[1], -0.0, dtype), s, p,
+                                         dilation=d)
+                assert got.shape[2:] == x_shape[2:]
+                assert np.signbit(got[:, :, 1::2]).all() and not got[:, :, 1::2].any()
 
 
 # --------------------------------------------------------------------------- thin GEMM kernels
 
 def _thin_input_gradients(monkeypatch):
-    """For the thin GEMM's input-gradient tests: the GEMM kernels always (not
-    the direct ones), work split among threads even when small, tiles of a
-    few output rows (several an image); returns the list that collects the
-    arguments of each gemm_grad_input kernel call."""
+    """For the thin GEMM's input-gradient tests: work split among threads
+    even when small, tiles of a few output rows (several an image); returns
+    the list that collects the arguments of each gemm_grad_input kernel
+    call. (The tests choose the GEMM kernels themselves.)"""
     from conftest import split_small_work
     from fastim2col import _plan
     calls = _log_kernel_calls(monkeypatch, "gemm_grad_input")
-    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
-    monkeypatch.setattr(_plan, "use_taps", lambda *a: False)
     split_small_work(monkeypatch)
     monkeypatch.setattr(_plan, "TILE_BYTES", 1)
     monkeypatch.setattr(_plan, "MIN_GEMM_TILE", 1)
@@ -187,10 +190,7 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, conv_isa, dtype, lay
     conv_transpose2d's bias on each; against the reference, and with the
     same bits on 1 and 3 threads (each sum runs over grad_output's channels
     in order, however the work is split)."""
-    from fastim2col import _plan
     calls = _thin_input_gradients(monkeypatch)
-    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: True)
-    monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: False)
     # (batch, channels, outputs, size, kernel, stride, padding, groups): the
     # second runs whole images a unit, the third and fourth are 1x1, the last
     # has more positions than a tile
@@ -203,15 +203,17 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, conv_isa, dtype, lay
             rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups)
         got = {}
         for threads in _thread_counts(calls):
-            got[threads] = conv2d_input(img_to(np.empty(x_shape), layout).shape,
-                                        weight_to(w, layout), img_to(g, layout), s, p,
-                                        groups=groups, layout=layout)
-            assert calls[-1].kwargs["thin"] is True
-            images += calls[-1].kwargs["images_per_tile"] > 1
-            tiles += calls[-1].kwargs["split"][0] < g.shape[2] * g.shape[3]
-            assert_close(got[threads], img_to(expected, layout), dtype)
-            got_t = F.conv_transpose2d(img_to(g, layout), weight_to(w, layout), b, s, p,
-                                       output_padding=op, groups=groups, layout=layout)
+            with F.use_kernel("thin_gemm"):   # every call: thin GEMM tiles
+                got[threads] = conv2d_input(img_to(np.empty(x_shape), layout).shape,
+                                            weight_to(w, layout), img_to(g, layout), s, p,
+                                            groups=groups, layout=layout)
+                assert calls[-1].kwargs["thin"] is True
+                images += calls[-1].kwargs["images_per_tile"] > 1
+                tiles += calls[-1].kwargs["split"][0] < g.shape[2] * g.shape[3]
+                assert_close(got[threads], img_to(expected, layout), dtype)
+                got_t = F.conv_transpose2d(img_to(g, layout), weight_to(w, layout), b, s, p,
+                                           output_padding=op, groups=groups, layout=layout)
+                assert calls[-1].kwargs["thin"] is True
             assert_close(got_t, img_to(expected_t, layout), dtype)
         assert np.array_equal(got[1], got[3])
     assert images and tiles   # whole images a unit, and images cut into tiles
@@ -226,8 +228,13 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype
     conv_transpose2d's bias on each; against the reference."""
     from fastim2col import _direct, _plan
     calls = _thin_input_gradients(monkeypatch)
+    # No use_kernel: this orientation is a variant of "thin_gemm" that only
+    # the planner picks (forcing "thin_gemm" runs the other one). So its
+    # rule, on (float64 too), and the other orientation's rule, off; the
+    # direct kernels off by their threshold (no flipped weights small enough).
     monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: True)
     monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
+    monkeypatch.setattr(_plan, "DIRECT_FLIPPED_WEIGHT_BYTES", 0)
     seen = set()
     # (batch, channels, outputs, height, width, kernel, stride, padding, groups)
     for n, c, o, h, w_, k, s, p, groups in [
@@ -306,32 +313,34 @@ def test_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     from conftest import split_small_work
     from fastim2col import _plan
     calls = _log_kernel_calls(monkeypatch, "taps_grad_input", "gemm_grad_input")
-    monkeypatch.setattr(_plan, "use_taps", lambda nhwc, cg, direct, isa: nhwc and not direct)
     split_small_work(monkeypatch)
     planned = _plan.grad_input_taps
     # (rows a band, channels a block, images a set, the weights' copy's
     # leading dimension or 0)
     splits = [None, (1, 16, 1, 0), (2, 7, 1, 9), (100, 100, 2, 120), (3, 32, 3, 0)]
-    for n, c, o, h, w_, k, s, p, d, groups in _TAPS_CASES + [(1, 3, 8, 20, 18, 7, 2, 3, 1, 1)]:
-        x_shape = (n, c, h, w_)
-        w, g, b, op, expected, expected_t = _input_gradient_case(
-            rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups, d)
-        results = []
-        for split in splits:
-            monkeypatch.setattr(_plan, "grad_input_taps",
-                                planned if split is None else lambda *a, split=split: split)
-            for _ in _thread_counts(calls):
-                got = conv2d_input(img_to(np.empty(x_shape), "NHWC").shape,
-                                   weight_to(w, "NHWC"), img_to(g, "NHWC"), s, p, d, groups,
-                                   layout="NHWC")
-                assert calls[-1].name == "taps_grad_input"
-                assert_close(got, img_to(expected, "NHWC"), dtype)
-                results.append(got)
-                got_t = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,
-                                           output_padding=op, groups=groups, dilation=d,
-                                           layout="NHWC")
-                assert_close(got_t, img_to(expected_t, "NHWC"), dtype)
-        assert all(np.array_equal(results[0], r) for r in results[1:])
+    cases = _TAPS_CASES + [(1, 3, 8, 20, 18, 7, 2, 3, 1, 1)]
+    with F.use_kernel("taps"):   # every call: tap by tap
+        for n, c, o, h, w_, k, s, p, d, groups in cases:
+            x_shape = (n, c, h, w_)
+            w, g, b, op, expected, expected_t = _input_gradient_case(
+                rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups, d)
+            results = []
+            for split in splits:
+                monkeypatch.setattr(_plan, "grad_input_taps",
+                                    planned if split is None else lambda *a, split=split: split)
+                for _ in _thread_counts(calls):
+                    got = conv2d_input(img_to(np.empty(x_shape), "NHWC").shape,
+                                       weight_to(w, "NHWC"), img_to(g, "NHWC"), s, p, d, groups,
+                                       layout="NHWC")
+                    assert calls[-1].name == "taps_grad_input"
+                    assert_close(got, img_to(expected, "NHWC"), dtype)
+                    results.append(got)
+                    got_t = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,
+                                               output_padding=op, groups=groups, dilation=d,
+                                               layout="NHWC")
+                    assert calls[-1].name == "taps_grad_input"
+                    assert_close(got_t, img_to(expected_t, "NHWC"), dtype)
+            assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
 def test_taps_plan():
@@ -384,12 +393,11 @@ def test_nhwc_input_gradient_split_for_threads(rng, monkeypatch, restore_threads
     from fastim2col import _plan
     split_small_work(monkeypatch)
     monkeypatch.setattr(_plan, "NHWC_MIN_BLOCK", 3)
-    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
-    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: thin)
     splits = []
     real = _plan.grad_input
     monkeypatch.setattr(_plan, "grad_input", lambda *a: splits.append(real(*a)) or splits[-1])
     F.set_num_threads(3)
+    gemm = "thin_gemm" if thin else "gemm"
     c, c_out, size = 10 * groups, 7 * groups, 13
     pad = 0 if kernel == 1 else 1    # 1x1 unpadded: no fold, the GEMM writes the result
     x_shape = (1, c, size, size - 2)
@@ -397,8 +405,11 @@ def test_nhwc_input_gradient_split_for_threads(rng, monkeypatch, restore_threads
     y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w.shape), stride=stride, padding=pad,
                        groups=groups).shape
     g = rand(rng, y_shape, dtype)
-    got = conv2d_input((1, size, size - 2, c), R.weight_to_nhwc(w), R.to_nhwc(g), stride, pad,
-                       groups=groups, layout="NHWC")
+    args = ((1, size, size - 2, c), R.weight_to_nhwc(w), R.to_nhwc(g), stride, pad)
+    with F.use_kernel(gemm):   # BLAS's GEMMs or the thin kernel's
+        plan = F.explain(conv2d_input, *args, groups=groups, layout="NHWC")
+        got = conv2d_input(*args, groups=groups, layout="NHWC")
+    assert (plan.kernel, plan.params["thin"]) == (gemm, thin)
     expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), stride, pad, groups=groups)
     assert_close(got, R.to_nhwc(expected), dtype)
     tile, block = splits[-1]
@@ -410,8 +421,10 @@ def test_nhwc_input_gradient_split_for_threads(rng, monkeypatch, restore_threads
     wt = rand(rng, (c, c_out // groups, kernel, kernel), dtype)
     xt = rand(rng, y_shape[:1] + (c,) + y_shape[2:], dtype)
     bias = rand(rng, (c_out,), dtype)
-    got = F.conv_transpose2d(R.to_nhwc(xt), R.weight_to_nhwc(wt), bias, stride, pad,
-                             groups=groups, layout="NHWC")
+    args = (R.to_nhwc(xt), R.weight_to_nhwc(wt), bias, stride, pad)
+    with F.use_kernel(gemm):
+        assert F.explain(F.conv_transpose2d, *args, groups=groups, layout="NHWC").kernel == gemm
+        got = F.conv_transpose2d(*args, groups=groups, layout="NHWC")
     expected = R.conv_transpose2d(as64(xt), as64(wt), as64(bias), stride, pad, groups=groups)
     assert_close(got, R.to_nhwc(expected), dtype)
 
