@@ -151,7 +151,6 @@ def test_direct_weight_gradient_blocks_same_bits(rng, monkeypatch, restore_threa
     direct weight gradient gives the reference's values and the same bits as
     one thread."""
     from fastim2col import _plan, grad
-    monkeypatch.setattr(_plan, "use_direct_weight", lambda *args: True)
     monkeypatch.setattr(_plan, "MIN_FLOPS_PER_THREAD", 1)
     splits = []
     real = _plan.direct_weight_split
@@ -162,7 +161,10 @@ def test_direct_weight_gradient_blocks_same_bits(rng, monkeypatch, restore_threa
     got = {}
     for n_threads in (1, 16):
         F.set_num_threads(n_threads)
-        got[n_threads] = grad.conv2d_weight(x, (64, 64, 3, 3), g, padding=1)
+        with F.use_kernel("direct"):
+            assert F.explain(grad.conv2d_weight, x, (64, 64, 3, 3), g, padding=1).kernel == \
+                "direct"
+            got[n_threads] = grad.conv2d_weight(x, (64, 64, 3, 3), g, padding=1)
     _, chunk, block = splits[-1]
     assert block < 64 and chunk >= _plan.DIRECT_WEIGHT_MIN_CHUNK
     assert_close(got[16], R.conv2d_weight_grad(x, (64, 64, 3, 3), g, padding=1), np.float64)
@@ -310,16 +312,25 @@ def test_weight_taps_plan():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     """NHWC weight gradients by the thin kernel (forced, both dtypes): blocks
-    of output channels each summing every image and tile (one block a thread
-    where the planner allows it), per-thread sums, groups, 1x1 read in place;
-    against the reference. Each weight's sum runs over the positions in
-    order, whatever the tiles: blocks give the same bits on 1 and 3 threads."""
+    of output channels each summing every image and tile (one block a
+    thread, as the thin kernel allows: the planner's split keeps two where
+    its own rule would not pick the thin kernel), per-thread sums, groups,
+    1x1 read in place; against the reference. Each weight's sum runs over
+    the positions in order, whatever the tiles: blocks give the same bits on
+    1 and 3 threads."""
     from conftest import split_small_work
     from fastim2col import _plan
     calls = _log_kernel_calls(monkeypatch, "gemm_grad_weight")
-    monkeypatch.setattr(_plan, "use_direct_weight", lambda *a: False)
-    monkeypatch.setattr(_plan, "use_thin_weight", lambda tile, itemsize, isa_level: isa_level >= 0)
     monkeypatch.setattr(_plan, "grad_weight_images", lambda *a: None)
+    real_split = _plan.grad_weight
+
+    def one_block_a_thread(n_images, groups, og, *args):
+        tile, block, sums = real_split(n_images, groups, og, *args)
+        n_threads = args[3]
+        if not sums and n_threads > 1:
+            block = -(-og // min(og, -(-n_threads // groups)))
+        return tile, block, sums
+    monkeypatch.setattr(_plan, "grad_weight", one_block_a_thread)
     split_small_work(monkeypatch)
     plans = set()
     # (batch, channels, outputs, size, kernel, stride, padding, groups)
@@ -334,8 +345,10 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
         expected = R.conv2d_weight_grad(as64(x), w_shape, as64(g), s, p, groups=groups)
         got = {}
         for threads in _thread_counts(calls):
-            got[threads] = conv2d_weight(R.to_nhwc(x), weight_to(np.zeros(w_shape), "NHWC").shape,
-                                         R.to_nhwc(g), s, p, groups=groups, layout="NHWC")
+            with F.use_kernel("thin_gemm"):
+                got[threads] = conv2d_weight(R.to_nhwc(x),
+                                             weight_to(np.zeros(w_shape), "NHWC").shape,
+                                             R.to_nhwc(g), s, p, groups=groups, layout="NHWC")
             assert calls[-1].kwargs["thin"] is True
             sums = calls[-1].kwargs["per_thread_sums"]
             plans.add(sums)

@@ -32,9 +32,9 @@ def test_nhwc_input_gradient_image_sets(small_work_split, monkeypatch, n_threads
                                         groups):
     """NHWC input gradients take several images a GEMM with output channels
     between half and twice the positions (NCHW does not); the result, and
-    conv_transpose2d's with a bias, against the reference."""
-    monkeypatch.setattr(_plan, "use_direct", lambda *a: False)
-    monkeypatch.setattr(_plan, "use_few_channels", lambda *a: False)   # (4 channels a group)
+    conv_transpose2d's with a bias, against the reference (BLAS's GEMMs
+    forced: not the direct kernels, nor element by element for 4 channels a
+    group)."""
     picked = []
     real = _plan.grad_input_images
     monkeypatch.setattr(_plan, "grad_input_images",
@@ -49,16 +49,21 @@ def test_nhwc_input_gradient_image_sets(small_work_split, monkeypatch, n_threads
     wt = rng.standard_normal((c_out, c // groups, kernel, kernel))
     go = rng.standard_normal((n, c_out, out_h, out_w))
     gx = R.conv2d_input_grad(x_shape, wt, go, stride, 1, 1, groups)
-    got = F.grad.conv2d_input(R.to_nhwc(np.zeros(x_shape)).shape, R.weight_to_nhwc(wt),
-                              R.to_nhwc(go), stride, 1, 1, groups, layout="NHWC")
+    with F.use_kernel("gemm"):
+        got = F.grad.conv2d_input(R.to_nhwc(np.zeros(x_shape)).shape, R.weight_to_nhwc(wt),
+                                  R.to_nhwc(go), stride, 1, 1, groups, layout="NHWC")
     np.testing.assert_allclose(got, R.to_nhwc(gx), rtol=1e-12, atol=1e-12)
     assert picked[-1] is not None and picked[-1][0] >= 2
     assert _plan.grad_input_images(n, groups, c // groups, c_out // groups,
                                    c // groups * kernel ** 2, out_h * out_w, 8, n_threads,
                                    False, False) is None   # NCHW: not here
     bt = rng.standard_normal(c)
-    got = F.conv_transpose2d(R.to_nhwc(go), R.weight_to_nhwc(wt), bt, stride, 1, 0, groups,
-                             layout="NHWC")
+    with F.use_kernel("gemm"):
+        plan = F.explain(F.conv_transpose2d, R.to_nhwc(go), R.weight_to_nhwc(wt), bt, stride, 1,
+                         0, groups, layout="NHWC")
+        got = F.conv_transpose2d(R.to_nhwc(go), R.weight_to_nhwc(wt), bt, stride, 1, 0, groups,
+                                 layout="NHWC")
+    assert plan.kernel == "gemm" and plan.params["images_per_tile"] >= 2
     hh, ww = min(got.shape[1], size), min(got.shape[2], size + 1)
     np.testing.assert_allclose(got[:, :hh, :ww], R.to_nhwc(gx)[:, :hh, :ww] + bt,
                                rtol=1e-12, atol=1e-12)
