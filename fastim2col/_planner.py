@@ -265,7 +265,8 @@ def _gemm_input_gradient(call: Call, forced, n_threads: int, in_place: bool) -> 
         split = (per_tile * n_pos, block)
         tile_elements = (kg + og) * split[0]
     else:
-        thin_fold = PI.use_thin_positions(nhwc, kg, itemsize, isa_level)
+        # (a forced kernel never runs the thin GEMM over grad_output's rows)
+        thin_fold = forced is None and PI.use_thin_positions(nhwc, kg, itemsize, isa_level)
         split = PI.grad_input(n, groups, cg, kg, win, itemsize, n_threads, nhwc, in_place,
                              thin_fold)
         tile_elements = kg * split[0]
@@ -375,8 +376,11 @@ def _gemm_weight_gradient(call: Call, forced, n_threads: int, in_place: bool,
             tile, block, sums = per_tile * n_pos, og, True
             buffers = ((kg + og) * tile, c_out * kg)
         else:
-            tile, block, sums = PW.grad_weight(n, groups, og, kg, n_pos, itemsize, n_threads,
-                                              c_out, in_place, isa_level if nhwc else -1)
+            # (BLAS's GEMMs get two blocks a thread: one changed bits under
+            # concurrent calls; a forced kernel says which GEMM runs)
+            tile, block, sums = PW.grad_weight(
+                n, groups, og, kg, n_pos, itemsize, n_threads, c_out, in_place,
+                isa_level if nhwc else -1, None if forced is None else forced == "thin_gemm")
             buffers = (kg * tile, (c_out * kg) if sums else 0)
             transposed = sums and not nhwc and PW.transposed_sums(og, kg, itemsize,
                                                                  tile == n_pos)

@@ -276,6 +276,23 @@ def test_plans_of_typical_layers():
     assert "non-finite input" in str(plan)
 
 
+def test_forced_gemm_keeps_blas_blocks(restore_threads):
+    """The split follows the forced kernel: a weight gradient forced onto
+    BLAS gets two blocks of output channels a thread (one a thread changed
+    bits under concurrent calls), the thin GEMM one."""
+    fastim2col.set_num_threads(2)
+    x = np.zeros((1, 14, 14, 256), np.float32)
+    g = np.zeros((1, 14, 14, 256), np.float32)
+    blocks = {}
+    for kernel in ("gemm", "thin_gemm"):
+        with fastim2col.use_kernel(kernel):
+            plan = fastim2col.explain(grad.conv2d_weight, x, (256, 3, 3, 256), g, padding=1,
+                                      layout="NHWC")
+        assert plan.kernel == kernel and plan.params["per_thread_sums"] is False
+        blocks[kernel] = -(-256 // plan.params["split"][1])
+    assert blocks == {"gemm": 4, "thin_gemm": 2}
+
+
 def test_direct_weight_gradient_falls_back_on_nan(rng):
     """The direct weight gradient declines an input holding NaN; its plan's
     fallback then runs, and NaN propagates as in the reference."""

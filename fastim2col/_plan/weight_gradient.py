@@ -227,10 +227,12 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
 
 
 def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
-                direct=False, thin_isa_level=-1) -> tuple[int, int, bool]:
+                direct=False, thin_isa_level=-1, thin=None) -> tuple[int, int, bool]:
     """(tile, block of output channels, per-thread sums?) for the weight
     gradient. thin_isa_level (NHWC): the ISA level for use_thin_weight(); -1
-    where the thin kernel is not an option (NCHW)."""
+    where the thin kernel is not an option (NCHW). thin: whether the GEMMs
+    will be the thin kernel's, where that is already decided (a forced
+    kernel); None: as use_thin_weight() says."""
     outer = n_images * groups
     if direct:
         # Nothing is unrolled (1x1 stride 1): no tile buffer to bound, so
@@ -256,7 +258,9 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
     # (test_calls_inside_threadpoolctl_limits; docs/performance.md, grad_weight).
     # The thin kernel (NHWC) calls no BLAS and passes that test with one
     # block a thread.
-    per_thread = 1 if use_thin_weight(tile, itemsize, thin_isa_level) else 2
+    if thin is None:
+        thin = use_thin_weight(tile, itemsize, thin_isa_level)
+    per_thread = 1 if thin else 2
     n_blocks = min(og, max(1, ceil_div(per_thread * n_threads, groups))) if n_threads > 1 else 1
     return tile, ceil_div(og, n_blocks), False
 
