@@ -370,3 +370,21 @@ def test_nhwc_forced_depthwise_roundtrip(rng):
         got = fastim2col.conv2d(img_to(x, "NHWC"), weight_to(w, "NHWC"), padding=1, groups=4,
                                 layout="NHWC")
     assert_close(got, img_to(R.conv2d(x, w, None, 1, 1, 1, 4), "NHWC"), np.float64)
+
+
+def test_plan_package_routes_names_to_their_modules():
+    """_plan.NAME = value sets NAME where it is defined, where the planner
+    reads it; pytest's monkeypatch restores it there too."""
+    from fastim2col import _plan
+    x, w = np.zeros((1, 4, 8, 8)), np.zeros((4, 4, 3, 3))
+    for name, module in (("TILE_BYTES", _plan.common), ("use_direct", _plan.conv2d),
+                         ("TAPS_MAX_POSITIONS", _plan.input_gradient)):
+        real = getattr(module, name)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_plan, name, 7)
+            assert getattr(module, name) == 7 and getattr(_plan, name) == 7
+        assert getattr(module, name) is real and getattr(_plan, name) is real
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_plan, "use_direct", lambda *args: False)
+        assert fastim2col.explain(fastim2col.conv2d, x, w).kernel != "direct"
+    assert fastim2col.explain(fastim2col.conv2d, x, w).kernel == "direct"

@@ -29,25 +29,30 @@ def home(name: str) -> types.ModuleType:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __getattr__(name: str) -> Any:
-    return getattr(home(name), name)
-
-
 class _Package(types.ModuleType):
+    """The package's own attributes mirror its modules' names (tools such as
+    pytest's monkeypatch read and restore them through the package's
+    __dict__); setting or deleting one does so where it is defined too."""
+
     def __setattr__(self, name: str, value: Any) -> None:
         if not name.startswith("__") and not isinstance(value, types.ModuleType):
             try:
                 setattr(home(name), name, value)
-                return
             except AttributeError:
                 pass
         super().__setattr__(name, value)
 
     def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
         try:
-            super().__delattr__(name)
-        except AttributeError:
             delattr(home(name), name)
+        except AttributeError:
+            pass
 
 
+for _part in reversed(PARTS):   # (the first part that defines a name wins)
+    globals().update({name: value for name, value in vars(_part).items()
+                      if not name.startswith("__") and not isinstance(value, types.ModuleType)
+                      and name != "annotations"})
+del _part
 sys.modules[__name__].__class__ = _Package
