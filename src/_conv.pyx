@@ -27,7 +27,7 @@ from _conv_input cimport grad_input, grad_input_images
 from _conv_input_taps cimport FEW_MAX_CHANNELS, grad_input_few, grad_input_taps
 from _conv_weight cimport (TapsSplit, grad_weight, grad_weight_channels,
                            grad_weight_channels_images, grad_weight_images, grad_weight_taps)
-from _unroll cimport Geometry, make_geometry
+from _unroll cimport Geometry
 
 cnp.import_array()
 
@@ -50,6 +50,13 @@ cdef Conv make_conv(cnp.ndarray x, tuple shape, tuple split, bint nhwc, bint dir
     else:
         cv.s_c, cv.s_h, cv.s_w = st[1] // item, st[2] // item, st[3] // item
     return cv
+
+
+cdef Geometry make_geometry(tuple geom):
+    cdef Geometry g
+    (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
+     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
+    return g
 
 
 cdef inline void* data(cnp.ndarray a):

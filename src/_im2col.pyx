@@ -12,9 +12,16 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from _unroll cimport Geometry, make_geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
+from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
 
 cnp.import_array()
+
+
+cdef Geometry make_geometry(tuple geom):
+    cdef Geometry g
+    (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
+     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
+    return g
 
 
 cdef inline Py_ssize_t elem_stride(cnp.ndarray a, int axis):

@@ -18,14 +18,6 @@ cdef struct Geometry:
     Py_ssize_t pad_h, pad_w, dilation_h, dilation_w
 
 
-cdef inline Geometry make_geometry(tuple geom) except *:
-    # From the 12 ints of fastim2col._args.Window, in its order.
-    cdef Geometry g
-    (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
-     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
-    return g
-
-
 cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     # Ceiling of a / b for b > 0 and a of any sign (C division truncates).
     if a >= 0:
