@@ -77,7 +77,10 @@ def plan_im2col(call: Call) -> Plan:
         return _empty(call)
     n_threads = PC.copy_threads(size * call.itemsize)
     n_pos = call.win.out_h * call.win.out_w
-    tile = PC.im2col_tile(call.n if call.nhwc else call.n * call.channels, n_pos, n_threads)
+    if call.nhwc:
+        tile = PC.im2col_tile(call.n, n_pos, n_threads)
+    else:
+        tile = PC.im2col_tile(call.n * call.channels, n_pos, n_threads, call.win.out_w)
     return Plan(call.op, "unroll", n_threads, 0, "copies each window into its column",
                 {"tile": tile})
 

@@ -113,10 +113,13 @@ def thin_kernel_runs(itemsize: int, isa_level: int) -> bool:
     return itemsize == 4 and vector_fma(isa_level)
 
 
-def im2col_tile(n_units_outer, n_pos, n_threads) -> int:
-    """Positions per im2col unit: enough units (>= 4 per thread) to balance."""
+def im2col_tile(n_units_outer, n_pos, n_threads, row: int = 1) -> int:
+    """Positions per im2col unit: enough units (>= 4 per thread) to balance,
+    rounded up to whole rows of `row` positions (NCHW: the unroll of whole
+    output rows skips the per-row bounds work of a partial one)."""
     per_outer = ceil_div(4 * n_threads, max(1, n_units_outer))
-    return max(1, ceil_div(n_pos, per_outer))
+    tile = max(1, ceil_div(n_pos, per_outer))
+    return min(n_pos, ceil_div(tile, row) * row)
 
 
 def col2im_rows(n_images, win, n_threads) -> int:
