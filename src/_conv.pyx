@@ -20,6 +20,7 @@ by tap, element by element), _conv_weight.pxd. This file holds the entries,
 one a family, and the argument checks that guard their memory.
 """
 cimport numpy as cnp
+from cython cimport floating
 
 from _conv_common cimport Conv
 from _conv_forward cimport forward, forward_images
@@ -27,7 +28,7 @@ from _conv_input cimport grad_input, grad_input_images
 from _conv_input_taps cimport FEW_MAX_CHANNELS, grad_input_few, grad_input_taps
 from _conv_weight cimport (TapsSplit, grad_weight, grad_weight_channels,
                            grad_weight_channels_images, grad_weight_images, grad_weight_taps)
-from _unroll cimport Geometry
+from _unroll cimport Geometry, make_geometry
 
 cnp.import_array()
 
@@ -52,15 +53,50 @@ cdef Conv make_conv(cnp.ndarray x, tuple shape, tuple split, bint nhwc, bint dir
     return cv
 
 
-cdef Geometry make_geometry(tuple geom):
-    cdef Geometry g
-    (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
-     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
-    return g
-
-
 cdef inline void* data(cnp.ndarray a):
     return NULL if a is None else cnp.PyArray_DATA(a)
+
+
+cdef inline bint single(cnp.ndarray a):
+    return cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+
+
+# One fused runner an entry whose plan picks between a one-image and a
+# multi-image variant: the entry then branches on the dtype alone.
+
+cdef Py_ssize_t run_forward(const floating* x, const floating* w, const floating* bias,
+                            floating* out, Conv cv, Geometry g, Py_ssize_t images_per_tile,
+                            int n_threads, bint thin) noexcept nogil:
+    if images_per_tile > 1:
+        return forward_images(x, w, bias, out, cv, g, images_per_tile, n_threads)
+    return forward(x, w, bias, out, cv, g, n_threads, thin)
+
+
+cdef Py_ssize_t run_grad_input(const floating* go, const floating* w, const floating* bias,
+                               floating* gx, Conv cv, Geometry g, Py_ssize_t images_per_tile,
+                               int n_threads, bint transposed, bint thin,
+                               bint thin_positions) noexcept nogil:
+    if images_per_tile > 1:
+        return grad_input_images(go, w, bias, gx, cv, g, images_per_tile, n_threads,
+                                 transposed, thin, thin_positions)
+    return grad_input(go, w, bias, gx, cv, g, n_threads, transposed, thin, thin_positions)
+
+
+cdef Py_ssize_t run_grad_weight(const floating* x, const floating* go, floating* gw, Conv cv,
+                                Geometry g, Py_ssize_t images_per_tile, bint per_thread_sums,
+                                bint transposed, int n_threads, bint thin) noexcept nogil:
+    if images_per_tile > 1:
+        return grad_weight_images(x, go, gw, cv, g, images_per_tile, n_threads)
+    return grad_weight(x, go, gw, cv, g, per_thread_sums, transposed, n_threads, thin)
+
+
+cdef Py_ssize_t run_grad_weight_channels(const floating* x, const floating* go, floating* gw,
+                                         Conv cv, Geometry g, Py_ssize_t images_per_tile,
+                                         bint transposed, int n_threads,
+                                         bint thin) noexcept nogil:
+    if images_per_tile > 1:
+        return grad_weight_channels_images(x, go, gw, cv, g, images_per_tile, n_threads)
+    return grad_weight_channels(x, go, gw, cv, g, transposed, n_threads, thin)
 
 
 # The most input channels a group of the element-by-element input gradient
@@ -98,20 +134,15 @@ def gemm_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out, *,
     cdef void* wp = data(w)
     cdef void* bp = data(bias)
     cdef void* op = data(out)
+    cdef bint is_single = single(out)
     cdef Py_ssize_t failed
     with nogil:
-        if images_per_tile > 1 and cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32:
-            failed = forward_images(<float*> xp, <float*> wp, <float*> bp, <float*> op,
-                                    cv, g, images_per_tile, n_threads)
-        elif images_per_tile > 1:
-            failed = forward_images(<double*> xp, <double*> wp, <double*> bp, <double*> op,
-                                    cv, g, images_per_tile, n_threads)
-        elif cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT32:
-            failed = forward(<float*> xp, <float*> wp, <float*> bp, <float*> op,
-                             cv, g, n_threads, thin)
+        if is_single:
+            failed = run_forward(<float*> xp, <float*> wp, <float*> bp, <float*> op, cv, g,
+                                 images_per_tile, n_threads, thin)
         else:
-            failed = forward(<double*> xp, <double*> wp, <double*> bp, <double*> op,
-                             cv, g, n_threads, thin)
+            failed = run_forward(<double*> xp, <double*> wp, <double*> bp, <double*> op, cv, g,
+                                 images_per_tile, n_threads, thin)
     if failed:
         raise MemoryError("conv2d: could not allocate the per-thread tile buffers")
 
@@ -140,22 +171,17 @@ def gemm_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx, 
     cdef void* wp = data(w)
     cdef void* bp = data(bias)
     cdef void* gxp = data(gx)
+    cdef bint is_single = single(gx)
     cdef Py_ssize_t failed
     with nogil:
-        if images_per_tile > 1 and cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
-            failed = grad_input_images(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
-                                       cv, g, images_per_tile, n_threads, transposed, thin,
-                                       thin_positions)
-        elif images_per_tile > 1:
-            failed = grad_input_images(<double*> gop, <double*> wp, <double*> bp,
-                                       <double*> gxp, cv, g, images_per_tile, n_threads,
-                                       transposed, thin, thin_positions)
-        elif cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
-            failed = grad_input(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
-                                cv, g, n_threads, transposed, thin, thin_positions)
+        if is_single:
+            failed = run_grad_input(<float*> gop, <float*> wp, <float*> bp, <float*> gxp, cv, g,
+                                    images_per_tile, n_threads, transposed, thin,
+                                    thin_positions)
         else:
-            failed = grad_input(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
-                                cv, g, n_threads, transposed, thin, thin_positions)
+            failed = run_grad_input(<double*> gop, <double*> wp, <double*> bp, <double*> gxp,
+                                    cv, g, images_per_tile, n_threads, transposed, thin,
+                                    thin_positions)
     if failed:
         raise MemoryError("conv2d_input: could not allocate the per-thread tile buffers")
 
@@ -176,9 +202,10 @@ def taps_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx, 
     cdef void* wp = data(w)
     cdef void* bp = data(bias)
     cdef void* gxp = data(gx)
+    cdef bint is_single = single(gx)
     cdef Py_ssize_t failed
     with nogil:
-        if cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+        if is_single:
             failed = grad_input_taps(<float*> gop, <float*> wp, <float*> bp, <float*> gxp,
                                      cv, g, images_per_set, weights_copy_ld, n_threads)
         else:
@@ -206,9 +233,10 @@ def elementwise_grad_input(cnp.ndarray go, cnp.ndarray w_taps, object bias, cnp.
     cdef void* wp = data(w_taps)
     cdef void* bp = data(bias)
     cdef void* gxp = data(gx)
+    cdef bint is_single = single(gx)
     cdef Py_ssize_t failed
     with nogil:
-        if cnp.PyArray_TYPE(gx) == cnp.NPY_FLOAT32:
+        if is_single:
             failed = grad_input_few(<float*> gop, <float*> wp, <float*> bp, <float*> gxp, cv, g,
                                     copy_rows, n_threads)
         else:
@@ -236,20 +264,17 @@ def gemm_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, *, tuple sha
     cdef void* xp = data(x)
     cdef void* gop = data(go)
     cdef void* gwp = data(gw)
+    cdef bint is_single = single(gw)
     cdef Py_ssize_t failed
     with nogil:
-        if images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
-            failed = grad_weight_images(<float*> xp, <float*> gop, <float*> gwp, cv, g,
-                                        images_per_tile, n_threads)
-        elif images_per_tile > 1:
-            failed = grad_weight_images(<double*> xp, <double*> gop, <double*> gwp, cv, g,
-                                        images_per_tile, n_threads)
-        elif cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
-            failed = grad_weight(<float*> xp, <float*> gop, <float*> gwp, cv, g,
-                                 per_thread_sums, transposed, n_threads, thin)
+        if is_single:
+            failed = run_grad_weight(<float*> xp, <float*> gop, <float*> gwp, cv, g,
+                                     images_per_tile, per_thread_sums, transposed, n_threads,
+                                     thin)
         else:
-            failed = grad_weight(<double*> xp, <double*> gop, <double*> gwp, cv, g,
-                                 per_thread_sums, transposed, n_threads, thin)
+            failed = run_grad_weight(<double*> xp, <double*> gop, <double*> gwp, cv, g,
+                                     images_per_tile, per_thread_sums, transposed, n_threads,
+                                     thin)
     if failed:
         raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")
 
@@ -271,20 +296,15 @@ def gemm_grad_weight_by_channels(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, 
     cdef void* xp = data(x)
     cdef void* gop = data(go)
     cdef void* gwp = data(gw)
+    cdef bint is_single = single(gw)
     cdef Py_ssize_t failed
     with nogil:
-        if images_per_tile > 1 and cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
-            failed = grad_weight_channels_images(<float*> xp, <float*> gop, <float*> gwp, cv,
-                                                 g, images_per_tile, n_threads)
-        elif images_per_tile > 1:
-            failed = grad_weight_channels_images(<double*> xp, <double*> gop, <double*> gwp,
-                                                 cv, g, images_per_tile, n_threads)
-        elif cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
-            failed = grad_weight_channels(<float*> xp, <float*> gop, <float*> gwp, cv, g,
-                                          transposed, n_threads, thin)
+        if is_single:
+            failed = run_grad_weight_channels(<float*> xp, <float*> gop, <float*> gwp, cv, g,
+                                              images_per_tile, transposed, n_threads, thin)
         else:
-            failed = grad_weight_channels(<double*> xp, <double*> gop, <double*> gwp, cv, g,
-                                          transposed, n_threads, thin)
+            failed = run_grad_weight_channels(<double*> xp, <double*> gop, <double*> gwp, cv,
+                                              g, images_per_tile, transposed, n_threads, thin)
     if failed:
         raise MemoryError("conv2d_weight: could not allocate the per-thread buffers")
 
@@ -301,6 +321,7 @@ def taps_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, *, tuple sha
     cdef void* xp = data(x)
     cdef void* gop = data(go)
     cdef void* gwp = data(gw)
+    cdef bint is_single = single(gw)
     cdef Py_ssize_t failed
     if cv.s_c != 1:
         raise ValueError("taps_grad_weight: x's channels must be contiguous")
@@ -310,7 +331,7 @@ def taps_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, *, tuple sha
     if min(split + taps_split) < 1:
         raise ValueError("taps_grad_weight: needs positive blocks")
     with nogil:
-        if cnp.PyArray_TYPE(gw) == cnp.NPY_FLOAT32:
+        if is_single:
             failed = grad_weight_taps(<float*> xp, <float*> gop, <float*> gwp, cv, g, sp,
                                       n_threads)
         else:

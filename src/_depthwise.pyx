@@ -12,7 +12,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from _unroll cimport Geometry
+from _unroll cimport Geometry, make_geometry
 
 cnp.import_array()
 
@@ -58,9 +58,7 @@ def depthwise_forward(cnp.ndarray x, cnp.ndarray w_taps, object bias, cnp.ndarra
                       Py_ssize_t multiplier, tuple geom, int n_threads):
     """out = depthwise conv2d(x, w) + bias, NHWC. x (N, H, W, C) any strides;
     w_taps C-contiguous (kh*kw, C_out); out C-contiguous (N, Ho, Wo, C_out)."""
-    cdef Geometry g
-    (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
-     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
+    cdef Geometry g = make_geometry(geom)
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef cnp.npy_intp* st = cnp.PyArray_STRIDES(x)
     cdef Py_ssize_t s0 = st[0] // item, s1 = st[1] // item

@@ -12,16 +12,9 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from _unroll cimport Geometry, unroll_nchw, unroll_nhwc, fold_nchw, fold_nhwc
+from _unroll cimport Geometry, fold_nchw, fold_nhwc, make_geometry, unroll_nchw, unroll_nhwc
 
 cnp.import_array()
-
-
-cdef Geometry make_geometry(tuple geom):
-    cdef Geometry g
-    (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
-     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
-    return g
 
 
 cdef inline Py_ssize_t elem_stride(cnp.ndarray a, int axis):
@@ -111,6 +104,25 @@ cdef void col2im_nhwc(const floating* cols, Py_ssize_t n_images,
                           0, n_channels, &g, p0, p1, out + n * image_size)
 
 
+cdef void run_im2col(const floating* x, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t s2,
+                     Py_ssize_t s3, Py_ssize_t n_images, Py_ssize_t n_channels, Geometry g,
+                     bint nhwc, Py_ssize_t tile, floating* out, int n_threads) noexcept nogil:
+    # (the entries branch on the dtype alone; the layout is chosen here)
+    if nhwc:
+        im2col_nhwc(x, s0, s1, s2, s3, n_images, n_channels, g, tile, out, n_threads)
+    else:
+        im2col_nchw(x, s0, s1, s2, s3, n_images, n_channels, g, tile, out, n_threads)
+
+
+cdef void run_col2im(const floating* cols, Py_ssize_t n_images, Py_ssize_t n_channels,
+                     Geometry g, bint nhwc, Py_ssize_t rows_per_band, floating* out,
+                     int n_threads) noexcept nogil:
+    if nhwc:
+        col2im_nhwc(cols, n_images, n_channels, g, rows_per_band, out, n_threads)
+    else:
+        col2im_nchw(cols, n_images, n_channels, g, out, n_threads)
+
+
 def im2col(cnp.ndarray x, cnp.ndarray out, *, tuple geom, bint nhwc,
            Py_ssize_t tile, int n_threads):
     """x: (N, C, H, W) or (N, H, W, C), any strides; out: C-contiguous."""
@@ -123,18 +135,12 @@ def im2col(cnp.ndarray x, cnp.ndarray out, *, tuple geom, bint nhwc,
     cdef void* op = cnp.PyArray_DATA(out)
     cdef bint single = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32
     with nogil:
-        if nhwc and single:
-            im2col_nhwc(<float*> xp, s0, s1, s2, s3, n_images, n_channels, g,
-                        tile, <float*> op, n_threads)
-        elif nhwc:
-            im2col_nhwc(<double*> xp, s0, s1, s2, s3, n_images, n_channels, g,
-                        tile, <double*> op, n_threads)
-        elif single:
-            im2col_nchw(<float*> xp, s0, s1, s2, s3, n_images, n_channels, g,
-                        tile, <float*> op, n_threads)
+        if single:
+            run_im2col(<float*> xp, s0, s1, s2, s3, n_images, n_channels, g, nhwc, tile,
+                       <float*> op, n_threads)
         else:
-            im2col_nchw(<double*> xp, s0, s1, s2, s3, n_images, n_channels, g,
-                        tile, <double*> op, n_threads)
+            run_im2col(<double*> xp, s0, s1, s2, s3, n_images, n_channels, g, nhwc, tile,
+                       <double*> op, n_threads)
 
 
 def col2im(cnp.ndarray cols, cnp.ndarray out, *, tuple geom, bint nhwc,
@@ -147,13 +153,9 @@ def col2im(cnp.ndarray cols, cnp.ndarray out, *, tuple geom, bint nhwc,
     cdef void* op = cnp.PyArray_DATA(out)
     cdef bint single = cnp.PyArray_TYPE(cols) == cnp.NPY_FLOAT32
     with nogil:
-        if nhwc and single:
-            col2im_nhwc(<float*> cp, n_images, n_channels, g, rows_per_band,
-                        <float*> op, n_threads)
-        elif nhwc:
-            col2im_nhwc(<double*> cp, n_images, n_channels, g, rows_per_band,
-                        <double*> op, n_threads)
-        elif single:
-            col2im_nchw(<float*> cp, n_images, n_channels, g, <float*> op, n_threads)
+        if single:
+            run_col2im(<float*> cp, n_images, n_channels, g, nhwc, rows_per_band,
+                       <float*> op, n_threads)
         else:
-            col2im_nchw(<double*> cp, n_images, n_channels, g, <double*> op, n_threads)
+            run_col2im(<double*> cp, n_images, n_channels, g, nhwc, rows_per_band,
+                       <double*> op, n_threads)

@@ -1,3 +1,7 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+# (A .pxd's inline functions are compiled with its own directives, not with
+# those of the .pyx that cimports them; the itemsize divisor is positive.)
 # Cache-line alignment of per-thread buffers (_direct.pyx, _conv.pyx).
 # Buffers start on a cache line (64 bytes, the widest vector), so that the
 # kernels' vector loads of rows a whole number of lines long never split a

@@ -1,3 +1,8 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+# (A .pxd's inline functions are compiled with its own directives, not with
+# those of the .pyx that cimports them. C division: every divisor here is a
+# validated positive size or stride.)
 # The thin GEMM of _direct_kernels.h (see thin_gemm in _direct_impl.h): a
 # vector kernel for GEMMs whose one operand is read in place, rows as its
 # vectors, and whose other, small one it packs itself.

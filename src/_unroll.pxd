@@ -1,3 +1,8 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+# (A .pxd's inline functions are compiled with its own directives, not with
+# those of the .pyx that cimports them. C division: every divisor here is a
+# validated positive size or stride.)
 # The unroll (im2col) and fold (col2im) of one image, for a range of output
 # positions: the building blocks that every kernel module shares.
 #
@@ -16,6 +21,15 @@ cdef struct Geometry:
     Py_ssize_t in_h, in_w, out_h, out_w
     Py_ssize_t kernel_h, kernel_w, stride_h, stride_w
     Py_ssize_t pad_h, pad_w, dilation_h, dilation_w
+
+
+cdef inline Geometry make_geometry(tuple geom):
+    # geom: the plan's 12 numbers, in the field order above
+    # (fastim2col._args.Window).
+    cdef Geometry g
+    (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
+     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
+    return g
 
 
 cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:

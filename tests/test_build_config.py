@@ -121,6 +121,20 @@ def test_every_pyx_is_a_module_with_its_stub():
 
 
 @in_checkout
+def test_every_pxd_with_inline_code_sets_the_kernel_directives():
+    # A .pxd's inline functions compile with the .pxd's own directives: without
+    # the line, // and % get Python's floor semantics and zero checks.
+    src = os.path.join(ROOT, "src")
+    for name in sorted(os.listdir(src)):
+        if name.endswith((".pxd", ".pyx")):
+            with open(os.path.join(src, name), encoding="utf-8") as f:
+                text = f.read()
+            if "cdef inline" in text and ("//" in text or " % " in text):
+                first = text.splitlines()[0]
+                assert first.startswith("# cython:") and "cdivision=True" in first, name
+
+
+@in_checkout
 def test_meson_installs_every_python_module():
     """Every tracked .py of the package (not the generated _build_flags.py) is
     in fastim2col/meson.build's install lists, and setup.py lists its
