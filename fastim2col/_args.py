@@ -18,6 +18,10 @@ from . import _direct
 IntPair = Union[int, Tuple[int, int]]
 Padding = Union[int, Tuple[int, int], Literal["valid", "same"]]
 Layout = Literal["NCHW", "NHWC"]
+Int1 = Union[int, Tuple[int]]
+Padding1 = Union[int, Tuple[int], Literal["valid", "same"]]
+Layout1 = Literal["NCL", "NLC"]
+AnyLayout = Literal["NCHW", "NHWC", "NCL", "NLC"]
 
 LAYOUTS = ("NCHW", "NHWC")
 # Window parameters and sizes stay far below this: index arithmetic in the
@@ -39,10 +43,11 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
         return pair(value[()], name, minimum)   # a 0-d array is its scalar
     elif isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
         result = (int(value), int(value))
-    elif (isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2
+    elif (isinstance(value, (tuple, list, np.ndarray)) and len(value) in (1, 2)
           and all(isinstance(v, (numbers.Integral, np.integer))
                   and not isinstance(v, (bool, np.bool_)) for v in value)):
-        result = (int(value[0]), int(value[1]))
+        # (a one-element sequence stands for both dimensions, as in torch)
+        result = (int(value[0]), int(value[-1]))
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     for v in result:
@@ -53,11 +58,52 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
     return result
 
 
+def output_size_tail(value, dims: int) -> tuple[int, ...]:
+    """The spatial sizes of a transposed convolution's output_size: an int
+    (1-d), or a sequence whose last `dims` entries are them (torch accepts
+    (N, C, *sizes) too)."""
+    if dims == 1 and isinstance(value, (numbers.Integral, np.integer)) \
+            and not isinstance(value, (bool, np.bool_)):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or len(value) not in (dims, dims + 1, dims + 2):
+        raise TypeError(f"output_size must be a tuple of {dims} ints (the output's spatial "
+                        f"size), got {value!r}")
+    return shape_tuple(tuple(value)[-dims:], "output_size", (dims,))
+
+
 def check_layout(layout) -> bool:
     """True for NHWC, False for NCHW."""
     if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     return layout == "NHWC"
+
+
+# Layouts by number of spatial dimensions: (channels first, channels last).
+LAYOUTS_BY_DIMS = {1: ("NCL", "NLC"), 2: LAYOUTS}
+
+
+def check_layout_dims(layout, dims: int) -> bool:
+    """Channels last? for a layout of `dims` spatial dimensions (None: channels
+    first)."""
+    first, last = LAYOUTS_BY_DIMS[dims]
+    if layout is None:
+        return False
+    if not isinstance(layout, str) or layout not in (first, last):
+        raise ValueError(f"layout must be {first!r} or {last!r} for {dims}-d data, "
+                         f"got {layout!r}")
+    return layout == last
+
+
+def single(value, name: str, minimum: int) -> int:
+    """A 1-d window parameter: an int or a one-element sequence of one."""
+    if isinstance(value, (tuple, list, np.ndarray)) and np.ndim(value) == 1:
+        if len(value) != 1:
+            raise TypeError(f"{name} must be an int or a one-element tuple for 1-d data, "
+                            f"got {value!r}")
+        value = value[0]
+    elif isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be an int or a one-element tuple, got {value!r}")
+    return pair(value, name, minimum)[0]
 
 
 def as_array(value, name: str) -> np.ndarray:

@@ -42,11 +42,27 @@ class Call:
     channels: int = 0           # the conv input's channels (im2col/col2im: the image's)
     rows: int = 0               # the weights' rows: C_out (conv_transpose2d: C_in)
     groups: int = 1
+    # 1-d calls run as 2-d ones of unit height: the public name and layout,
+    # and the axis of the batched 2-d result that the public result lacks
+    name: str = ""
+    layout: str = ""
+    lift: Optional[int] = None
 
     @property
     def batched_out(self) -> Optional[np.ndarray]:
-        """out= with the batch axis the kernels write through."""
-        return self.out[None] if self.squeeze and isinstance(self.out, np.ndarray) else self.out
+        """out= as the 2-d batched result the kernels write through (a view)."""
+        out = self.out
+        if not isinstance(out, np.ndarray):
+            return out
+        if self.squeeze:
+            out = out[None]
+        return out if self.lift is None else np.expand_dims(out, self.lift)
+
+    def public_result(self, res: np.ndarray) -> np.ndarray:
+        """The kernels' batched 2-d result as the public function returns it."""
+        if self.lift is not None:
+            res = res.squeeze(self.lift)
+        return res[0] if self.squeeze else res
 
     @property
     def cg(self) -> int:
@@ -75,10 +91,13 @@ class Call:
 
     def describe(self) -> str:
         """The call's operands as the user passed them, for FASTIM2COL_VERBOSE."""
-        layout = "NHWC" if self.nhwc else "NCHW"
-        parts = [f"{name}={tuple(a.shape)}" for name, a in zip(_INPUT_NAMES[self.op], self.inputs)
+        layout = self.layout or ("NHWC" if self.nhwc else "NCHW")
+        name = self.name or self.op
+        parts = [f"{arg}={tuple(a.shape)}" for arg, a in zip(_INPUT_NAMES[self.op], self.inputs)
                  if a is not None]
-        return f"{self.op} {' '.join(parts)} -> {self.shape} {self.dtype} {layout}"
+        shape = self.shape if self.lift is None else self.shape[:self.lift] + \
+            self.shape[self.lift + 1:]
+        return f"{name} {' '.join(parts)} -> {shape} {self.dtype} {layout}"
 
 
 _INPUT_NAMES = {
@@ -115,8 +134,24 @@ def _four_d(weight: np.ndarray, name: str = "weight") -> None:
         raise ValueError(f"{name} must be 4-d, got {weight.ndim}-d with shape {weight.shape}")
 
 
-def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, layout="NCHW",
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, layout=None,
            out=None) -> Call:
+    if _spatial_dims(kernel_size) == 1:
+        return im2col_1d(x, kernel_size, stride, padding, dilation, layout, out)
+    return im2col_2d(x, kernel_size, stride, padding, dilation, layout=layout or "NCHW",
+                     out=out)
+
+
+def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1, *,
+           layout=None, out=None) -> Call:
+    if _spatial_dims(kernel_size) == 1:
+        return col2im_1d(cols, output_size, kernel_size, stride, padding, dilation, layout, out)
+    return col2im_2d(cols, output_size, kernel_size, stride, padding, dilation,
+                     layout=layout or "NCHW", out=out)
+
+
+def im2col_2d(x, kernel_size, stride=1, padding=0, dilation=1, *, layout="NCHW",
+              out=None) -> Call:
     nhwc = _args.check_layout(layout)
     x = _args.as_array(x, "x")
     dtype = _args.compute_dtype(x)
@@ -134,8 +169,8 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, layout="NCHW",
     return call
 
 
-def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1, *,
-           layout="NCHW", out=None) -> Call:
+def col2im_2d(cols, output_size, kernel_size, stride=1, padding=0, dilation=1, *,
+              layout="NCHW", out=None) -> Call:
     nhwc = _args.check_layout(layout)
     cols = _args.as_array(cols, "cols")
     dtype = _args.compute_dtype(cols)
@@ -197,7 +232,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, layout="NCHW", out=None) -> Call:
+                     dilation=1, *, output_size=None, layout="NCHW", out=None) -> Call:
     nhwc = _args.check_layout(layout)
     x = _args.as_array(x, "x")
     weight = _args.as_array(weight, "weight")
@@ -218,6 +253,19 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     ph, pw = _args.pair(padding, "padding", 0)
     dh, dw = _args.pair(dilation, "dilation", 1)
     oph, opw = _args.pair(output_padding, "output_padding", 0)
+    if output_size is not None:
+        # as torch.nn.ConvTranspose2d.forward: the output_padding that gives it
+        if (oph, opw) != (0, 0):
+            raise ValueError("conv_transpose2d: give output_size or output_padding, not both")
+        want_h, want_w = _args.output_size_tail(output_size, 2)
+        oph = want_h - ((h - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
+        opw = want_w - ((w - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
+        if not (0 <= oph < max(sh, dh) and 0 <= opw < max(sw, dw)):
+            lo_h, lo_w = want_h - oph, want_w - opw
+            raise ValueError(
+                f"conv_transpose2d: output_size {(want_h, want_w)} is not reachable: with these "
+                f"arguments the output is from {(lo_h, lo_w)} to "
+                f"{(lo_h + max(sh, dh) - 1, lo_w + max(sw, dw) - 1)}")
     if not (oph < max(sh, dh) and opw < max(sw, dw)):
         raise ValueError(f"output_padding {(oph, opw)} must be smaller than either stride "
                          f"{(sh, sw)} or dilation {(dh, dw)}")
@@ -310,3 +358,172 @@ def conv2d_weight(input, weight_size: Sequence[int], grad_output, stride=1, padd
                 n=n, channels=c, rows=c_out, groups=groups)
     _args.check_output(out, w_shape, dtype, call.inputs, "conv2d_weight")
     return call
+
+
+# ---------------------------------------------------------------- 1-d calls
+# A 1-d call is the 2-d call of unit height: the arrays gain a unit axis (a
+# view), the window (1, k), stride (1, s), padding (0, p), dilation (1, d);
+# the same planner and kernels then run it.
+
+def _spatial_dims(kernel_size) -> int:
+    """Spatial dimensions of an im2col/col2im call: the length of kernel_size
+    (an int means 2-d)."""
+    if isinstance(kernel_size, (tuple, list)):
+        if len(kernel_size) in (1, 2):
+            return len(kernel_size)
+        if len(kernel_size) == 3:
+            raise ValueError("kernel_size of length 3 (3-d windows) is not supported yet; "
+                             "1-d and 2-d windows are")
+        raise ValueError(f"kernel_size must be an int or a tuple of 1 or 2 ints, "
+                         f"got {kernel_size!r}")
+    return 2
+
+
+def _unit_axis(nhwc: bool) -> int:
+    """Where a 1-d array gains its unit height: NCL (N, C, L) -> (N, C, 1, L),
+    NLC (N, L, C) -> (N, 1, L, C) (weights: (C_out, C_g, 1, k) and
+    (C_out, 1, k, C_g), the same axes)."""
+    return 1 if nhwc else 2
+
+
+def _lift_array(arr: np.ndarray, name: str, nhwc: bool, ranks: tuple[int, ...]) -> np.ndarray:
+    """arr (one of `ranks` dims) with its unit height: the axis before the
+    length (NCL) or before it (NLC), counted from the end."""
+    if arr.ndim not in ranks:
+        want = " or ".join(f"{r}-d" for r in ranks)
+        raise ValueError(f"{name} must be {want} for 1-d data, got {arr.ndim}-d with shape "
+                         f"{arr.shape}")
+    return np.expand_dims(arr, -3 if nhwc else -2)
+
+
+def _lift_padding(padding):
+    if isinstance(padding, str):
+        return padding
+    return (0, _args.single(padding, "padding", 0))
+
+
+def _as_1d(call: Call, name: str, layout: str, inputs: tuple, out, user_shape: tuple,
+           squeeze: bool, lift: Optional[int]) -> Call:
+    """A 2-d call built from lifted arrays, made the 1-d call `name`: the user's
+    arrays and out=, checked against the 1-d result's shape."""
+    call.name, call.layout, call.inputs, call.lift = name, layout, inputs, lift
+    call.out, call.squeeze = out, squeeze
+    _args.check_output(out, user_shape, call.dtype, inputs, name)
+    return call
+
+
+def _user_shape(shape: tuple, lift: Optional[int], squeeze: bool) -> tuple:
+    if lift is not None:
+        shape = shape[:lift] + shape[lift + 1:]
+    return shape[1:] if squeeze else shape
+
+
+def _lifted_image(x, name: str, nhwc: bool):
+    x = _args.as_array(x, name)
+    lifted = _lift_array(x, name, nhwc, (3, 2))
+    return x, lifted, x.ndim == 2
+
+
+def im2col_1d(x, kernel_size, stride, padding, dilation, layout, out) -> Call:
+    nhwc = _args.check_layout_dims(layout, 1)
+    user, x4, unbatched = _lifted_image(x, "x", nhwc)
+    k = _args.single(kernel_size, "kernel_size", 1)
+    call = im2col_2d(x4, (1, k), (1, _args.single(stride, "stride", 1)),
+                  (0, _args.single(padding, "padding", 0)),
+                  (1, _args.single(dilation, "dilation", 1)),
+                  layout="NHWC" if nhwc else "NCHW")
+    # (the 2-d result, (N, C*k, L) or (N, L, k*C), is the 1-d one)
+    return _as_1d(call, "im2col", LAYOUTS_1D[nhwc], (user,), out,
+                  _user_shape(call.shape, None, unbatched), unbatched, None)
+
+
+def col2im_1d(cols, output_size, kernel_size, stride, padding, dilation, layout, out) -> Call:
+    nhwc = _args.check_layout_dims(layout, 1)
+    cols = _args.as_array(cols, "cols")
+    if cols.ndim not in (2, 3):
+        raise ValueError(f"cols must be 3-d (batched) or 2-d (unbatched), got {cols.ndim}-d "
+                         f"with shape {cols.shape}")
+    length = _args.single(output_size, "output_size", 1)
+    call = col2im_2d(cols, (1, length), (1, _args.single(kernel_size, "kernel_size", 1)),
+                  (1, _args.single(stride, "stride", 1)),
+                  (0, _args.single(padding, "padding", 0)),
+                  (1, _args.single(dilation, "dilation", 1)),
+                  layout="NHWC" if nhwc else "NCHW")
+    lift = _unit_axis(nhwc)
+    unbatched = cols.ndim == 2
+    return _as_1d(call, "col2im", LAYOUTS_1D[nhwc], (cols,), out,
+                  _user_shape(call.shape, lift, unbatched), unbatched, lift)
+
+
+LAYOUTS_1D = _args.LAYOUTS_BY_DIMS[1]
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           layout="NCL", out=None) -> Call:
+    nhwc = _args.check_layout_dims(layout, 1)
+    user, x4, unbatched = _lifted_image(x, "x", nhwc)
+    weight = _args.as_array(weight, "weight")
+    call = conv2d(x4, _lift_array(weight, "weight", nhwc, (3,)), bias,
+                  (1, _args.single(stride, "stride", 1)), _lift_padding(padding),
+                  (1, _args.single(dilation, "dilation", 1)), groups,
+                  layout="NHWC" if nhwc else "NCHW")
+    lift = _unit_axis(nhwc)
+    return _as_1d(call, "conv1d", layout, (user, weight, call.inputs[2]), out,
+                  _user_shape(call.shape, lift, unbatched), unbatched, lift)
+
+
+def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None, layout="NCL", out=None) -> Call:
+    nhwc = _args.check_layout_dims(layout, 1)
+    user, x4, unbatched = _lifted_image(x, "x", nhwc)
+    weight = _args.as_array(weight, "weight")
+    if output_size is not None:
+        output_size = (1,) + _args.output_size_tail(output_size, 1)
+    call = conv_transpose2d(x4, _lift_array(weight, "weight", nhwc, (3,)), bias,
+                            (1, _args.single(stride, "stride", 1)),
+                            (0, _args.single(padding, "padding", 0)),
+                            (0, _args.single(output_padding, "output_padding", 0)), groups,
+                            (1, _args.single(dilation, "dilation", 1)), output_size=output_size,
+                            layout="NHWC" if nhwc else "NCHW")
+    lift = _unit_axis(nhwc)
+    return _as_1d(call, "conv_transpose1d", layout, (user, weight, call.inputs[2]), out,
+                  _user_shape(call.shape, lift, unbatched), unbatched, lift)
+
+
+def conv1d_input(input_size: Sequence[int], weight, grad_output, stride=1, padding=0,
+                 dilation=1, groups=1, *, layout="NCL", out=None) -> Call:
+    nhwc = _args.check_layout_dims(layout, 1)
+    dims = _args.shape_tuple(input_size, "input_size", (3, 2))
+    weight = _args.as_array(weight, "weight")
+    grad_output = _args.as_array(grad_output, "grad_output")
+    unbatched = len(dims) == 2
+    axis = len(dims) - (2 if nhwc else 1)
+    size4 = dims[:axis] + (1,) + dims[axis:]
+    call = conv2d_input(size4, _lift_array(weight, "weight", nhwc, (3,)),
+                        _lift_array(grad_output, "grad_output", nhwc, (2,) if unbatched else (3,)),
+                        (1, _args.single(stride, "stride", 1)), _lift_padding(padding),
+                        (1, _args.single(dilation, "dilation", 1)), groups,
+                        layout="NHWC" if nhwc else "NCHW")
+    lift = _unit_axis(nhwc)
+    return _as_1d(call, "conv1d_input", layout, (weight, grad_output), out,
+                  _user_shape(call.shape, lift, unbatched), unbatched, lift)
+
+
+def conv1d_weight(input, weight_size: Sequence[int], grad_output, stride=1, padding=0,
+                  dilation=1, groups=1, *, layout="NCL", out=None) -> Call:
+    nhwc = _args.check_layout_dims(layout, 1)
+    user, x4, unbatched = _lifted_image(input, "input", nhwc)
+    dims = _args.shape_tuple(weight_size, "weight_size", (3,))
+    grad_output = _args.as_array(grad_output, "grad_output")
+    size4 = dims[:1] + (1,) + dims[1:] if nhwc else dims[:2] + (1,) + dims[2:]
+    call = conv2d_weight(x4, size4,
+                         _lift_array(grad_output, "grad_output", nhwc,
+                                     (2,) if unbatched else (3,)),
+                         (1, _args.single(stride, "stride", 1)), _lift_padding(padding),
+                         (1, _args.single(dilation, "dilation", 1)), groups,
+                         layout="NHWC" if nhwc else "NCHW")
+    # (the weight gradient has no batch axis; its unit height is axis 1 (NLC)
+    # or 2 (NCL) of (C_out, ., ., .), as for images)
+    lift = _unit_axis(nhwc)
+    return _as_1d(call, "conv1d_weight", layout, (user, grad_output), out,
+                  _user_shape(call.shape, lift, False), False, lift)

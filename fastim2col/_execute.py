@@ -6,6 +6,7 @@ here decides: every choice was made by fastim2col._planner.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -157,12 +158,15 @@ for _op in _INPUT_GRADIENT_OPS:
 
 def plan(call: Call) -> Plan:
     try:
-        return PLANNERS[call.op](call)
+        the_plan = PLANNERS[call.op](call)
     except KernelRefused:
         if forced_strictly():
             raise
         with unforced():
-            return PLANNERS[call.op](call)
+            the_plan = PLANNERS[call.op](call)
+    if call.name and call.name != call.op:   # a 1-d call: its plan says so
+        the_plan = dataclasses.replace(the_plan, op=call.name)
+    return the_plan
 
 
 def run(call: Call) -> np.ndarray:
@@ -179,4 +183,4 @@ def run(call: Call) -> np.ndarray:
         print(f"fastim2col: {call.describe()} | {the_plan} | {ms:.3f} ms", file=sys.stderr)
     if call.out is not None:
         return call.out
-    return res[0] if call.squeeze else res
+    return call.public_result(res)

@@ -15,6 +15,10 @@ _CALLS: dict[Callable[..., Any], Callable[..., _calls.Call]] = {
     functional.conv_transpose2d: _calls.conv_transpose2d,
     grad.conv2d_input: _calls.conv2d_input,
     grad.conv2d_weight: _calls.conv2d_weight,
+    functional.conv1d: _calls.conv1d,
+    functional.conv_transpose1d: _calls.conv_transpose1d,
+    grad.conv1d_input: _calls.conv1d_input,
+    grad.conv1d_weight: _calls.conv1d_weight,
 }
 
 

@@ -1,4 +1,4 @@
-"""Gradients of conv2d, with torch.nn.grad's names and semantics.
+"""Gradients of conv1d and conv2d, with torch.nn.grad's names and semantics.
 
 The bias gradient needs no function: it is ``grad_output.sum(axis=(0, 2, 3))``
 in NCHW and ``grad_output.sum(axis=(0, 1, 2))`` in NHWC (drop the leading 0
@@ -11,10 +11,10 @@ from typing import Sequence
 import numpy as np
 
 from . import _calls
-from ._args import ArrayLike, IntPair, Layout, Padding
+from ._args import ArrayLike, Int1, IntPair, Layout, Layout1, Padding, Padding1
 from ._execute import run
 
-__all__ = ["conv2d_input", "conv2d_weight"]
+__all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight"]
 
 
 def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
@@ -46,4 +46,30 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
     order: the same bits on every call with the same thread count.
     """
     return run(_calls.conv2d_weight(input, weight_size, grad_output, stride, padding, dilation,
+                                    groups, layout=layout, out=out))
+
+
+def conv1d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
+                 stride: Int1 = 1, padding: Padding1 = 0, dilation: Int1 = 1,
+                 groups: int = 1, *, layout: Layout1 = "NCL",
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of ``conv1d`` with respect to its input, like ``torch.nn.grad.conv1d_input``.
+
+    input_size: ``(N, C, L)`` (NLC: ``(N, L, C)``) or unbatched ``(C, L)``.
+    Runs as conv2d_input of unit height.
+    """
+    return run(_calls.conv1d_input(input_size, weight, grad_output, stride, padding, dilation,
+                                   groups, layout=layout, out=out))
+
+
+def conv1d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
+                  stride: Int1 = 1, padding: Padding1 = 0, dilation: Int1 = 1,
+                  groups: int = 1, *, layout: Layout1 = "NCL",
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of ``conv1d`` with respect to its weight, like ``torch.nn.grad.conv1d_weight``.
+
+    weight_size: ``(C_out, C_in/groups, k)`` (NLC: ``(C_out, k, C_in/groups)``).
+    Runs as conv2d_weight of unit height.
+    """
+    return run(_calls.conv1d_weight(input, weight_size, grad_output, stride, padding, dilation,
                                     groups, layout=layout, out=out))
