@@ -2,10 +2,11 @@
 stride-1 input gradient: how a band of output rows and its packed input are
 laid out, what a thread's scratch holds, and how the work is cut into units.
 
-Thresholds are this module's constants, each next to the decision that
-applies it, with a line or two on why; the measurements behind them, and the
-commands that reproduce them, are in docs/performance.md ("Planner
-thresholds"), keyed by the constant's name or the function's.
+Thresholds are fields of thresholds.Thresholds (the record in force:
+current(); tuned() changes it for a with block), each with a line or two on
+why; the measurements behind them, and the commands that reproduce them, are
+in docs/performance.md ("Planner thresholds"), keyed by the field's name or
+the function's.
 """
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 (tap by tap, element by element, direct, thin GEMM) and the GEMM + fold
 split.
 
-Thresholds are this module's constants, each next to the decision that
-applies it, with a line or two on why; the measurements behind them, and the
-commands that reproduce them, are in docs/performance.md ("Planner
-thresholds"), keyed by the constant's name or the function's.
+Thresholds are fields of thresholds.Thresholds (the record in force:
+current(); tuned() changes it for a with block), each with a line or two on
+why; the measurements behind them, and the commands that reproduce them, are
+in docs/performance.md ("Planner thresholds"), keyed by the field's name or
+the function's.
 """
 from __future__ import annotations
 
