@@ -90,7 +90,7 @@ def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
     group's channels from every pixel: only where they fill a cache line
     (else the NHWC depthwise kernel, or GEMM, read less) and are at most
     NHWC_DIRECT_MAX_CHANNELS."""
-    t = current()
-    if nhwc and ((groups > 1 and cg * itemsize < 64) or cg > t.NHWC_DIRECT_MAX_CHANNELS):
+    if nhwc and ((groups > 1 and cg * itemsize < 64)
+                 or cg > current().NHWC_DIRECT_MAX_CHANNELS):
         return False
     return win.kernel_h * win.kernel_w > 1 or (groups > 1 and cg == 1)
