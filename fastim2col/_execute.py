@@ -6,11 +6,13 @@ here decides: every choice was made by fastim2col._planner.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -109,6 +111,7 @@ def _direct_weight_gradient(call: Call, plan: Plan, res: np.ndarray) -> None:
                                  split=plan.params["split"], n_threads=plan.threads)
     if not done:
         assert plan.fallback is not None
+        _record(plan.fallback)
         EXECUTORS[(call.op, plan.fallback.kernel)](call, plan.fallback, res)
     elif nhwc:
         res[...] = dw.transpose(0, 2, 3, 1)
@@ -156,6 +159,31 @@ for _op in _INPUT_GRADIENT_OPS:
     EXECUTORS[(_op, "thin_gemm")] = _gemm_input_gradient
 
 
+# The list that recording() collects executed plans in, or None (not recording).
+_recorded: contextvars.ContextVar[Optional[list[Plan]]] = contextvars.ContextVar(
+    "fastim2col_recorded_plans", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Plan]]:
+    """A list of the Plans the calls inside the ``with`` block execute, in
+    order (context-local, as use_kernel): each call's plan, and after it its
+    fallback plan where the kernel declined at run time. For tests: what ran,
+    as values, instead of wrapping the planner's functions."""
+    plans: list[Plan] = []
+    token = _recorded.set(plans)
+    try:
+        yield plans
+    finally:
+        _recorded.reset(token)
+
+
+def _record(the_plan: Plan) -> None:
+    plans = _recorded.get()
+    if plans is not None:
+        plans.append(the_plan)
+
+
 def plan(call: Call) -> Plan:
     try:
         the_plan = PLANNERS[call.op](call)
@@ -169,9 +197,14 @@ def plan(call: Call) -> Plan:
     return the_plan
 
 
-def run(call: Call) -> np.ndarray:
-    """Plan the call, allocate its result (or take out=), execute, return."""
-    the_plan = plan(call)
+def run(call: Call, the_plan: Optional[Plan] = None) -> np.ndarray:
+    """Plan the call (or take the_plan: a test's own split for a kernel),
+    allocate its result (or take out=), execute, return."""
+    if the_plan is None:
+        the_plan = plan(call)
+    plans = _recorded.get()
+    if plans is not None:
+        plans.append(the_plan)
     res = call.batched_out
     if res is None:
         res = np.empty(call.shape, call.dtype)

@@ -3,9 +3,10 @@
 Each plan_* function takes a validated Call (fastim2col._calls) and returns
 the Plan its kernel runs (fastim2col._kernels.Plan): the kernel's name, the
 threads, the scratch bound and the numbers the compiled entry takes. The
-thresholds and the split arithmetic live in fastim2col._plan (looked up at
-call time, so that a test may tune them); the machine's facts in
-fastim2col._machine. A kernel forced with use_kernel is planned if it can
+split arithmetic lives in fastim2col._plan, its thresholds in one record
+(fastim2col._plan.Thresholds) read from the current context, so that
+fastim2col._plan.tuned() changes them for a ``with`` block; the machine's
+facts in fastim2col._machine. A kernel forced with use_kernel is planned if it can
 run the call, else refused with a ValueError that says why.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable
 from . import _direct
 from ._plan import bands as PB, common as PC, conv2d as PF, \
     input_gradient as PI, weight_gradient as PW
+from ._plan.thresholds import current
 from ._args import BLAS_INT_MAX, Window
 from ._calls import Call
 from ._kernels import KernelRefused, Plan, forced_kernel
@@ -240,7 +242,7 @@ def _direct_input_gradient(call: Call, forced, n_threads: int, vector: int) -> P
     groups, og, cg, itemsize = call.groups, call.og, call.cg, call.itemsize
     if forced is None and (
             og * cg * flipped.kernel_h * flipped.kernel_w * itemsize
-            > PI.DIRECT_FLIPPED_WEIGHT_BYTES
+            > current().DIRECT_FLIPPED_WEIGHT_BYTES
             or not PI.use_direct_input(groups, og, cg, flipped, call.nhwc, itemsize)):
         return None
     split = PB.direct_split(call.n, groups, og, cg, flipped, itemsize, n_threads, vector)

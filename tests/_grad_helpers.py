@@ -1,35 +1,15 @@
-"""What the tests/test_grad_*.py kernel-path files share: a log of a kernel
-entry point's calls, a loop over 1 and 3 kernel threads, and the tap-by-tap
-kernels' cases (input and weight gradients).
+"""What the tests/test_grad_*.py kernel-path files share: a loop over 1 and 3
+kernel threads, and the tap-by-tap kernels' cases (input and weight
+gradients).
 
 Not a test module and not conftest.py: the test files import it by name
 (tests/ is on sys.path, as for ``reference``).
 """
-from typing import NamedTuple
-
 import fastim2col as F
 
 
-class _Call(NamedTuple):
-    args: tuple
-    kwargs: dict
-    name: str
-
-
-def _log_kernel_calls(monkeypatch, *names):
-    """A list that collects each call of the kernel entries _conv.<name> (its
-    name, positional and keyword arguments); the calls go through."""
-    from fastim2col import _conv
-    calls = []
-    for name in names:
-        real = getattr(_conv, name)
-        monkeypatch.setattr(_conv, name, lambda *a, _real=real, _name=name, **k: (
-            calls.append(_Call(a, k, _name)) or _real(*a, **k)))
-    return calls
-
-
 def _thread_counts(calls):
-    """1, then 3 kernel threads, the log of kernel calls cleared before each."""
+    """1, then 3 kernel threads, the list of recorded plans cleared before each."""
     for threads in (1, 3):
         F.set_num_threads(threads)
         calls.clear()

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, settings
 import fastim2col as fi
 from fastim2col import _plan, grad
 import reference as ref
+from conftest import SMALL_WORK
 
 try:
     import resource
@@ -41,14 +42,24 @@ needs_linux = pytest.mark.skipif(not (LINUX and resource is not None),
                                  reason="needs /proc and RLIMIT_AS (Linux)")
 
 
-_PLAN_MINIMA = {name: getattr(_plan, name) for name in
-                ("MIN_FLOPS_PER_THREAD", "MIN_BYTES_PER_THREAD") if hasattr(_plan, name)}
+# The planner's thresholds tuned for the rest of a test (split_tiny_calls),
+# undone by _watchdog after it.
+_TUNING = contextlib.ExitStack()
+
+
+def split_tiny_calls(on: bool = True) -> None:
+    """For the rest of the test, let tiny calls use several threads (the
+    planner normally keeps calls under a few MFLOP on one thread), or (on
+    False) not: the default thresholds again."""
+    values = SMALL_WORK if on else {name: getattr(_plan.DEFAULTS, name) for name in SMALL_WORK}
+    _TUNING.enter_context(_plan.tuned(**values))
 
 
 @pytest.fixture(autouse=True)
 def _watchdog():
     """A hang fails the run (all stacks dumped) instead of blocking it; the
-    default kernel thread count is back after every test."""
+    default kernel thread count and planner thresholds are back after every
+    test."""
     faulthandler.dump_traceback_later(int(os.environ.get("FASTIM2COL_WATCHDOG_S", 600)),
                                       exit=True, file=sys.__stderr__)
     try:
@@ -56,8 +67,7 @@ def _watchdog():
     finally:
         faulthandler.cancel_dump_traceback_later()
         fi.set_num_threads(None)
-        for name, value in _PLAN_MINIMA.items():
-            setattr(_plan, name, value)
+        _TUNING.close()
 
 
 # --------------------------------------------------------------------------- memory tools

@@ -4,6 +4,8 @@ Everything is checked against tests/reference.py (NCHW, float64, written from
 the definitions). NHWC is tested by converting inputs from NCHW with the
 helpers below and converting the reference's result the same way.
 """
+import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,6 +17,8 @@ from hypothesis import HealthCheck, settings, strategies as st
 
 import fastim2col
 import reference as R
+from fastim2col import _execute, _explain, _plan
+from fastim2col._execute import recording  # noqa: F401  (for the tests)
 
 settings.register_profile(
     "fastim2col", max_examples=60, deadline=None, database=None,
@@ -138,13 +142,40 @@ def restore_threads():
         fastim2col.set_num_threads(None)
 
 
-def split_small_work(monkeypatch):
+# the thresholds that let the planner hand even tiny calls to several threads
+SMALL_WORK = dict(MIN_FLOPS_PER_THREAD=1, MIN_BYTES_PER_THREAD=1)
+
+
+def split_small_work():
     """Let the planner hand even tiny calls to several threads (it normally
     keeps calls below a minimum of work per thread on one thread), so that
-    small test shapes exercise the multi-threaded work splits."""
-    from fastim2col import _plan
-    monkeypatch.setattr(_plan, "MIN_FLOPS_PER_THREAD", 1)
-    monkeypatch.setattr(_plan, "MIN_BYTES_PER_THREAD", 1)
+    small test shapes exercise the multi-threaded work splits: a ``with``
+    block (fastim2col._plan.tuned, context-local)."""
+    return _plan.tuned(**SMALL_WORK)
+
+
+def run_with_params(func, *args, params, **kwargs):
+    """func(*args, **kwargs) run with the Plan it would run (the kernel: the
+    planner's or use_kernel's) but for ``params``: a test's own split, for
+    splits the planner never makes (fastim2col._execute.run takes the plan)."""
+    call = _explain._CALLS[func](*args, **kwargs)
+    plan = _execute.plan(call)
+    return _execute.run(call, dataclasses.replace(plan, params={**plan.params, **params}))
+
+
+@pytest.fixture
+def recorded():
+    """The list of Plans the test's calls execute, in order
+    (fastim2col._execute.recording)."""
+    with recording() as plans:
+        yield plans
+
+
+@pytest.fixture
+def small_work():
+    """The test runs with split_small_work()'s thresholds."""
+    with split_small_work():
+        yield
 
 
 @pytest.fixture(params=range(fastim2col._conv.force_isa(-1) + 1), ids=lambda level: f"isa{level}")
@@ -160,16 +191,15 @@ def conv_isa(request):
 
 
 @pytest.fixture(params=[1, 3], ids=["1thread", "3threads"])
-def kernel_threads(request, monkeypatch, restore_threads):
+def kernel_threads(request, small_work, restore_threads):
     """Run the test with 1, then 3 kernel threads, small work split too."""
-    split_small_work(monkeypatch)
     fastim2col.set_num_threads(request.param)
     return request.param
 
 
 @pytest.fixture(params=["auto", "gemm", "gemm-channels", "gemm-thin", "direct", "direct-1row",
                         "taps", "few"])
-def conv_path(request, monkeypatch):
+def conv_path(request):
     """The kernels NCHW conv2d and its gradients use, forced through
     fastim2col.use_kernel(..., strict=False) (each call the kernel cannot run
     gets the planner's choice): the planner's choice, the blocked GEMM always (gemm-channels: with the weight gradient split by
@@ -187,52 +217,38 @@ def conv_path(request, monkeypatch):
     direct kernels read strided NCHW views of it); the NHWC depthwise kernel
     is chosen apart. NHWC input gradients run tap by tap (grad_input_taps)
     on taps, whatever their channels, in bands of a few positions, images
-    small enough to go several to a unit, each tap's weights copied in
-    every other call; never on the gemm and direct paths. So do NHWC weight
+    small enough to go several to a unit, each tap's weights copied
+    (read in place: test_taps_paths); never on the gemm and direct paths. So do NHWC weight
     gradients whose input has contiguous channels (grad_weight_taps), in
     calls of a few positions and blocks of at most 5 output channels. NHWC
     input gradients of at most FEW_MAX_CHANNELS channels a group run element
     by element (grad_input_few) on few, whatever their output channels, in
     bands of one row; never on the other forced paths."""
-    from fastim2col import _plan
     # the kernel: forced with use_kernel, falling back to the planner's choice
-    # where it cannot run a call; the thresholds: small, so that small test
-    # shapes reach the kernels' multi-band, multi-block and multi-image splits
+    # where it cannot run a call; the thresholds: small (fastim2col._plan.tuned),
+    # so that small test shapes reach the kernels' multi-band, multi-block and
+    # multi-image splits
     kernel = {"gemm": "gemm", "gemm-channels": "gemm", "gemm-thin": "thin_gemm",
               "direct": "direct", "direct-1row": "direct", "taps": "taps",
               "few": "elementwise"}.get(request.param)
-    if request.param == "few":
-        split_small_work(monkeypatch)
-        monkeypatch.setattr(_plan, "FEW_BANDS_PER_THREAD", 10 ** 6)
-    if request.param == "taps":
-        split_small_work(monkeypatch)
-        monkeypatch.setattr(_plan, "TAPS_MAX_POSITIONS", 20)
-        monkeypatch.setattr(_plan, "TAPS_MIN_POSITIONS", 1)
-        monkeypatch.setattr(_plan, "TAPS_SET_POSITIONS", 40)
-        real_split, calls = _plan.grad_input_taps, []
-
-        def alternate_copy(*args):
-            calls.append(None)
-            rows, block, per_set, _ = real_split(*args)
-            return rows, block, per_set, (block + 3) * (len(calls) % 2)
-        monkeypatch.setattr(_plan, "grad_input_taps", alternate_copy)
-        monkeypatch.setattr(_plan, "TAPS_WEIGHT_TERMS", 7)
-        monkeypatch.setattr(_plan, "TAPS_WEIGHT_MAX_OUT_BLOCK", 5)
-        monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_OUT_BLOCK", 1)
-    if request.param == "gemm-channels":
-        monkeypatch.setattr(_plan, "MIN_CHUNK_COLUMNS", 1)
-        monkeypatch.setattr(_plan, "MIN_UNEVEN_CHUNK", 1)
-        monkeypatch.setattr(_plan, "GRAD_WEIGHT_PART_BYTES", 1)
-        monkeypatch.setattr(_plan, "MIN_IMAGE_TILE", 40)   # 1 to n images a tile
-        # both GEMM orientations: transposed for groups of up to 4 outputs
-        monkeypatch.setattr(_plan, "TRANSPOSED_GEMM_OUTPUTS", 4)
-        monkeypatch.setattr(_plan, "grad_input_transposed", lambda *args: True)
-    if request.param == "direct-1row":
-        monkeypatch.setattr(_plan, "DIRECT_BAND_BYTES", 0)
-    if kernel is None:
-        yield request.param
-        return
-    with fastim2col.use_kernel(kernel, strict=False):
+    thresholds = {
+        "few": dict(SMALL_WORK, FEW_BANDS_PER_THREAD=10 ** 6),
+        # each tap's weights copied, rows block + 3 apart (read in place: test_taps_paths)
+        "taps": dict(SMALL_WORK, TAPS_MAX_POSITIONS=20, TAPS_MIN_POSITIONS=1,
+                     TAPS_SET_POSITIONS=40, TAPS_COPY_WEIGHTS=True, TAPS_COPY_PAD=3,
+                     TAPS_WEIGHT_TERMS=7, TAPS_WEIGHT_MAX_OUT_BLOCK=5,
+                     TAPS_WEIGHT_MIN_OUT_BLOCK=1),
+        "gemm-channels": dict(MIN_CHUNK_COLUMNS=1, MIN_UNEVEN_CHUNK=1, GRAD_WEIGHT_PART_BYTES=1,
+                              MIN_IMAGE_TILE=40,   # 1 to n images a tile
+                              # both GEMM orientations: transposed for groups of up to 4
+                              # outputs; every NCHW input gradient's transposed
+                              TRANSPOSED_GEMM_OUTPUTS=4, TRANSPOSED_INPUT_GEMMS=True),
+        "direct-1row": dict(DIRECT_BAND_BYTES=0),
+    }.get(request.param, {})
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_plan.tuned(**thresholds))
+        if kernel is not None:
+            stack.enter_context(fastim2col.use_kernel(kernel, strict=False))
         yield request.param
 
 

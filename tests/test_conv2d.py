@@ -224,8 +224,10 @@ def test_out_unbatched(rng, layout):
 # --------------------------------------------------------------------------- over-padding
 
 OVER_PADDED_SWEEP = """
+import contextlib
 import numpy as np, fastim2col as F, fastim2col._plan as P, reference as R
-P.MIN_FLOPS_PER_THREAD = P.MIN_BYTES_PER_THREAD = 1   # split even small calls
+split = contextlib.ExitStack()
+split.enter_context(P.tuned(MIN_FLOPS_PER_THREAD=1, MIN_BYTES_PER_THREAD=1))   # even small calls
 rng = np.random.default_rng(0)
 # Tiles of output positions end at many columns of a row, some inside the
 # left padding, and for padding > kernel reach some kernel columns never
@@ -272,16 +274,11 @@ def test_zero_size_image_with_padding(rng, layout, x_shape, w_shape, groups):
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_1x1_one_image_split_for_threads(rng, monkeypatch, restore_threads, layout, dtype):
+def test_1x1_one_image_split_for_threads(rng, small_work, recorded, restore_threads, layout,
+                                        dtype):
     """A 1x1 conv2d of one image on 3 threads: one tile of positions a
     thread (NHWC; NCHW float32), else blocks of output channels (NCHW
     float64); with a bias, against the reference."""
-    from conftest import split_small_work
-    from fastim2col import _plan
-    split_small_work(monkeypatch)
-    splits = []
-    real = _plan.forward
-    monkeypatch.setattr(_plan, "forward", lambda *a: splits.append(real(*a)) or splits[-1])
     F.set_num_threads(3)
     x, w = rand(rng, (1, 8, 20, 20), dtype), rand(rng, (64, 8, 1, 1), dtype)
     b = rand(rng, (64,), dtype)
@@ -293,7 +290,8 @@ def test_1x1_one_image_split_for_threads(rng, monkeypatch, restore_threads, layo
     else:
         got = F.conv2d(x, w, b)
     assert_close(got, expected, dtype)
-    tile, block = splits[-1]
+    plan, = recorded
+    tile, block = plan.params["split"]
     if layout == "NHWC" or dtype == np.float32:
         assert (tile, block) == (-(-20 * 20 // 3), 64)
     else:

@@ -6,7 +6,7 @@ import pytest
 
 import fastim2col as F
 import reference as R
-from conftest import as64, assert_close, rand, split_small_work
+from conftest import as64, assert_close, rand, recording, run_with_params
 from fastim2col import _args, _direct, _plan
 
 ISA_LEVELS = list(range(_direct.force_isa(-1) + 1))   # 0 .. the CPU's best
@@ -20,19 +20,20 @@ def isa_level(request):
 
 
 @pytest.fixture
-def always_direct(monkeypatch):
+def always_direct():
     """Every NCHW conv2d, weight gradient and stride-1 input gradient in the
     direct kernels, forced with use_kernel("direct", strict=False) (strided
     input gradients, which direct cannot run, get the planner's choice);
-    yields the names of the kernels called, in order."""
-    calls = []
-    for name in ("direct_forward", "direct_weight"):
-        def spy(*args, _real=getattr(_direct, name), _name=name, **kwargs):
-            calls.append(_name)
-            return _real(*args, **kwargs)
-        monkeypatch.setattr(_direct, name, spy)
-    with F.use_kernel("direct", strict=False):
-        yield calls
+    yields the Plans run, in order (direct_kernels names their kernels)."""
+    with F.use_kernel("direct", strict=False), recording() as plans:
+        yield plans
+
+
+def direct_kernels(plans):
+    """The direct kernels that the recorded plans ran, in order: each a call
+    of _direct.direct_forward (conv2d, input gradients) or direct_weight."""
+    return ["direct_weight" if plan.op == "conv2d_weight" else "direct_forward"
+            for plan in plans if plan.kernel == "direct"]
 
 
 # (N, C, H, W), (O, C/g, kh, kw), stride, padding, dilation, groups: output
@@ -67,8 +68,8 @@ def test_every_isa_matches_reference(isa_level, always_direct, rng, x_shape, w_s
                  R.conv2d_weight_grad(as64(x), w.shape, as64(g), **kwargs), dtype)
     expected_input = R.conv2d_input_grad(x.shape, as64(w), as64(g), **kwargs)
     assert_close(F.grad.conv2d_input(x.shape, w, g, **kwargs), expected_input, dtype)
-    assert always_direct.count("direct_forward") >= 2
-    assert always_direct.count("direct_weight") == 1
+    assert direct_kernels(always_direct).count("direct_forward") >= 2
+    assert direct_kernels(always_direct).count("direct_weight") == 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -83,34 +84,33 @@ def test_partial_register_blocks(isa_level, always_direct, rng, dtype):
         for c_out in range(1, 8):
             w = rand(rng, (c_out, 2, 1, 2), dtype)
             assert_close(F.conv2d(x, w), R.conv2d(as64(x), as64(w)), dtype)
-    assert always_direct.count("direct_forward") == 7 * (8 * vector + 1)
+    assert direct_kernels(always_direct).count("direct_forward") == 7 * (8 * vector + 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bitwise_identical_whatever_threads_and_bands(always_direct, monkeypatch, rng, dtype,
-                                                       restore_threads):
+def test_bitwise_identical_whatever_threads_and_bands(always_direct, rng, dtype, restore_threads):
     """Each output element is summed by one unit in one fixed order: the
     same bits with 1, 2 or 3 threads and with any band height."""
     x = rand(rng, (3, 8, 23, 37), dtype)
     w = rand(rng, (12, 2, 3, 3), dtype)
     b = rand(rng, (12,), dtype)
     results = []
-    for band_bytes in (_plan.DIRECT_BAND_BYTES, 0):
-        monkeypatch.setattr(_plan, "DIRECT_BAND_BYTES", band_bytes)
+    for band_bytes in (_plan.DEFAULTS.DIRECT_BAND_BYTES, 0):   # (0: bands of one row)
         for threads in (1, 2, 3):
             F.set_num_threads(threads)
-            results.append(F.conv2d(x, w, b, padding=1, groups=4))
+            with _plan.tuned(DIRECT_BAND_BYTES=band_bytes):
+                results.append(F.conv2d(x, w, b, padding=1, groups=4))
     for r in results[1:]:
         assert np.array_equal(r, results[0])
-    assert always_direct.count("direct_forward") == len(results)
+    assert direct_kernels(always_direct).count("direct_forward") == len(results)
     assert_close(results[0], R.conv2d(as64(x), as64(w), as64(b), padding=1, groups=4), dtype)
     g = rand(rng, results[0].shape, dtype)
     grads = []
-    for band_bytes in (_plan.DIRECT_BAND_BYTES, 0):
-        monkeypatch.setattr(_plan, "DIRECT_BAND_BYTES", band_bytes)
+    for band_bytes in (_plan.DEFAULTS.DIRECT_BAND_BYTES, 0):
         for threads in (1, 2, 3):
             F.set_num_threads(threads)
-            grads.append(F.grad.conv2d_weight(x, w.shape, g, padding=1, groups=4))
+            with _plan.tuned(DIRECT_BAND_BYTES=band_bytes):
+                grads.append(F.grad.conv2d_weight(x, w.shape, g, padding=1, groups=4))
     # the band height sets the order of each weight's sum: same bits per band
     for gw in grads[1:3]:
         assert np.array_equal(gw, grads[0])
@@ -119,7 +119,7 @@ def test_bitwise_identical_whatever_threads_and_bands(always_direct, monkeypatch
     expected = R.conv2d_weight_grad(as64(x), w.shape, as64(g), padding=1, groups=4)
     for gw in (grads[0], grads[3]):
         assert_close(gw, expected, dtype)
-    assert always_direct.count("direct_weight") == len(grads)
+    assert direct_kernels(always_direct).count("direct_weight") == len(grads)
 
 
 def _static_run(n_units, n_threads, run):
@@ -161,15 +161,15 @@ def test_unit_claims_fast_runs_take_the_slow_runs_units():
 
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_weight_units_share_packed_bands(always_direct, monkeypatch, rng, restore_threads,
+def test_weight_units_share_packed_bands(always_direct, small_work, rng, restore_threads,
                                          dtype, groups):
     """A thread's run of units, band by band, packs an input band once for
     the units of one chunk and a grad_output band once for those of one
     block: runs that cross chunks and blocks (3 chunks x 3 blocks a group,
     on 1 to 7 threads, bands of 3 rows) still give each unit its own bands,
     and the same bits whatever the threads."""
-    split_small_work(monkeypatch)
-    monkeypatch.setattr(_plan, "direct_weight_split", lambda *args: (3, 4, 4))
+    # (rows a band, input channels a chunk, output channels a block)
+    split = {"split": (3, 4, 4)}
     x = rand(rng, (2, 12 * groups, 10, 13), dtype)
     w_shape = (10 * groups, 12, 3, 3)
     g = rand(rng, (2, 10 * groups, 10, 13), dtype)
@@ -177,11 +177,12 @@ def test_weight_units_share_packed_bands(always_direct, monkeypatch, rng, restor
     results = []
     for threads in (1, 2, 4, 5, 7):
         F.set_num_threads(threads)
-        results.append(F.grad.conv2d_weight(x, w_shape, g, padding=1, groups=groups))
+        results.append(run_with_params(F.grad.conv2d_weight, x, w_shape, g, padding=1,
+                                       groups=groups, params=split))
         assert_close(results[-1], expected, dtype)
     for r in results[1:]:
         assert np.array_equal(r, results[0])
-    assert always_direct.count("direct_weight") == len(results)
+    assert direct_kernels(always_direct).count("direct_weight") == len(results)
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
@@ -198,7 +199,7 @@ def test_weight_gradient_with_nonfinite_input(always_direct, rng, value):
     assert np.array_equal(np.isfinite(got), np.isfinite(expected))
     assert np.isfinite(got[:, :, :, 0]).all()
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10, equal_nan=True)
-    assert always_direct == ["direct_weight"]   # tried first, declined
+    assert direct_kernels(always_direct) == ["direct_weight"]   # tried first, declined
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -217,50 +218,42 @@ def test_nonfinite_found_anywhere_in_the_band(always_direct, rng, dtype, where):
     expected = R.conv2d_weight_grad(as64(x), w.shape, as64(g), groups=2)
     assert np.array_equal(np.isfinite(got), np.isfinite(expected))
     assert np.isfinite(got[:, :, :, 0]).all()
-    assert always_direct == ["direct_weight"]   # tried first, declined
+    assert direct_kernels(always_direct) == ["direct_weight"]   # tried first, declined
 
 
 @pytest.mark.parametrize("where", [(0, 0), (7, 4), (15, 8)])
-def test_nonfinite_found_with_output_blocks(always_direct, monkeypatch, rng, restore_threads,
+def test_nonfinite_found_with_output_blocks(always_direct, small_work, rng, restore_threads,
                                             where):
     """Units split into blocks of output channels pack the same input band;
     only each chunk's first block checks it for non-finite values: an
     infinity still sends the call to the GEMM path (16 threads on 16 -> 16
     channels: 2 chunks x 4 blocks)."""
-    from fastim2col import _plan
-    split_small_work(monkeypatch)
-    splits = []
-    real = _plan.direct_weight_split
-    monkeypatch.setattr(_plan, "direct_weight_split",
-                        lambda *a: splits.append(real(*a)) or splits[-1])
     F.set_num_threads(16)
     c, r = where
     x = rand(rng, (1, 16, 9, 11))
     x[0, c, r, -1] = np.inf      # the last column: tap j = 0 never reads it
     w = rand(rng, (16, 16, 3, 3))
     g = rand(rng, (1, 16, 7, 9))
-    got = F.grad.conv2d_weight(x, w.shape, g)
-    assert splits and splits[-1][2] < 16   # output channels were split into blocks
+    with recording() as plans:
+        got = F.grad.conv2d_weight(x, w.shape, g)
+    assert plans[0].kernel == "direct" and plans[1] is plans[0].fallback   # declined
+    assert plans[0].params["split"][2] < 16   # output channels were split into blocks
     expected = R.conv2d_weight_grad(x, w.shape, g)
     assert np.array_equal(np.isfinite(got), np.isfinite(expected))
     assert np.isfinite(got[:, :, :, 0]).all()
 
 
-def test_band_too_large_falls_back_to_gemm(monkeypatch, rng):
+def test_band_too_large_falls_back_to_gemm(rng):
     """Where one output row's input band would exceed DIRECT_MAX_BAND_BYTES
     (huge dilations), the blocked GEMM computes the layer."""
-    monkeypatch.setattr(_plan, "DIRECT_MAX_BAND_BYTES", 1024)
-    used = []
-    real = _direct.direct_forward
-    monkeypatch.setattr(_direct, "direct_forward",
-                        lambda *a, **kw: used.append(a) or real(*a, **kw))
     x, w = rand(rng, (1, 4, 40, 30)), rand(rng, (4, 1, 3, 3))
-    got = F.conv2d(x, w, padding=1, dilation=(12, 1), groups=4)
+    with _plan.tuned(DIRECT_MAX_BAND_BYTES=1024), recording() as plans:
+        got = F.conv2d(x, w, padding=1, dilation=(12, 1), groups=4)
     assert_close(got, R.conv2d(x, w, padding=1, dilation=(12, 1), groups=4), np.float64)
-    assert not used
-    monkeypatch.setattr(_plan, "DIRECT_MAX_BAND_BYTES", 8 << 20)
-    F.conv2d(x, w, padding=1, dilation=(12, 1), groups=4)
-    assert len(used) == 1
+    assert [p.kernel for p in plans] == ["gemm"]
+    with recording() as plans:   # within the default bound: direct
+        F.conv2d(x, w, padding=1, dilation=(12, 1), groups=4)
+    assert [p.kernel for p in plans] == ["direct"]
 
 
 @pytest.mark.parametrize("x_shape, w_shape, groups, direct", [
@@ -292,7 +285,7 @@ def test_direct_split_bands(n_threads, size, channels, n_images):
     win = _args.window((size, size), 3, 1, 1, 1, allow_strings=False)
     band, chunk, per_unit = _plan.direct_split(n_images, 1, channels, channels, win, 4,
                                                n_threads, 16)
-    thinnest = min(size, -(-_plan.DIRECT_MIN_POSITIONS // (size + 2)))
+    thinnest = min(size, -(-_plan.DEFAULTS.DIRECT_MIN_POSITIONS // (size + 2)))
     assert band >= -(-size // -(-size // thinnest))
     n_bands = -(-size // band)
     assert band * n_bands - size < n_bands   # even: heights differ by less than one a band
@@ -303,26 +296,22 @@ def test_direct_split_bands(n_threads, size, channels, n_images):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_nhwc_wide_channels_leave_the_direct_kernels(rng, monkeypatch, dtype):
+def test_nhwc_wide_channels_leave_the_direct_kernels(rng, dtype):
     """NHWC conv2d with more than NHWC_DIRECT_MAX_CHANNELS input channels a
     group runs unroll + GEMM (its band gathers lose there), up to that many
     the direct kernels, NCHW the direct kernels either way; each result
     against the reference."""
-    limit = _plan.NHWC_DIRECT_MAX_CHANNELS
+    limit = _plan.DEFAULTS.NHWC_DIRECT_MAX_CHANNELS
     win = _args.window((5, 5), 3, 1, 1, 1, allow_strings=False)
     assert _plan.use_direct(1, limit, 8, win, True, 4)
     assert not _plan.use_direct(1, limit + 1, 8, win, True, 4)
     assert _plan.use_direct(1, limit + 1, 8, win, False, 4)
-    used = []
-    real = _direct.direct_forward
-    monkeypatch.setattr(_direct, "direct_forward",
-                        lambda *a, **kw: used.append(a) or real(*a, **kw))
     for c, direct in ((limit, True), (limit + 1, False)):
-        used.clear()
         x, w = rand(rng, (1, c, 5, 5), dtype), rand(rng, (4, c, 3, 3), dtype)
-        got = F.conv2d(R.to_nhwc(x), R.weight_to_nhwc(w), padding=1, layout="NHWC")
+        with recording() as plans:
+            got = F.conv2d(R.to_nhwc(x), R.weight_to_nhwc(w), padding=1, layout="NHWC")
         assert_close(got, R.to_nhwc(R.conv2d(as64(x), as64(w), padding=1)), dtype)
-        assert bool(used) == direct
+        assert (plans[0].kernel == "direct") == direct
 
 
 def test_isa_names():

@@ -91,8 +91,10 @@ def test_empty(rng, layout, x_shape, w_shape, groups):
 # --------------------------------------------------------------------------- over-padding
 
 OVER_PADDED_SWEEP = """
+import contextlib
 import numpy as np, fastim2col as F, fastim2col._plan as P, reference as R
-P.MIN_FLOPS_PER_THREAD = P.MIN_BYTES_PER_THREAD = 1   # split even small calls
+split = contextlib.ExitStack()
+split.enter_context(P.tuned(MIN_FLOPS_PER_THREAD=1, MIN_BYTES_PER_THREAD=1))   # even small calls
 rng = np.random.default_rng(0)
 # Tiles of output positions end at many columns of a row, some inside the
 # left padding (see test_conv2d.test_over_padded_memory_safety).

@@ -8,8 +8,8 @@ import pytest
 
 import fastim2col as F
 import reference as R
-from conftest import as64, assert_close, img_to, rand, weight_to
-from _grad_helpers import _log_kernel_calls, _thread_counts
+from conftest import as64, assert_close, img_to, rand, run_with_params, weight_to
+from _grad_helpers import _thread_counts
 
 conv2d_input, conv2d_weight = F.grad.conv2d_input, F.grad.conv2d_weight
 
@@ -28,7 +28,7 @@ _FEW_CASES = [(1, 3, 64, 23, 21, 7, 2, 3, 1, 1), (2, 1, 16, 9, 12, 3, 1, 1, 1, 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
+def test_few_channel_paths(rng, small_work, recorded, restore_threads, conv_isa, dtype):
     """NHWC input gradients of at most FEW_MAX_CHANNELS channels a group,
     element by element (src/_conv.pyx grad_input_few; forced with use_kernel, both dtypes,
     every ISA level this CPU runs: conv_isa): bands of 1, 2 or all rows, positions in
@@ -36,12 +36,8 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     per band or read in place; conv_transpose2d's bias;
     `out=` pre-filled with NaN; against the reference, and with the same bits
     for every band and thread count (each element is one unit's sum)."""
-    from conftest import split_small_work
-    from fastim2col import _args, _conv, _plan
-    calls = _log_kernel_calls(monkeypatch, "elementwise_grad_input", "gemm_grad_input",
-                              "taps_grad_input")
-    split_small_work(monkeypatch)
-    planned = _plan.grad_input_few
+    from fastim2col import _args, _conv
+    calls = recorded   # the plans run
     with F.use_kernel("elementwise"):   # every call: element by element
         for n, c, o, h, w_, k, s, p, d, groups in _FEW_CASES:
             k, s, p, d = (v if isinstance(v, tuple) else (v, v) for v in (k, s, p, d))
@@ -53,14 +49,15 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
             expected = img_to(R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d,
                                                   groups), "NHWC")
             results = []
-            for band in (None, 1, 2, 1000):
-                monkeypatch.setattr(_plan, "grad_input_few",
-                                    planned if band is None else lambda *a, band=band: band)
+            for band in (None, 1, 2, 1000):   # None: the planner's bands
+                params = {} if band is None else {"band": band}
                 for _ in _thread_counts(calls):
-                    got = conv2d_input(expected.shape, weight_to(w, "NHWC"),
-                                       img_to(g, "NHWC"), s, p, d, groups, layout="NHWC",
-                                       out=np.full(expected.shape, np.nan, dtype))
-                    assert calls[-1].name == "elementwise_grad_input"
+                    got = run_with_params(conv2d_input, expected.shape, weight_to(w, "NHWC"),
+                                          img_to(g, "NHWC"), s, p, d, groups, layout="NHWC",
+                                          out=np.full(expected.shape, np.nan, dtype),
+                                          params=params)
+                    assert calls[-1].kernel == "elementwise"
+                    assert band is None or calls[-1].params["band"] == band
                     assert_close(got, expected, dtype)
                     results.append(got)
             # grad_output's rows copied to a buffer on cache lines or read in
@@ -83,11 +80,11 @@ def test_few_channel_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                                          (x_shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1)
                                          % s[i] for i in (0, 1)),
                                      groups=groups, dilation=d, layout="NHWC")
-            assert calls[-1].name == "elementwise_grad_input"
+            assert calls[-1].kernel == "elementwise"
             assert_close(got, expected + b, dtype)
 
 
-def test_few_channel_plan(monkeypatch):
+def test_few_channel_plan():
     """Which input gradients go element by element: NHWC, at most
     FEW_MAX_CHANNELS channels a group, output channels a multiple of the
     widest vector, not 1x1 stride 1 (nothing to fold), AVX-512 (AVX2: stride
@@ -113,8 +110,9 @@ def test_few_channel_plan(monkeypatch):
         units = n_images * groups * -(-size // band)
         assert 1 <= band <= size
         copied = ((band - 1 + 6) // 2 + 1) * win.out_w * og * itemsize   # rows a band reaches
-        assert band == 1 or copied <= _plan.FEW_COPY_BYTES
-        assert units >= min(_plan.FEW_BANDS_PER_THREAD * threads, n_images * groups * size)
+        assert band == 1 or copied <= _plan.DEFAULTS.FEW_COPY_BYTES
+        assert units >= min(_plan.DEFAULTS.FEW_BANDS_PER_THREAD * threads,
+                            n_images * groups * size)
 
 
 def test_line_aligned_copy(rng):

@@ -10,8 +10,10 @@ import pytest
 
 import fastim2col as F
 import reference as R
-from conftest import LAYOUTS, as64, assert_close, img_to, rand, weight_to
-from _grad_helpers import _TAPS_CASES, _log_kernel_calls, _thread_counts
+from conftest import SMALL_WORK, LAYOUTS, as64, assert_close, img_to, rand, recording, \
+    run_with_params, weight_to
+from _grad_helpers import _TAPS_CASES, _thread_counts
+from fastim2col import _plan
 
 conv2d_input, conv2d_weight = F.grad.conv2d_input, F.grad.conv2d_weight
 
@@ -21,26 +23,25 @@ conv2d_input, conv2d_weight = F.grad.conv2d_input, F.grad.conv2d_weight
 @pytest.mark.parametrize("kernel", ["gemm", "thin_gemm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_input_gradient_tiles_ending_mid_row(rng, monkeypatch, restore_threads, dtype,
-                                             transposed, kernel):
+def test_input_gradient_tiles_ending_mid_row(rng, restore_threads, dtype, transposed, kernel):
     """The fold's general loop (tiles that start or end inside an output
     row; the planner's tiles are whole rows, which take a rectangle per tap):
     forced on one thread (bands of partial rows may share input rows, so
     only one thread may run them), both layouts of the GEMM result (BLAS's
     GEMMs; the thin kernel's tiles are always transposed)."""
-    from fastim2col import _plan
     F.set_num_threads(1)
-    monkeypatch.setattr(_plan, "grad_input", lambda *a: (a[4].out_w + 3, a[2]))
-    monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: transposed)
     for x_shape, w_shape, s, p, d in [((2, 5, 13, 11), (4, 5, 3, 3), 1, 1, 1),
                                       ((1, 3, 17, 15), (6, 3, 3, 2), 2, 2, 2)]:
         w = rng.standard_normal(w_shape).astype(dtype)
         y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
                            dilation=d).shape
         g = rng.standard_normal(y_shape).astype(dtype)
-        with F.use_kernel(kernel):
-            plan = F.explain(conv2d_input, x_shape, w, g, s, p, d)
-            got = conv2d_input(x_shape, w, g, s, p, d)
+        with F.use_kernel(kernel), _plan.tuned(TRANSPOSED_INPUT_GEMMS=transposed), \
+                recording() as plans:
+            # tiles of a row and 3 positions, all input channels a unit
+            got = run_with_params(conv2d_input, x_shape, w, g, s, p, d,
+                                  params={"split": (y_shape[3] + 3, x_shape[1])})
+        plan, = plans
         assert (plan.kernel, plan.params["thin"]) == (kernel, kernel == "thin_gemm")
         assert plan.params["split"][0] == y_shape[3] + 3   # tiles end mid-row
         assert plan.params["transposed"] == (transposed or kernel == "thin_gemm")
@@ -48,26 +49,22 @@ def test_input_gradient_tiles_ending_mid_row(rng, monkeypatch, restore_threads, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype):
+def test_input_gradient_transposed_plan(rng, kernel_threads, dtype):
     """NCHW input gradients whose GEMMs run transposed (float64, rows of a
     unit at least twice its positions) and those that do not, through every
     kernel path that has the choice (unrolled tiles, whole images a unit,
     1x1 with nothing to fold, and conv_transpose2d's bias on each), checked
     against the reference; float32 transposed too, forced. BLAS GEMMs
     only: the thin kernel's tiles are always transposed (test_thin_gemm_paths)."""
-    from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "gemm_grad_input")
     item = np.dtype(dtype).itemsize
-    rule = _plan.grad_input_transposed
+    rule = _plan.grad_input_transposed   # (force: its override, TRANSPOSED_INPUT_GEMMS)
     # (batch, channels, outputs, size, kernel, stride, padding): stride 2 keeps
     # 3x3 layers off the direct kernels; batch 4 of 3x3 at 4 px runs whole
     # images a unit; the last has positions enough not to transpose.
     cases = [(1, 24, 8, 9, 3, 2, 1), (4, 128, 40, 8, 3, 2, 1), (2, 40, 16, 4, 1, 1, 0),
              (1, 4, 8, 24, 1, 1, 0)]
-    with F.use_kernel("gemm"):   # BLAS GEMMs (not the thin kernel), every call
+    with F.use_kernel("gemm"), recording() as calls:   # BLAS GEMMs (not the thin kernel)
         for force in (None, True):
-            if force:
-                monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: True)
             chosen = []
             for n, c, o, size, k, s, p in cases:
                 x_shape, w_shape = (n, c, size, size), (o, c, k, k)
@@ -75,24 +72,28 @@ def test_input_gradient_transposed_plan(rng, kernel_threads, monkeypatch, dtype)
                 y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p).shape
                 g = rng.standard_normal(y_shape).astype(dtype)
                 calls.clear()
-                got = conv2d_input(x_shape, w, g, s, p)
+                with _plan.tuned(TRANSPOSED_INPUT_GEMMS=force):
+                    got = conv2d_input(x_shape, w, g, s, p)
                 assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p), dtype)
-                kwargs = calls[-1].kwargs
+                kwargs = calls[-1].params
                 (tile, block), per_tile, transposed = (kwargs["split"], kwargs["images_per_tile"],
                                                        kwargs["transposed"])
                 assert transposed == (force or (item == 8 and 2 * tile <= block * k * k))
                 chosen.append(transposed)
                 b = rng.standard_normal(c).astype(dtype)   # the adjoint, with a bias
                 calls.clear()
-                got = F.conv_transpose2d(g, w, b, s, p, output_padding=(size + 2 * p - k) % s)
+                with _plan.tuned(TRANSPOSED_INPUT_GEMMS=force):
+                    got = F.conv_transpose2d(g, w, b, s, p, output_padding=(size + 2 * p - k) % s)
                 assert_close(got, R.conv_transpose2d(as64(g), as64(w), as64(b), s, p,
                                                      output_padding=(size + 2 * p - k) % s), dtype)
-                assert calls[-1].kwargs["transposed"] == transposed
+                assert calls[-1].params["transposed"] == transposed
                 if force is None and (n, size) == (4, 8):
                     assert per_tile > 1   # the whole-images kernel ran
             if not force:   # the rule took both sides in float64 (the last case: not)
                 assert (any(chosen) and not chosen[-1]) if item == 8 else not any(chosen)
     assert rule(10, 20, 8) and not rule(11, 20, 8) and not rule(10, 20, 4)
+    with _plan.tuned(TRANSPOSED_INPUT_GEMMS=True):
+        assert rule(11, 20, 4)
 
 
 # (x shape, weight shape, stride, padding, dilation): input gradients whose
@@ -109,7 +110,7 @@ FOLD_RUNS = [((2, 3, 5, 6), (4, 3, 3, 3), 1, 1, 1),
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("image_sets", [False, True])
-def test_input_gradient_fold_runs(rng, monkeypatch, restore_threads, dtype, image_sets):
+def test_input_gradient_fold_runs(rng, small_work, restore_threads, dtype, image_sets):
     """NCHW input gradients through GEMM + fold where each tap's rows fold as
     one run: against the reference on 1-3 threads, in tiles of rows and in
     image sets; NaN in grad_output reaches only the elements the reference
@@ -117,15 +118,10 @@ def test_input_gradient_fold_runs(rng, monkeypatch, restore_threads, dtype, imag
     carry it elsewhere); and image rows no tap reaches, which the runs cross,
     keep conv_transpose2d's bias of -0.0 (adding -0.0 keeps every value, -0.0
     included)."""
-    from conftest import split_small_work
-    from fastim2col import _plan
-    split_small_work(monkeypatch)
-    monkeypatch.setattr(_plan, "grad_input_transposed", lambda *a: False)
-    if image_sets:
-        monkeypatch.setattr(_plan, "grad_input_images", lambda n, g, cg, *a: (n, cg))
-    else:
-        monkeypatch.setattr(_plan, "grad_input_images", lambda *a: None)
-    with F.use_kernel("gemm"):   # BLAS GEMMs + fold, every call
+    # BLAS GEMMs + fold, every call, not transposed; no image sets but those
+    # the test asks for (all images one set, all input channels a unit)
+    with F.use_kernel("gemm"), _plan.tuned(TRANSPOSED_INPUT_GEMMS=False, MULTI_TILE_BYTES=0), \
+            recording() as plans:
         for x_shape, w_shape, s, p, d in FOLD_RUNS:
             w = rand(rng, w_shape, dtype)
             y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), stride=s, padding=p,
@@ -133,35 +129,33 @@ def test_input_gradient_fold_runs(rng, monkeypatch, restore_threads, dtype, imag
             g = rand(rng, y_shape, dtype)
             g[0, 0, y_shape[2] // 2, 0] = np.nan
             expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), s, p, d)
-            plan = F.explain(conv2d_input, x_shape, w, g, s, p, d)
-            assert (plan.kernel, plan.params["images_per_tile"]) == (
-                "gemm", x_shape[0] if image_sets else 1)
+            n_pos = y_shape[2] * y_shape[3]
+            sets = {"images_per_tile": x_shape[0], "split": (x_shape[0] * n_pos, x_shape[1])}
+            params = sets if image_sets else {}
             for n_threads in (1, 2, 3):
                 F.set_num_threads(n_threads)
-                got = conv2d_input(x_shape, w, g, s, p, d)
+                got = run_with_params(conv2d_input, x_shape, w, g, s, p, d, params=params)
+                assert (plans[-1].kernel, plans[-1].params["images_per_tile"],
+                        plans[-1].params["transposed"]) == (
+                    "gemm", x_shape[0] if image_sets else 1, False)
                 np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
                 assert_close(np.nan_to_num(got), np.nan_to_num(expected), dtype)
             if s == (2, 1):   # odd image rows: no tap reaches them, only the run's -0.0
-                got = F.conv_transpose2d(g, w, np.full(x_shape[1], -0.0, dtype), s, p,
-                                         dilation=d)
+                got = run_with_params(F.conv_transpose2d, g, w, np.full(x_shape[1], -0.0, dtype),
+                                      s, p, dilation=d, params=params)
                 assert got.shape[2:] == x_shape[2:]
                 assert np.signbit(got[:, :, 1::2]).all() and not got[:, :, 1::2].any()
 
 
 # --------------------------------------------------------------------------- thin GEMM kernels
 
-def _thin_input_gradients(monkeypatch):
+@pytest.fixture
+def thin_input_gradients():
     """For the thin GEMM's input-gradient tests: work split among threads
-    even when small, tiles of a few output rows (several an image); returns
-    the list that collects the arguments of each gemm_grad_input kernel
-    call. (The tests choose the GEMM kernels themselves.)"""
-    from conftest import split_small_work
-    from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "gemm_grad_input")
-    split_small_work(monkeypatch)
-    monkeypatch.setattr(_plan, "TILE_BYTES", 1)
-    monkeypatch.setattr(_plan, "MIN_GEMM_TILE", 1)
-    return calls
+    even when small, tiles of a few output rows (several an image). (The
+    tests choose the GEMM kernels themselves.)"""
+    with _plan.tuned(**SMALL_WORK, TILE_BYTES=1, MIN_GEMM_TILE=1):
+        yield
 
 
 def _input_gradient_case(rng, dtype, x_shape, w_shape, stride, padding, groups, dilation=1):
@@ -183,19 +177,20 @@ def _input_gradient_case(rng, dtype, x_shape, w_shape, stride, padding, groups, 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thin_gemm_paths(rng, monkeypatch, restore_threads, conv_isa, dtype, layout):
+def test_thin_gemm_paths(rng, thin_input_gradients, recorded, restore_threads, conv_isa, dtype,
+                         layout):
     """Input gradients whose GEMMs run in the thin kernel (forced, both
     dtypes), through every kernel path: tiles of output rows folded back,
     whole images a unit, 1x1 with nothing to fold, groups, and
     conv_transpose2d's bias on each; against the reference, and with the
     same bits on 1 and 3 threads (each sum runs over grad_output's channels
     in order, however the work is split)."""
-    calls = _thin_input_gradients(monkeypatch)
     # (batch, channels, outputs, size, kernel, stride, padding, groups): the
     # second runs whole images a unit, the third and fourth are 1x1, the last
     # has more positions than a tile
     cases = [(1, 24, 8, 9, 3, 2, 1, 1), (4, 32, 40, 8, 3, 2, 1, 1), (2, 40, 16, 4, 1, 1, 0, 1),
              (3, 12, 20, 5, 1, 1, 0, 2), (2, 6, 10, 17, 3, 1, 1, 2), (1, 5, 7, 40, 3, 1, 0, 1)]
+    calls = recorded   # the plans run
     images = tiles = 0
     for n, c, o, size, k, s, p, groups in cases:
         x_shape = (n, c, size, size)
@@ -203,39 +198,26 @@ def test_thin_gemm_paths(rng, monkeypatch, restore_threads, conv_isa, dtype, lay
             rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups)
         got = {}
         for threads in _thread_counts(calls):
-            with F.use_kernel("thin_gemm"):   # every call: thin GEMM tiles
+            with F.use_kernel("thin_gemm"):   # every call: thin GEMM tiles (calls: their plans)
                 got[threads] = conv2d_input(img_to(np.empty(x_shape), layout).shape,
                                             weight_to(w, layout), img_to(g, layout), s, p,
                                             groups=groups, layout=layout)
-                assert calls[-1].kwargs["thin"] is True
-                images += calls[-1].kwargs["images_per_tile"] > 1
-                tiles += calls[-1].kwargs["split"][0] < g.shape[2] * g.shape[3]
+                assert calls[-1].params["thin"] is True
+                images += calls[-1].params["images_per_tile"] > 1
+                tiles += calls[-1].params["split"][0] < g.shape[2] * g.shape[3]
                 assert_close(got[threads], img_to(expected, layout), dtype)
                 got_t = F.conv_transpose2d(img_to(g, layout), weight_to(w, layout), b, s, p,
                                            output_padding=op, groups=groups, layout=layout)
-                assert calls[-1].kwargs["thin"] is True
+                assert calls[-1].params["thin"] is True
             assert_close(got_t, img_to(expected_t, layout), dtype)
         assert np.array_equal(got[1], got[3])
     assert images and tiles   # whole images a unit, and images cut into tiles
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
-    """NCHW input gradients by the thin kernel over grad_output's rows
-    (forced, both dtypes): 1x1 straight into the result (one and several
-    tiles of positions, blocks of input channels; the same bits on 1 and 3
-    threads), tiles folded back, whole images a unit, groups, and
-    conv_transpose2d's bias on each; against the reference."""
-    from fastim2col import _direct, _plan
-    calls = _thin_input_gradients(monkeypatch)
-    # No use_kernel: this orientation is a variant of "thin_gemm" that only
-    # the planner picks (forcing "thin_gemm" runs the other one). So its
-    # rule, on (float64 too), and the other orientation's rule, off; the
-    # direct kernels off by their threshold (no flipped weights small enough).
-    monkeypatch.setattr(_plan, "use_thin_positions", lambda *a: True)
-    monkeypatch.setattr(_plan, "use_thin_gemm", lambda *a: False)
-    monkeypatch.setattr(_plan, "DIRECT_FLIPPED_WEIGHT_BYTES", 0)
-    seen = set()
+def _thin_positions_cases(rng, dtype, calls, seen):
+    """test_thin_positions_paths' cases, the kernels' plans logged in calls,
+    what they reached added to seen."""
+    from fastim2col import _direct
     # (batch, channels, outputs, height, width, kernel, stride, padding, groups)
     for n, c, o, h, w_, k, s, p, groups in [
             (1, 40, 16, 9, 11, 1, 1, 0, 1), (2, 7, 33, 5, 13, 1, 1, 0, 1),
@@ -250,8 +232,8 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype
         got = {}
         for threads in _thread_counts(calls):
             got[threads] = conv2d_input(x_shape, w, g, s, p, groups=groups)
-            assert calls[-1].kwargs["thin_positions"] is True
-            kwargs = calls[-1].kwargs
+            assert calls[-1].params["thin_positions"] is True
+            kwargs = calls[-1].params
             (tile, block), direct, per_tile = (kwargs["split"], kwargs["in_place"],
                                                kwargs["images_per_tile"])
             if direct:
@@ -271,6 +253,25 @@ def test_thin_positions_paths(rng, monkeypatch, restore_threads, conv_isa, dtype
             assert_close(got_t, expected_t, dtype)
         if k == 1 and s == 1:
             assert np.array_equal(got[1], got[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thin_positions_paths(rng, thin_input_gradients, recorded, restore_threads, conv_isa,
+                              dtype):
+    """NCHW input gradients by the thin kernel over grad_output's rows
+    (forced, both dtypes): 1x1 straight into the result (one and several
+    tiles of positions, blocks of input channels; the same bits on 1 and 3
+    threads), tiles folded back, whole images a unit, groups, and
+    conv_transpose2d's bias on each; against the reference."""
+    calls = recorded   # the plans run
+    # No use_kernel: this orientation is a variant of "thin_gemm" that only
+    # the planner picks (forcing "thin_gemm" runs the other one). So its
+    # rule overridden on (float64 too), and the other orientation's off (no
+    # tile within its positions); the direct kernels off by their threshold
+    # (no flipped weights small enough).
+    seen = set()
+    with _plan.tuned(THIN_POSITIONS=True, THIN_MAX_POSITIONS=0, DIRECT_FLIPPED_WEIGHT_BYTES=0):
+        _thin_positions_cases(rng, dtype, calls, seen)
     assert seen == {"1x1 tiles", "1x1 whole images", "1x1 channel blocks", "1x1 all channels",
                     "image sets", "folded tiles", "prefetched sweeps"}, seen
 
@@ -280,7 +281,7 @@ def test_thin_fold_bands():
     of few-channel layers (the stem): even heights, never below the fold's
     phase-safe minimum, at least THIN_FOLD_BANDS_PER_THREAD a thread and
     phase for one image; more channels, or not thin, keep the old bands."""
-    from fastim2col import _args, _plan
+    from fastim2col import _args
     win = _args.window((224, 224), (7, 7), 2, 3, 1, allow_strings=False)
     kg = 3 * 49
     old = _plan.grad_input(1, 1, 3, kg, win, 4, 2, False, False)
@@ -289,11 +290,11 @@ def test_thin_fold_bands():
         rows = tile // win.out_w
         bands = -(-win.out_h // rows)
         assert tile % win.out_w == 0 and block <= 3
-        assert rows >= _plan.band_rows(7, 2, 1) and tile >= _plan.THIN_FOLD_MIN_POSITIONS
+        assert rows >= _plan.band_rows(7, 2, 1) and tile >= _plan.DEFAULTS.THIN_FOLD_MIN_POSITIONS
         assert rows == -(-win.out_h // bands)   # even: no band taller than it must be
-        floor = max(_plan.band_rows(7, 2, 1), -(-_plan.THIN_FOLD_MIN_POSITIONS // win.out_w))
+        floor = max(_plan.band_rows(7, 2, 1), -(-_plan.DEFAULTS.THIN_FOLD_MIN_POSITIONS // win.out_w))
         if n_images == 1 and rows > floor:   # (16 threads: held at the floor)
-            assert bands >= 2 * _plan.THIN_FOLD_BANDS_PER_THREAD * threads
+            assert bands >= 2 * _plan.DEFAULTS.THIN_FOLD_BANDS_PER_THREAD * threads
     assert old == _plan.grad_input(1, 1, 3, kg, win, 4, 2, False, False, False)
     assert _plan.grad_input(1, 1, 16, 16 * 49, win, 4, 2, False, False, True) == \
         _plan.grad_input(1, 1, 16, 16 * 49, win, 4, 2, False, False)
@@ -302,7 +303,7 @@ def test_thin_fold_bands():
 # --------------------------------------------------------------------------- tap by tap (NHWC)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
+def test_taps_paths(rng, small_work, recorded, restore_threads, conv_isa, dtype):
     """NHWC input gradients tap by tap (src/_conv.pyx grad_input_taps; forced,
     both dtypes): bands of rows, blocks of channels (whole register blocks
     or not), sets of images (the last one short, and sets cut into bands),
@@ -310,12 +311,8 @@ def test_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     1x1 stride 2, groups, and conv_transpose2d's bias; against the
     reference, and with the same bits for every split and thread count
     (each element is summed by one unit, taps and then channels in order)."""
-    from conftest import split_small_work
-    from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "taps_grad_input", "gemm_grad_input")
-    split_small_work(monkeypatch)
-    planned = _plan.grad_input_taps
-    # (rows a band, channels a block, images a set, the weights' copy's
+    calls = recorded   # the plans run
+    # None: the planner's split; else (rows a band, channels a block, images a set, the weights' copy's
     # leading dimension or 0)
     splits = [None, (1, 16, 1, 0), (2, 7, 1, 9), (100, 100, 2, 120), (3, 32, 3, 0)]
     cases = _TAPS_CASES + [(1, 3, 8, 20, 18, 7, 2, 3, 1, 1)]
@@ -326,19 +323,22 @@ def test_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                 rng, dtype, x_shape, (o, c // groups, k, k), s, p, groups, d)
             results = []
             for split in splits:
-                monkeypatch.setattr(_plan, "grad_input_taps",
-                                    planned if split is None else lambda *a, split=split: split)
+                params = {} if split is None else {
+                    "split": split[:2], "images_per_set": split[2], "weights_copy_ld": split[3]}
                 for _ in _thread_counts(calls):
-                    got = conv2d_input(img_to(np.empty(x_shape), "NHWC").shape,
-                                       weight_to(w, "NHWC"), img_to(g, "NHWC"), s, p, d, groups,
-                                       layout="NHWC")
-                    assert calls[-1].name == "taps_grad_input"
+                    got = run_with_params(conv2d_input, img_to(np.empty(x_shape), "NHWC").shape,
+                                          weight_to(w, "NHWC"), img_to(g, "NHWC"), s, p, d,
+                                          groups, layout="NHWC", params=params)
+                    assert calls[-1].kernel == "taps"
+                    assert calls[-1].params["split"] == (split[:2] if split else
+                                                         calls[-1].params["split"])
                     assert_close(got, img_to(expected, "NHWC"), dtype)
                     results.append(got)
-                    got_t = F.conv_transpose2d(img_to(g, "NHWC"), weight_to(w, "NHWC"), b, s, p,
-                                               output_padding=op, groups=groups, dilation=d,
-                                               layout="NHWC")
-                    assert calls[-1].name == "taps_grad_input"
+                    got_t = run_with_params(F.conv_transpose2d, img_to(g, "NHWC"),
+                                            weight_to(w, "NHWC"), b, s, p, output_padding=op,
+                                            groups=groups, dilation=d, layout="NHWC",
+                                            params=params)
+                    assert calls[-1].kernel == "taps"
                     assert_close(got_t, img_to(expected_t, "NHWC"), dtype)
             assert all(np.array_equal(results[0], r) for r in results[1:])
 
@@ -351,7 +351,7 @@ def test_taps_plan():
     blocks of whole register blocks of channels); the weights copied only
     where their rows' stride crowds the L1's sets and the copy fits
     TAPS_MAX_COPY_BYTES."""
-    from fastim2col import _args, _plan
+    from fastim2col import _args
     vector = 16
     for size, c, n_images, threads in [(56, 64, 1, 2), (28, 128, 1, 2), (14, 256, 1, 2),
                                        (14, 256, 8, 2), (7, 512, 1, 2), (7, 512, 8, 2),
@@ -362,13 +362,13 @@ def test_taps_plan():
                                                         threads, vector)
         bands = -(-size // rows)
         assert rows == -(-size // bands)   # even: no band taller than it must be
-        assert per_set * rows * size <= max(_plan.TAPS_MAX_POSITIONS, size)
-        assert per_set == 1 or (rows == size and size * size < _plan.TAPS_SET_POSITIONS)
+        assert per_set * rows * size <= max(_plan.DEFAULTS.TAPS_MAX_POSITIONS, size)
+        assert per_set == 1 or (rows == size and size * size < _plan.DEFAULTS.TAPS_SET_POSITIONS)
         assert block == c or block % (2 * vector) == 0
         units = -(-n_images // per_set) * bands * -(-c // block)
         assert units % threads == 0 or units >= 2 * threads
         if rows < size and block < c:   # blocks only once bands are as thin as allowed
-            assert (rows - 1) * size < _plan.TAPS_MIN_POSITIONS
+            assert (rows - 1) * size < _plan.DEFAULTS.TAPS_MIN_POSITIONS
     # the copy: rows 9 * 256 floats apart fall on 4 of 64 sets, 9 * 64 on 16
     win = _args.window((14, 14), (3, 3), 1, 1, 1, allow_strings=False)
     assert _plan.grad_input_taps(8, 1, 256, 256, 9 * 256, win, 4, 2, vector)[3] == 256 + 16
@@ -382,20 +382,13 @@ def test_taps_plan():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel, stride, groups", [(3, 1, 1), (3, 2, 1), (2, 1, 2), (1, 1, 1),
                                                      (1, 1, 2)])
-def test_nhwc_input_gradient_split_for_threads(rng, monkeypatch, restore_threads, dtype, kernel,
-                                              stride, groups, thin):
+def test_nhwc_input_gradient_split_for_threads(rng, restore_threads, dtype, kernel, stride,
+                                              groups, thin):
     """NHWC input gradients of one image on 3 threads: blocks of input
     channels (one GEMM per tap, each a slice of the tap's weight columns;
     uneven blocks) or, 1x1, tiles of positions; conv2d_input and
     conv_transpose2d with its bias, against the reference; the GEMMs BLAS's
     or the thin kernel's."""
-    from conftest import split_small_work
-    from fastim2col import _plan
-    split_small_work(monkeypatch)
-    monkeypatch.setattr(_plan, "NHWC_MIN_BLOCK", 3)
-    splits = []
-    real = _plan.grad_input
-    monkeypatch.setattr(_plan, "grad_input", lambda *a: splits.append(real(*a)) or splits[-1])
     F.set_num_threads(3)
     gemm = "thin_gemm" if thin else "gemm"
     c, c_out, size = 10 * groups, 7 * groups, 13
@@ -406,13 +399,14 @@ def test_nhwc_input_gradient_split_for_threads(rng, monkeypatch, restore_threads
                        groups=groups).shape
     g = rand(rng, y_shape, dtype)
     args = ((1, size, size - 2, c), R.weight_to_nhwc(w), R.to_nhwc(g), stride, pad)
-    with F.use_kernel(gemm):   # BLAS's GEMMs or the thin kernel's
-        plan = F.explain(conv2d_input, *args, groups=groups, layout="NHWC")
+    # BLAS's GEMMs or the thin kernel's; blocks of at least 3 channels
+    with F.use_kernel(gemm), _plan.tuned(**SMALL_WORK, NHWC_MIN_BLOCK=3), recording() as plans:
         got = conv2d_input(*args, groups=groups, layout="NHWC")
-    assert (plan.kernel, plan.params["thin"]) == (gemm, thin)
+    plan, = plans
+    assert (plan.kernel, plan.params["thin"], plan.threads) == (gemm, thin, 3)
     expected = R.conv2d_input_grad(x_shape, as64(w), as64(g), stride, pad, groups=groups)
     assert_close(got, R.to_nhwc(expected), dtype)
-    tile, block = splits[-1]
+    tile, block = plan.params["split"]
     if kernel == 1 and stride == 1:
         assert tile < size * (size - 2) or block < c // groups   # split for the threads
     else:
@@ -422,27 +416,24 @@ def test_nhwc_input_gradient_split_for_threads(rng, monkeypatch, restore_threads
     xt = rand(rng, y_shape[:1] + (c,) + y_shape[2:], dtype)
     bias = rand(rng, (c_out,), dtype)
     args = (R.to_nhwc(xt), R.weight_to_nhwc(wt), bias, stride, pad)
-    with F.use_kernel(gemm):
-        assert F.explain(F.conv_transpose2d, *args, groups=groups, layout="NHWC").kernel == gemm
+    with F.use_kernel(gemm), _plan.tuned(**SMALL_WORK, NHWC_MIN_BLOCK=3), recording() as plans:
         got = F.conv_transpose2d(*args, groups=groups, layout="NHWC")
+    assert plans[0].kernel == gemm
     expected = R.conv_transpose2d(as64(xt), as64(wt), as64(bias), stride, pad, groups=groups)
     assert_close(got, R.to_nhwc(expected), dtype)
 
 
 @pytest.mark.parametrize("extra, direct", [(0, True), (8, False)])
-def test_nhwc_direct_input_gradient_channels(rng, monkeypatch, extra, direct):
+def test_nhwc_direct_input_gradient_channels(rng, extra, direct):
     """NHWC stride-1 input gradients run in the direct kernels with at most
     NHWC_DIRECT_INPUT_CHANNELS channels of grad_output, else GEMM + fold;
     both against the reference."""
-    from fastim2col import _direct, _plan
-    channels = _plan.NHWC_DIRECT_INPUT_CHANNELS + extra
+    channels = _plan.DEFAULTS.NHWC_DIRECT_INPUT_CHANNELS + extra
     c = _plan.FEW_MAX_CHANNELS + 1   # (fewer go element by element: test_few_channel_*)
-    used = []
-    real = _direct.direct_forward
-    monkeypatch.setattr(_direct, "direct_forward", lambda *a, **k: used.append(1) or real(*a, **k))
     x_shape, w = (1, c, 20, 20), rand(rng, (channels, c, 3, 3))
     g = rand(rng, (1, channels, 20, 20))
-    got = conv2d_input((1, 20, 20, c), R.weight_to_nhwc(w), R.to_nhwc(g), padding=1,
-                       layout="NHWC")
+    with recording() as plans:
+        got = conv2d_input((1, 20, 20, c), R.weight_to_nhwc(w), R.to_nhwc(g), padding=1,
+                           layout="NHWC")
     assert_close(got, R.to_nhwc(R.conv2d_input_grad(x_shape, w, g, padding=1)), np.float64)
-    assert bool(used) == direct
+    assert (plans[0].kernel == "direct") == direct

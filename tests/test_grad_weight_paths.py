@@ -8,8 +8,9 @@ import pytest
 
 import fastim2col as F
 import reference as R
-from conftest import as64, assert_close, img_to, rand, weight_to
-from _grad_helpers import _TAPS_CASES, _log_kernel_calls, _thread_counts
+from conftest import as64, assert_close, img_to, rand, recording, run_with_params, weight_to
+from _grad_helpers import _TAPS_CASES, _thread_counts
+from fastim2col import _plan
 
 conv2d_input, conv2d_weight = F.grad.conv2d_input, F.grad.conv2d_weight
 
@@ -21,22 +22,21 @@ conv2d_input, conv2d_weight = F.grad.conv2d_input, F.grad.conv2d_weight
 def test_weight_gradient_channel_split_plan(n_threads, dtype):
     """The channel split of the weight gradient: units a multiple of the threads, a unit's part of gw within budget where it runs
     several GEMMs, wide chunks; not for the stem's 3 channels."""
-    from fastim2col import _plan
     item = np.dtype(dtype).itemsize
     for c, size in [(64, 56), (128, 28), (256, 14), (512, 7)]:
         for n in (1, 2 * n_threads - 1, 2 * n_threads):
             plan = _plan.grad_weight_channels(n, 1, c, c, 9, size * size, item, n_threads,
                                               False)
-            if -(-c // n_threads) * 9 < _plan.MIN_CHUNK_COLUMNS:
+            if -(-c // n_threads) * 9 < _plan.DEFAULTS.MIN_CHUNK_COLUMNS:
                 assert plan is None   # chunks too narrow
                 continue
             tile, chunk, per_tile, transposed = plan
-            assert transposed == (per_tile == 1 and c <= _plan.TRANSPOSED_GEMM_OUTPUTS)
+            assert transposed == (per_tile == 1 and c <= _plan.DEFAULTS.TRANSPOSED_GEMM_OUTPUTS)
             n_chunks = -(-c // chunk)
             assert n_chunks % n_threads == 0 or n_chunks == c
-            assert chunk * 9 >= _plan.MIN_CHUNK_COLUMNS
+            assert chunk * 9 >= _plan.DEFAULTS.MIN_CHUNK_COLUMNS
             n_gemms = -(-n // per_tile) * (1 if per_tile > 1 else -(-size * size // tile))
-            assert n_gemms == 1 or c * chunk * 9 * item <= _plan.GRAD_WEIGHT_PART_BYTES
+            assert n_gemms == 1 or c * chunk * 9 * item <= _plan.DEFAULTS.GRAD_WEIGHT_PART_BYTES
             assert 1 <= per_tile <= n and (per_tile == 1 or tile == per_tile * size * size)
     assert _plan.grad_weight_channels(1, 1, 64, 3, 49, 112 * 112, 4, 2, False) is None
 
@@ -46,12 +46,11 @@ def test_weight_gradient_direct_plan(n_threads):
     """1x1 stride-1 weight gradients (nothing unrolled) that do not split by
     channels: whole images, cut so that the units are a multiple of the
     threads, into per-thread sums wherever there are units for every thread."""
-    from fastim2col import _plan
     for n, n_pos in [(1, 3136), (2, 3136), (3, 784), (8, 3136), (1, 100)]:
         tile, block, sums = _plan.grad_weight(n, 1, 256, 64, n_pos, 4, n_threads, 256, True)
         units = n * -(-n_pos // tile)
-        assert tile == n_pos or tile >= _plan.MIN_GEMM_TILE
-        if n_pos // _plan.MIN_GEMM_TILE >= n_threads:   # no tile floor in the way
+        assert tile == n_pos or tile >= _plan.DEFAULTS.MIN_GEMM_TILE
+        if n_pos // _plan.DEFAULTS.MIN_GEMM_TILE >= n_threads:   # no tile floor in the way
             assert units % n_threads == 0
         assert sums == (n_threads > 1 and units >= n_threads)
         assert block == 256 or not sums
@@ -60,50 +59,48 @@ def test_weight_gradient_direct_plan(n_threads):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_images", [1, 3])
 @pytest.mark.parametrize("c_out", [12, 72])
-def test_weight_gradient_direct_sums(rng, kernel_threads, monkeypatch, dtype, n_images, c_out):
+def test_weight_gradient_direct_sums(rng, kernel_threads, dtype, n_images, c_out):
     """The 1x1 weight gradient in tiles of images into per-thread sums, GEMMs
     in both orientations (float64 with more outputs than inputs over whole
     images transposed, float32 with more than TRANSPOSED_GEMM_OUTPUTS not),
     against the reference."""
-    from fastim2col import _plan, grad
-    seen = []
-    plan = _plan.grad_weight
-    monkeypatch.setattr(_plan, "grad_weight", lambda *a: seen.append(plan(*a)) or seen[-1])
-    monkeypatch.setattr(_plan, "TRANSPOSED_GEMM_OUTPUTS", 8)
+    from fastim2col import grad
     x = rng.standard_normal((n_images, 8, 20, 20)).astype(dtype)
     g = rng.standard_normal((n_images, c_out, 20, 20)).astype(dtype)
-    got = grad.conv2d_weight(x, (c_out, 8, 1, 1), g)
+    # per-thread sums (not by channels: 8 of them split no wider than
+    # MIN_CHUNK_COLUMNS); transposed for groups of up to 8 outputs
+    with _plan.tuned(TRANSPOSED_GEMM_OUTPUTS=8), recording() as plans:
+        got = grad.conv2d_weight(x, (c_out, 8, 1, 1), g)
+        transposed = _plan.transposed_sums(c_out, 8, np.dtype(dtype).itemsize, True)
     assert_close(got, R.conv2d_weight_grad(as64(x), (c_out, 8, 1, 1), as64(g)), dtype)
-    tile, _, sums = seen[-1]
+    plan, = plans
+    (tile, _), sums = plan.params["split"], plan.params["per_thread_sums"]
     assert sums == (kernel_threads > 1)
     if kernel_threads > 1 and n_images == 1:
         assert tile < 400   # the one image cut into a tile per thread
     if kernel_threads == 3 and n_images == 3:
         assert tile == 400  # a whole image a unit
-    assert _plan.transposed_sums(c_out, 8, np.dtype(dtype).itemsize, tile == 400) == \
-        (dtype == np.float64 and c_out > 8 and tile == 400)
+    assert plan.params["transposed"] == (sums and (dtype == np.float64 and c_out > 8
+                                                   and tile == 400))
+    assert transposed == (dtype == np.float64 and c_out > 8)
 
 
 # --------------------------------------------------------------------------- direct kernels
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch, dtype):
+def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, dtype):
     """Ungrouped layers over 14x14 or more positions with few outputs get
     the direct weight gradient: with 16 input channels or more, up to 64
     outputs in float64, 32 in float32; with fewer input channels, up to 64
     in both; over 28x28 or more positions, up to 128 (1x1 kernels never);
     more outputs or fewer positions, the GEMM path. Each checked against
     the reference."""
-    from fastim2col import _plan, _direct, grad
+    from fastim2col import grad
     item = np.dtype(dtype).itemsize
-    used = []
-    real = _direct.direct_weight
-    monkeypatch.setattr(_direct, "direct_weight",
-                        lambda *a, **k: used.append(True) or real(*a, **k))
     outputs = 64 if dtype == np.float64 else 32
-    few_outputs = _plan.DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
-    need = _plan.DIRECT_WEIGHT_MIN_CHANNELS
-    wide = _plan.DIRECT_WEIGHT_WIDE_OUTPUTS
+    few_outputs = _plan.DEFAULTS.DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
+    need = _plan.DEFAULTS.DIRECT_WEIGHT_MIN_CHANNELS
+    wide = _plan.DEFAULTS.DIRECT_WEIGHT_WIDE_OUTPUTS
     # (input channels, size, outputs, kernel, direct?)
     for c, size, c_out, k, expect in [
             (need, 14, outputs, 3, True), (need, 14, outputs + 8, 3, False),
@@ -113,13 +110,13 @@ def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, monkeypatch,
             (need, 28, wide, 3, True), (need, 27, outputs + 8, 3, False),
             (need, 28, wide + 8, 3, False), (need - 1, 28, wide, 3, True),
             (need, 28, wide, 1, False)]:
-        used.clear()
         x = rng.standard_normal((2, c, size, size)).astype(dtype)
         g = rng.standard_normal((2, c_out, size, size)).astype(dtype)
-        got = grad.conv2d_weight(x, (c_out, c, k, k), g, padding=k // 2)
+        with recording() as plans:
+            got = grad.conv2d_weight(x, (c_out, c, k, k), g, padding=k // 2)
         assert_close(got, R.conv2d_weight_grad(as64(x), (c_out, c, k, k), as64(g),
                                                padding=k // 2), dtype)
-        assert bool(used) == expect, (c, size, c_out, k)
+        assert [p.kernel == "direct" for p in plans] == [expect], (c, size, c_out, k)
         win = F._args.window((size, size), k, 1, k // 2, 1, allow_strings=False)
         assert _plan.use_direct_weight(1, c, c_out, win, item) == expect
 
@@ -129,7 +126,6 @@ def test_direct_weight_split_plan(n_threads):
     """The direct weight gradient's units: two per thread where the shape
     has them, input channels in chunks of >= DIRECT_WEIGHT_MIN_CHUNK before
     output channels are blocked, blocks of >= DIRECT_WEIGHT_MIN_BLOCK."""
-    from fastim2col import _plan
     for groups, cg, og in [(1, 64, 64), (1, 256, 32), (1, 16, 16), (1, 3, 8), (32, 4, 4),
                            (144, 1, 1), (2, 32, 64)]:
         win = F._args.window((56, 56), 3, 1, 1, 1, allow_strings=False)
@@ -137,43 +133,39 @@ def test_direct_weight_split_plan(n_threads):
         n_chunks, n_blocks = -(-cg // chunk), -(-og // block)
         units = groups * n_chunks * n_blocks
         assert units >= min(2 * n_threads, groups * cg * n_blocks)
-        widest = max(-(-cg // _plan.DIRECT_WEIGHT_CHANNELS), cg // _plan.DIRECT_WEIGHT_MIN_CHUNK)
+        widest = max(-(-cg // _plan.DEFAULTS.DIRECT_WEIGHT_CHANNELS), cg // _plan.DEFAULTS.DIRECT_WEIGHT_MIN_CHUNK)
         if n_blocks > 1:   # only once chunks of the minimum width are too few
-            assert block >= min(og, _plan.DIRECT_WEIGHT_MIN_BLOCK)
+            assert block >= min(og, _plan.DEFAULTS.DIRECT_WEIGHT_MIN_BLOCK)
             assert groups * widest < 2 * n_threads
-        if groups == 1 and cg >= 2 * n_threads * _plan.DIRECT_WEIGHT_MIN_CHUNK:
-            assert n_blocks == 1 and chunk >= _plan.DIRECT_WEIGHT_MIN_CHUNK
+        if groups == 1 and cg >= 2 * n_threads * _plan.DEFAULTS.DIRECT_WEIGHT_MIN_CHUNK:
+            assert n_blocks == 1 and chunk >= _plan.DEFAULTS.DIRECT_WEIGHT_MIN_CHUNK
         assert band >= 1
 
 
-def test_direct_weight_gradient_blocks_same_bits(rng, monkeypatch, restore_threads):
+def test_direct_weight_gradient_blocks_same_bits(rng, restore_threads):
     """Split by input x output channels (16 threads on 64 channels), the
     direct weight gradient gives the reference's values and the same bits as
     one thread."""
-    from fastim2col import _plan, grad
-    monkeypatch.setattr(_plan, "MIN_FLOPS_PER_THREAD", 1)
-    splits = []
-    real = _plan.direct_weight_split
-    monkeypatch.setattr(_plan, "direct_weight_split",
-                        lambda *a: splits.append(real(*a)) or splits[-1])
+    from fastim2col import grad
     x = rng.standard_normal((2, 64, 20, 20))
     g = rng.standard_normal((2, 64, 20, 20))
     got = {}
     for n_threads in (1, 16):
         F.set_num_threads(n_threads)
-        with F.use_kernel("direct"):
-            assert F.explain(grad.conv2d_weight, x, (64, 64, 3, 3), g, padding=1).kernel == \
-                "direct"
+        with F.use_kernel("direct"), _plan.tuned(MIN_FLOPS_PER_THREAD=1), \
+                recording() as plans:
             got[n_threads] = grad.conv2d_weight(x, (64, 64, 3, 3), g, padding=1)
-    _, chunk, block = splits[-1]
-    assert block < 64 and chunk >= _plan.DIRECT_WEIGHT_MIN_CHUNK
+        assert (plans[0].kernel, plans[0].threads) == ("direct", n_threads)
+    _, chunk, block = plans[0].params["split"]
+    assert block < 64 and chunk >= _plan.DEFAULTS.DIRECT_WEIGHT_MIN_CHUNK
     assert_close(got[16], R.conv2d_weight_grad(x, (64, 64, 3, 3), g, padding=1), np.float64)
     assert np.array_equal(got[1], got[16])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, threads):
+def test_nhwc_direct_weight_gradient(rng, small_work, recorded, restore_threads, dtype,
+                                     threads):
     """NHWC weight gradients in the direct kernels (input and grad_output
     read as strided NCHW views, the result through an NCHW-ordered copy):
     the planner's NHWC rule (ungrouped; with stride 1 at most
@@ -181,16 +173,10 @@ def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, t
     NHWC_DIRECT_WEIGHT_F32_CHANNELS input channels), each call against the
     reference,
     and a non-finite input sent back to the GEMM path."""
-    from conftest import split_small_work
-    from fastim2col import _direct, _plan
-    split_small_work(monkeypatch)
     F.set_num_threads(threads)
-    used = []
-    real = _direct.direct_weight
-    monkeypatch.setattr(_direct, "direct_weight",
-                        lambda *a, **k: used.append(real(*a, **k)) or used[-1])
-    limit = _plan.NHWC_DIRECT_WEIGHT_OUTPUTS
-    channels = _plan.NHWC_DIRECT_WEIGHT_F32_CHANNELS
+    used = recorded   # the plans run (a fallback's after its direct plan)
+    limit = _plan.DEFAULTS.NHWC_DIRECT_WEIGHT_OUTPUTS
+    channels = _plan.DEFAULTS.NHWC_DIRECT_WEIGHT_F32_CHANNELS
     # (x NCHW shape, weight shape, stride, padding, groups, direct?)
     for x_shape, w_shape, stride, padding, groups, direct in [
             ((2, 3, 33, 30), (limit + 8, 3, 7, 7), 2, 3, 1, True),
@@ -211,7 +197,7 @@ def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, t
         expected = R.conv2d_weight_grad(as64(x), w_shape, as64(g), stride, padding,
                                         groups=groups)
         assert_close(np.ascontiguousarray(np.moveaxis(got, 3, 1)), expected, dtype)
-        assert used == ([True] if direct else []), (x_shape, w_shape, stride)
+        assert [p.kernel == "direct" for p in used] == [direct], (x_shape, w_shape, stride)
         assert _plan.use_direct_weight(groups, x_shape[1] // groups, w_shape[0] // groups,
                                        F._args.window(x_shape[2:], w_shape[2:], stride, padding,
                                                       1, allow_strings=False),
@@ -225,14 +211,14 @@ def test_nhwc_direct_weight_gradient(rng, monkeypatch, restore_threads, dtype, t
     got = conv2d_weight(R.to_nhwc(x), R.weight_to_nhwc(np.zeros(w_shape)).shape, R.to_nhwc(g),
                         2, 3, layout="NHWC")
     expected = R.conv2d_weight_grad(as64(x), w_shape, as64(g), 2, 3)
-    assert used == [False]
+    assert [p.kernel for p in used] == ["direct", used[0].fallback.kernel]   # declined
     assert np.array_equal(np.isfinite(np.moveaxis(got, 3, 1)), np.isfinite(expected))
 
 
 # --------------------------------------------------------------------------- tap by tap (NHWC)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_weight_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
+def test_weight_taps_paths(rng, recorded, restore_threads, conv_isa, dtype):
     """NHWC weight gradients tap by tap (src/_conv.pyx grad_weight_taps;
     forced, both dtypes): blocks of output channels (whole register tiles or
     not), of taps (all, a kernel row, one), calls of several images (the last
@@ -242,12 +228,8 @@ def test_weight_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     the same bits for every split and thread count (each element is summed by
     one unit, positions in order). An input whose channels are not
     contiguous (an NCHW array's NHWC view) goes the other way."""
-    from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "taps_grad_weight", "gemm_grad_weight",
-                              "gemm_grad_weight_by_channels")
-    monkeypatch.setattr(_plan, "TAPS_WEIGHT_MIN_CHANNELS", 1)
-    planned = _plan.grad_weight_taps
-    # (output channels a unit, taps a unit, images a call, output rows a call)
+    calls = recorded   # the plans run
+    # None: the planner's split; else (output channels a unit, taps a unit, images a call, output rows a call)
     splits = [None, (5, 1, 1, 2), (12, 3, 2, 100), (24, 100, 3, 100), (7, 2, 1, 1)]
     for n, c, o, h, w_, k, s, p, d, groups in _TAPS_CASES + [(3, 36, 13, 2, 3, 3, 1, 3, 3, 1)]:
         x = rand(rng, (n, c, h, w_), dtype)
@@ -262,20 +244,24 @@ def test_weight_taps_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
         padded[1:, :, 1:-1] = x_nhwc
         results = []
         for split in splits:
-            monkeypatch.setattr(_plan, "grad_weight_taps",
-                                planned if split is None else lambda *a, split=split: split)
+            params = {} if split is None else {"split": (c // groups, split[0]),
+                                               "taps_split": split[1:]}
             for _ in _thread_counts(calls):
                 for x_in in (x_nhwc, padded[1:, :, 1:-1]):
-                    got = conv2d_weight(x_in, expected.shape, img_to(g, "NHWC"), s, p, d,
-                                        groups, layout="NHWC",
-                                        out=np.full(expected.shape, np.nan, dtype))
-                    assert calls[-1].name == "taps_grad_weight"
+                    # tap by tap by its threshold (TAPS_WEIGHT_MIN_CHANNELS), not forced
+                    with _plan.tuned(TAPS_WEIGHT_MIN_CHANNELS=1):
+                        got = run_with_params(conv2d_weight, x_in, expected.shape,
+                                              img_to(g, "NHWC"), s, p, d, groups, layout="NHWC",
+                                              out=np.full(expected.shape, np.nan, dtype),
+                                              params=params)
+                    assert calls[-1].kernel == "taps"
                     assert_close(got, expected, dtype)
                     results.append(got)
         assert all(np.array_equal(results[0], r) for r in results[1:])
-        got = conv2d_weight(img_to(x, "NHWC"), expected.shape, img_to(g, "NHWC"), s, p, d, groups,
-                            layout="NHWC")
-        assert calls[-1].name != "taps_grad_weight"
+        with _plan.tuned(TAPS_WEIGHT_MIN_CHANNELS=1):
+            got = conv2d_weight(img_to(x, "NHWC"), expected.shape, img_to(g, "NHWC"), s, p, d,
+                                groups, layout="NHWC")
+        assert calls[-1].kernel != "taps"
         assert_close(got, expected, dtype)
 
 
@@ -286,7 +272,6 @@ def test_weight_taps_plan():
     and at least TAPS_WEIGHT_MIN_OUT_BLOCK where there are enough channels;
     calls of at least TAPS_WEIGHT_TERMS positions (images several to a call,
     or bands of one image's rows), no more than the batch."""
-    from fastim2col import _plan
     for size, og, n_images, threads in [(28, 128, 1, 2), (14, 256, 1, 2), (14, 256, 8, 2),
                                         (7, 512, 1, 2), (7, 512, 8, 2), (7, 512, 3, 3),
                                         (28, 128, 1, 16), (7, 512, 8, 16), (56, 64, 2, 1),
@@ -294,23 +279,23 @@ def test_weight_taps_plan():
         out_block, tap_block, per_call, band = _plan.grad_weight_taps(n_images, 1, og, 3, 9,
                                                                        size, size, threads)
         units = -(-og // out_block) * -(-9 // tap_block)
-        if og >= threads * _plan.TAPS_WEIGHT_MIN_OUT_BLOCK:
+        if og >= threads * _plan.DEFAULTS.TAPS_WEIGHT_MIN_OUT_BLOCK:
             assert units % threads == 0 and tap_block == 9
-            assert _plan.TAPS_WEIGHT_MIN_OUT_BLOCK <= out_block <= _plan.TAPS_WEIGHT_MAX_OUT_BLOCK
+            assert _plan.DEFAULTS.TAPS_WEIGHT_MIN_OUT_BLOCK <= out_block <= _plan.DEFAULTS.TAPS_WEIGHT_MAX_OUT_BLOCK
         else:   # (7, 48, 1, 16): 2 blocks of outputs, taps in kernel rows or alone
             assert tap_block < 9 and units > 2
-        if size * size >= _plan.TAPS_WEIGHT_TERMS:
-            assert per_call == 1 and band * size >= _plan.TAPS_WEIGHT_TERMS
-            assert (band - 1) * size < _plan.TAPS_WEIGHT_TERMS
+        if size * size >= _plan.DEFAULTS.TAPS_WEIGHT_TERMS:
+            assert per_call == 1 and band * size >= _plan.DEFAULTS.TAPS_WEIGHT_TERMS
+            assert (band - 1) * size < _plan.DEFAULTS.TAPS_WEIGHT_TERMS
         else:
             assert band == size and per_call == min(n_images,
-                                                    -(-_plan.TAPS_WEIGHT_TERMS // size ** 2))
+                                                    -(-_plan.DEFAULTS.TAPS_WEIGHT_TERMS // size ** 2))
 
 
 # --------------------------------------------------------------------------- thin kernel (NHWC)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
+def test_thin_weight_paths(rng, small_work, recorded, restore_threads, conv_isa, dtype):
     """NHWC weight gradients by the thin kernel (forced, both dtypes): blocks
     of output channels each summing every image and tile (one block a
     thread, as the thin kernel allows: the planner's split keeps two where
@@ -318,20 +303,7 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
     1x1 read in place; against the reference. Each weight's sum runs over
     the positions in order, whatever the tiles: blocks give the same bits on
     1 and 3 threads."""
-    from conftest import split_small_work
-    from fastim2col import _plan
-    calls = _log_kernel_calls(monkeypatch, "gemm_grad_weight")
-    monkeypatch.setattr(_plan, "grad_weight_images", lambda *a: None)
-    real_split = _plan.grad_weight
-
-    def one_block_a_thread(n_images, groups, og, *args):
-        tile, block, sums = real_split(n_images, groups, og, *args)
-        n_threads = args[3]
-        if not sums and n_threads > 1:
-            block = -(-og // min(og, -(-n_threads // groups)))
-        return tile, block, sums
-    monkeypatch.setattr(_plan, "grad_weight", one_block_a_thread)
-    split_small_work(monkeypatch)
+    calls = recorded   # the plans run
     plans = set()
     # (batch, channels, outputs, size, kernel, stride, padding, groups)
     for n, c, o, size, k, s, p, groups in [(1, 5, 13, 11, 3, 1, 1, 1), (3, 8, 6, 9, 3, 2, 1, 1),
@@ -349,8 +321,11 @@ def test_thin_weight_paths(rng, monkeypatch, restore_threads, conv_isa, dtype):
                 got[threads] = conv2d_weight(R.to_nhwc(x),
                                              weight_to(np.zeros(w_shape), "NHWC").shape,
                                              R.to_nhwc(g), s, p, groups=groups, layout="NHWC")
-            assert calls[-1].kwargs["thin"] is True
-            sums = calls[-1].kwargs["per_thread_sums"]
+            assert calls[-1].params["thin"] is True and calls[-1].params["images_per_tile"] == 1
+            sums = calls[-1].params["per_thread_sums"]
+            if not sums and threads > 1:   # one block a thread
+                blocks = -(-(o // groups) // calls[-1].params["split"][1])
+                assert blocks == min(o // groups, -(-threads // groups))
             plans.add(sums)
             assert_close(got[threads], weight_to(expected, "NHWC"), dtype)
         if not sums:

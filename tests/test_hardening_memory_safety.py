@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import fastim2col as fi
-from fastim2col import _plan, grad
+from fastim2col import grad
 import reference as ref
 import _hardening_helpers
-from _hardening_helpers import _PLAN_MINIMA, Guarded, int_values
+from _hardening_helpers import Guarded, int_values, split_tiny_calls
 
 # The autouse fixture of every hardening file: a hang fails the run (all
 # stacks dumped); the kernel thread count and planner minima come back.
@@ -52,8 +52,7 @@ def test_over_padded_sweep_all_functions(threads):
     these tiny calls split across threads."""
     fi.set_num_threads(threads)
     if threads > 1:
-        for name in _PLAN_MINIMA:
-            setattr(_plan, name, 1)
+        split_tiny_calls()
     rng = np.random.default_rng(37)
     n, c, c_out = 1, 2, 2
     for k, d, s, p, w in _sweep_geometries():

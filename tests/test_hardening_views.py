@@ -17,10 +17,10 @@ import numpy as np
 from hypothesis import given, strategies as st
 
 import fastim2col as fi
-from fastim2col import _plan, grad
+from fastim2col import grad
 import reference as ref
 import _hardening_helpers
-from _hardening_helpers import LAYOUTS, PROPS, _PLAN_MINIMA, Guarded, int_values
+from _hardening_helpers import LAYOUTS, PROPS, Guarded, int_values, split_tiny_calls
 
 # The autouse fixture of every hardening file: a hang fails the run (all
 # stacks dumped); the kernel thread count and planner minima come back.
@@ -246,8 +246,7 @@ def _setup(data):
     # MFLOP on one thread). The autouse fixture restores both after the test.
     fi.set_num_threads(data.draw(st.sampled_from([None, None, 1, 1, 2, 3]), label="threads"))
     split_small = data.draw(st.booleans(), label="split tiny calls?")
-    for name, value in _PLAN_MINIMA.items():
-        setattr(_plan, name, 1 if split_small else value)
+    split_tiny_calls(split_small)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     nhwc = data.draw(st.sampled_from(LAYOUTS), label="layout") == "NHWC"
     main = np.dtype(data.draw(st.sampled_from([np.float32, np.float64]), label="dtype"))

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 import fastim2col as F
 import reference as R
 from conftest import (DTYPES, LAYOUTS, STRIDE_KINDS, arg, as64, assert_close, cols_to, img_to,
-                      image_size_for, make_values, rand, restride, split_small_work, windows)
+                      image_size_for, make_values, rand, recording, restride, run_with_params, windows)
 
 
 @st.composite
@@ -212,17 +212,17 @@ def test_zero_height_with_padding(layout):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tile", [None, 3])
-def test_kernel_column_wholly_in_padding(kernel_threads, monkeypatch, rng, dtype, tile):
+def test_kernel_column_wholly_in_padding(kernel_threads, rng, dtype, tile):
     """A 2x2 input, kernel 2, dilation 6, padding 3: kernel column 0 reads
     only padding, its first valid output column (3) lies past the 2-wide
     output. Whole-row tiles (the default) and tiles ending mid-row (3
     positions) give the reference's columns, and col2im its adjoint."""
-    from fastim2col import _plan
-    if tile is not None:
-        monkeypatch.setattr(_plan, "im2col_tile", lambda *a: tile)
     x = rng.standard_normal((2, 3, 2, 2)).astype(dtype)
     kwargs = dict(stride=1, padding=3, dilation=6)
-    cols = F.im2col(x, 2, **kwargs)
+    with recording() as plans:
+        cols = run_with_params(F.im2col, x, 2, **kwargs,
+                               params={} if tile is None else {"tile": tile})
+    assert tile is None or plans[0].params["tile"] == tile
     assert_close(cols, R.im2col(as64(x), 2, **kwargs), dtype)
     back = F.col2im(cols, (2, 2), 2, **kwargs)
     assert_close(back, R.col2im(as64(cols), (2, 2), 2, **kwargs), dtype)
@@ -253,11 +253,10 @@ OVER_PADDED = [(h, w, k, p, s, d) for h in (1, 3, 6) for w in (2, 3, 6) for k in
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_im2col_kernel_columns_in_padding(n_threads, restore_threads, monkeypatch):
+def test_im2col_kernel_columns_in_padding(n_threads, restore_threads, small_work):
     """Padding wider than the kernel's reach: whole kernel columns, or their
     part in a work unit's tile, lie in the padding. Each must be zeros there
     and leave every other element alone."""
-    split_small_work(monkeypatch)
     F.set_num_threads(n_threads)
     rng = np.random.default_rng(n_threads)
     failures = []
@@ -301,13 +300,11 @@ ONE_RUN = [((2, 3, 5, 6), 3, 1, 1, 1, False),
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows_per_tile", [1, 2, None])
-def test_im2col_one_run_per_tap(rng, monkeypatch, restore_threads, dtype, rows_per_tile):
+def test_im2col_one_run_per_tap(rng, small_work, restore_threads, dtype, rows_per_tile):
     """Whole-row tiles whose taps copy as one run of x (src/_unroll.pxd
     unroll_run): every element the reference's, the padding zeros written
     over a NaN-filled out=, on 1 to 3 threads, in tiles of 1, 2 and all
     output rows."""
-    from fastim2col import _plan
-    split_small_work(monkeypatch)
     for shape, k, s, p, d, view in ONE_RUN:
         x = rand(rng, shape, dtype)
         if view:   # rows as far apart as the output's (w + 2 = out_w)
@@ -316,10 +313,11 @@ def test_im2col_one_run_per_tap(rng, monkeypatch, restore_threads, dtype, rows_p
             x = big[..., 1:-1]
         expected = R.im2col(as64(x), k, stride=s, padding=p, dilation=d)
         out_w = F._args.window(shape[2:], k, s, p, d, allow_strings=False).out_w
-        if rows_per_tile is not None:
-            monkeypatch.setattr(_plan, "im2col_tile", lambda *a: rows_per_tile * out_w)
+        # None: the planner's tiles
+        params = {} if rows_per_tile is None else {"tile": rows_per_tile * out_w}
         for n_threads in (1, 2, 3):
             F.set_num_threads(n_threads)
             out = np.full(expected.shape, np.nan, dtype)
-            F.im2col(x, k, stride=s, padding=p, dilation=d, out=out)
+            run_with_params(F.im2col, x, k, stride=s, padding=p, dilation=d, out=out,
+                            params=params)
             assert_close(out, expected, dtype)

@@ -8,6 +8,7 @@ import pytest
 import fastim2col as F
 from fastim2col import _plan
 import reference as R
+from conftest import recording
 
 # (N, C, H, W, C_out, kernel, stride, padding, groups): n_pos <= C_out/groups/2
 CASES = [
@@ -19,26 +20,23 @@ CASES = [
 
 
 @pytest.fixture
-def small_work_split(monkeypatch):
+def small_work_split():
     """Let tiny calls use several threads (the planner would keep them on one)."""
-    monkeypatch.setattr(_plan, "MIN_FLOPS_PER_THREAD", 1e-9)
-    yield
-    F.set_num_threads(None)
+    try:
+        with _plan.tuned(MIN_FLOPS_PER_THREAD=1e-9):
+            yield
+    finally:
+        F.set_num_threads(None)
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize("kernel, stride, groups", [(3, 1, 1), (3, 2, 1), (2, 1, 2)])
-def test_nhwc_input_gradient_image_sets(small_work_split, monkeypatch, n_threads, kernel, stride,
-                                        groups):
+def test_nhwc_input_gradient_image_sets(small_work_split, n_threads, kernel, stride, groups):
     """NHWC input gradients take several images a GEMM with output channels
     between half and twice the positions (NCHW does not); the result, and
     conv_transpose2d's with a bias, against the reference (BLAS's GEMMs
     forced: not the direct kernels, nor element by element for 4 channels a
     group)."""
-    picked = []
-    real = _plan.grad_input_images
-    monkeypatch.setattr(_plan, "grad_input_images",
-                        lambda *a: picked.append(real(*a)) or picked[-1])
     F.set_num_threads(n_threads)
     rng = np.random.default_rng(n_threads + 10 * kernel + stride)
     n, c, size = 5, 4 * groups, 7
@@ -49,11 +47,11 @@ def test_nhwc_input_gradient_image_sets(small_work_split, monkeypatch, n_threads
     wt = rng.standard_normal((c_out, c // groups, kernel, kernel))
     go = rng.standard_normal((n, c_out, out_h, out_w))
     gx = R.conv2d_input_grad(x_shape, wt, go, stride, 1, 1, groups)
-    with F.use_kernel("gemm"):
+    with F.use_kernel("gemm"), recording() as plans:
         got = F.grad.conv2d_input(R.to_nhwc(np.zeros(x_shape)).shape, R.weight_to_nhwc(wt),
                                   R.to_nhwc(go), stride, 1, 1, groups, layout="NHWC")
     np.testing.assert_allclose(got, R.to_nhwc(gx), rtol=1e-12, atol=1e-12)
-    assert picked[-1] is not None and picked[-1][0] >= 2
+    assert plans[0].kernel == "gemm" and plans[0].params["images_per_tile"] >= 2
     assert _plan.grad_input_images(n, groups, c // groups, c_out // groups,
                                    c // groups * kernel ** 2, out_h * out_w, 8, n_threads,
                                    False, False) is None   # NCHW: not here
@@ -127,7 +125,7 @@ def test_nchw_input_gradient_one_image_set(n_threads):
     for itemsize in (4, 8):
         plan = _plan.grad_input_images(n, 1, cg, og, 9 * cg, n_pos, itemsize, n_threads, False,
                                        False)
-        budget = min(_plan.MULTI_TILE_BYTES, _plan.TILE_SCRATCH_BYTES // n_threads)
+        budget = min(_plan.DEFAULTS.MULTI_TILE_BYTES, _plan.DEFAULTS.TILE_SCRATCH_BYTES // n_threads)
         fits = min(n, budget // ((9 * cg + og) * n_pos * itemsize))
         if fits < 2:
             assert plan is None

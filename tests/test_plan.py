@@ -6,6 +6,7 @@ dtypes, groups, depthwise, strides, dilations, padding, 1x1, few channels)
 and checked against the independent reference (tests/reference.py) wherever
 it accepts the call; where it does not, use_kernel must say why.
 """
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,8 +17,7 @@ import pytest
 
 import fastim2col
 import reference as R
-from conftest import LAYOUTS, TESTS_DIR, assert_close, img_to, rand, split_small_work, \
-    weight_to
+from conftest import LAYOUTS, TESTS_DIR, assert_close, img_to, rand, weight_to
 from fastim2col import grad
 
 # (x NCHW, weight (O, C/g, kh, kw), stride, padding, dilation, groups)
@@ -113,11 +113,10 @@ EXPECTED.update({("conv_transpose2d", layout): EXPECTED[("conv2d_input", layout)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("op", CONV_OPS)
-def test_forced_kernel(op, layout, dtype, rng, monkeypatch, restore_threads):
+def test_forced_kernel(op, layout, dtype, rng, small_work, restore_threads):
     """Every kernel, forced on every shape class: the reference's result
     where it accepts the call, a ValueError that names it where not; and
     each kernel of the op accepts some class (none goes unchecked)."""
-    split_small_work(monkeypatch)
     fastim2col.set_num_threads(3)
     reached = set()
     for case, shapes in SHAPE_CLASSES.items():
@@ -372,19 +371,57 @@ def test_nhwc_forced_depthwise_roundtrip(rng):
     assert_close(got, img_to(R.conv2d(x, w, None, 1, 1, 1, 4), "NHWC"), np.float64)
 
 
-def test_plan_package_routes_names_to_their_modules():
-    """_plan.NAME = value sets NAME where it is defined, where the planner
-    reads it; pytest's monkeypatch restores it there too."""
+def test_tuned_thresholds_are_context_local():
+    """_plan.tuned(NAME=value) changes the planner's thresholds inside its
+    ``with`` block only: nested blocks apply on top, the defaults come back
+    on leaving (also through an exception), other threads keep the defaults,
+    and a name that is no threshold raises TypeError."""
     from fastim2col import _plan
     x, w = np.zeros((1, 4, 8, 8)), np.zeros((4, 4, 3, 3))
-    for name, module in (("TILE_BYTES", _plan.common), ("use_direct", _plan.conv2d),
-                         ("TAPS_MAX_POSITIONS", _plan.input_gradient)):
-        real = getattr(module, name)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(_plan, name, 7)
-            assert getattr(module, name) == 7 and getattr(_plan, name) == 7
-        assert getattr(module, name) is real and getattr(_plan, name) is real
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_plan, "use_direct", lambda *args: False)
-        assert fastim2col.explain(fastim2col.conv2d, x, w).kernel != "direct"
+    assert _plan.current() is _plan.DEFAULTS
     assert fastim2col.explain(fastim2col.conv2d, x, w).kernel == "direct"
+    with _plan.tuned(DIRECT_MAX_BAND_BYTES=0) as record:
+        assert record.DIRECT_MAX_BAND_BYTES == 0 and _plan.current() is record
+        assert fastim2col.explain(fastim2col.conv2d, x, w).kernel == "gemm"
+        with _plan.tuned(TILE_BYTES=7):
+            assert (_plan.current().TILE_BYTES, _plan.current().DIRECT_MAX_BAND_BYTES) == (7, 0)
+        assert _plan.current().TILE_BYTES == _plan.DEFAULTS.TILE_BYTES
+        seen = []
+        worker = threading.Thread(
+            target=lambda: seen.append(fastim2col.explain(fastim2col.conv2d, x, w).kernel))
+        worker.start()
+        worker.join()
+        assert seen == ["direct"]
+    assert fastim2col.explain(fastim2col.conv2d, x, w).kernel == "direct"
+    with pytest.raises(RuntimeError):
+        with _plan.tuned(DIRECT_MAX_BAND_BYTES=0):
+            raise RuntimeError
+    assert _plan.current() is _plan.DEFAULTS
+    with pytest.raises(TypeError, match="NO_SUCH_THRESHOLD"):
+        with _plan.tuned(NO_SUCH_THRESHOLD=1):
+            pass
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _plan.DEFAULTS.TILE_BYTES = 1   # frozen: tuned() is the only way
+
+
+def test_recording_collects_executed_plans(rng):
+    """_execute.recording() lists the Plans the calls in its block ran (not
+    those only explained), in order, the direct weight gradient's fallback
+    after its plan when a non-finite input sends it there; nothing outside."""
+    from fastim2col import _execute
+    x, w = rand(rng, (2, 20, 16, 16)), rand(rng, (8, 20, 3, 3))
+    g = fastim2col.conv2d(x, w, padding=1)
+    with _execute.recording() as plans:
+        fastim2col.explain(fastim2col.conv2d, x, w, padding=1)
+        fastim2col.conv2d(x, w, padding=1)
+        with fastim2col.use_kernel("gemm"):
+            fastim2col.conv2d(x, w, padding=1)
+        x[0, 0, 3, 3] = np.inf
+        with fastim2col.use_kernel("direct"):
+            grad.conv2d_weight(x, w.shape, g, padding=1)
+    assert [(p.op, p.kernel) for p in plans] == [
+        ("conv2d", "direct"), ("conv2d", "gemm"), ("conv2d_weight", "direct"),
+        ("conv2d_weight", plans[2].fallback.kernel)]
+    assert plans[3] is plans[2].fallback
+    fastim2col.conv2d(x, w, padding=1)
+    assert len(plans) == 4

@@ -1,5 +1,6 @@
 """Thread control, determinism for a thread count, agreement across thread
 counts, and concurrent calls from several Python threads."""
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,14 +10,16 @@ from threadpoolctl import threadpool_info, threadpool_limits
 import fastim2col as F
 import reference as R
 from fastim2col._openmp_info import OPENMP_ENABLED
-from conftest import LAYOUTS, as64, assert_close, cols_to, img_to, rand, split_small_work, weight_to
+from conftest import LAYOUTS, as64, assert_close, cols_to, img_to, rand, split_small_work, \
+    weight_to
 
 pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 @pytest.fixture
-def split(monkeypatch):
-    split_small_work(monkeypatch)
+def split():
+    with split_small_work():
+        yield
 
 
 def test_set_get_num_threads():
@@ -155,7 +158,11 @@ def test_concurrent_python_threads(split, rng):
     serial = [work(c) for c in cases]
     with ThreadPoolExecutor(4) as pool:
         for _ in range(2):
-            parallel = list(pool.map(work, cases))
+            # each call in a copy of this context: the `split` thresholds
+            # (context-local) apply in the pool's threads too
+            contexts = [contextvars.copy_context() for _ in cases]
+            parallel = list(pool.map(lambda context, case: context.run(work, case), contexts,
+                                     cases))
             for s, p in zip(serial, parallel):
                 for a, b in zip(s, p):
                     np.testing.assert_array_equal(a, b)

@@ -2,29 +2,22 @@
 stride-1 input gradient: how a band of output rows and its packed input are
 laid out, what a thread's scratch holds, and how the work is cut into units.
 
-Thresholds are this module's constants, each next to the decision that
-applies it, with a line or two on why; the measurements behind them, and the
-commands that reproduce them, are in docs/performance.md ("Planner
-thresholds"), keyed by the constant's name or the function's.
+Thresholds are fields of thresholds.Thresholds (the record in force:
+current(); tuned() changes it for a with block), each with a line or two on
+why; the measurements behind them, and the commands that reproduce them, are
+in docs/performance.md ("Planner thresholds"), keyed by the field's name or
+the function's.
 """
 from __future__ import annotations
 
 from .. import _direct
 from .common import ceil_div
+from .thresholds import current
 
-# NCHW convs with kh x kw > 1, and depthwise ones, run in the direct kernels
-# (src/_direct.pyx, see use_direct), not unroll + GEMM: nothing is unrolled.
-# 1x1 layers stay with GEMM, which reads their input in place (docs/performance.md).
-DIRECT_BAND_BYTES = 1024 * 1024       # per-thread scratch: stays in L2
-DIRECT_MAX_BAND_BYTES = 8 * 1024 * 1024   # beyond this (huge dilations), GEMM
+# The kernels' own limits (src/_direct.pyx), not thresholds: the bands'
+# scratch and the cuts for balance are (thresholds.py, DIRECT_BAND_BYTES on).
 DIRECT_MAX_CO = _direct.MAX_CO             # output channels a register block, at most
 DIRECT_GRID_BYTES = _direct.GRID_BYTES     # grid bytes per output channel (stays in L1)
-
-# Bands are cut for load balance down to about this many grid positions
-# (then rounded to even heights; over 6 register blocks of 64 floats): each
-# band packs its halo rows again and ends in a partial block, so thinner
-# bands cost more than the balance gains (docs/performance.md).
-DIRECT_MIN_POSITIONS = 400
 
 
 def band_geometry(win, vector_elements: int) -> tuple[int, int, int]:
@@ -74,17 +67,18 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     finer while they keep about DIRECT_MIN_POSITIONS grid positions (the kernels
     compute whole register blocks), then output channels are split in
     multiples of the widest register block."""
+    t = current()
     fixed, per_row, halo_bytes = _direct_unit_layout(cg, win, itemsize, vector_elements)
     row_len = band_geometry(win, vector_elements)[1]
-    if fixed + per_row > DIRECT_MAX_BAND_BYTES:
+    if fixed + per_row > t.DIRECT_MAX_BAND_BYTES:
         return None
-    band = max(1, min(win.out_h, (DIRECT_BAND_BYTES - fixed) // per_row))
+    band = max(1, min(win.out_h, (t.DIRECT_BAND_BYTES - fixed) // per_row))
     per_unit = 1
     image_bytes = band * per_row + halo_bytes
     if band == win.out_h and og * cg * win.kernel_h * win.kernel_w * itemsize >= image_bytes:
         # weights outweigh an image: let each block of them serve several
         # (else one image per unit keeps its band in L1: depthwise layers)
-        per_unit = (DIRECT_BAND_BYTES - fixed) // image_bytes
+        per_unit = (t.DIRECT_BAND_BYTES - fixed) // image_bytes
         per_unit = max(1, min(n_images, per_unit))
         while n_images % per_unit:   # equal blocks: units of equal work
             per_unit -= 1
@@ -92,7 +86,7 @@ def direct_split(n_images: int, groups: int, cg: int, og: int, win, itemsize: in
     if n_threads > 1:
         units_wanted = 4 * n_threads
         outer = ceil_div(n_images, per_unit) * groups
-        thinnest = min(win.out_h, ceil_div(DIRECT_MIN_POSITIONS, row_len))
+        thinnest = min(win.out_h, ceil_div(t.DIRECT_MIN_POSITIONS, row_len))
         band = min(band, max(thinnest, ceil_div(win.out_h, ceil_div(units_wanted, outer))))
         band = ceil_div(win.out_h, ceil_div(win.out_h, band))   # bands of even height
         units = outer * ceil_div(win.out_h, band)

@@ -10,25 +10,15 @@ Kernels take these numbers as given. The rules:
   thin for an efficient GEMM, by splitting output channels instead;
 - scratch memory stays bounded (SCRATCH_BYTES for per-thread sums).
 
-Thresholds are this module's constants, each next to the decision that
-applies it, with a line or two on why; the measurements behind them, and the
-commands that reproduce them, are in docs/performance.md ("Planner
-thresholds"), keyed by the constant's name or the function's.
+Thresholds are fields of thresholds.Thresholds (the record in force:
+current(); tuned() changes it for a with block), each with a line or two on
+why; the measurements behind them, and the commands that reproduce them, are
+in docs/performance.md ("Planner thresholds"), keyed by the field's name or
+the function's.
 """
 from __future__ import annotations
 
-TILE_BYTES = 1024 * 1024
-
-# Below this much work per thread, starting and joining a thread team costs
-# more than it saves (and on a busy machine a descheduled worker stalls the
-# whole call at the closing barrier): small calls run on fewer threads.
-MIN_FLOPS_PER_THREAD = 4_000_000
-MIN_BYTES_PER_THREAD = 256 * 1024
-SCRATCH_BYTES = 24 * 1024 * 1024
-MIN_GEMM_TILE = 128         # narrower tiles make GEMM inefficient
-TILE_SCRATCH_BYTES = 32 * 1024 * 1024   # all threads' tile buffers together
-MULTI_TILE_BYTES = 8 * 1024 * 1024      # per thread, for tiles of whole images
-TILE_ALIGN = 16
+from .thresholds import current
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -42,26 +32,29 @@ def threads_for(work: float, n_threads: int, min_work: float) -> int:
 
 
 def conv_threads(flops: float) -> int:
+    t = current()
     from .._threads import get_num_threads
-    return threads_for(flops, get_num_threads(), MIN_FLOPS_PER_THREAD)
+    return threads_for(flops, get_num_threads(), t.MIN_FLOPS_PER_THREAD)
 
 
 def copy_threads(nbytes: float) -> int:
+    t = current()
     from .._threads import get_num_threads
-    return threads_for(nbytes, get_num_threads(), MIN_BYTES_PER_THREAD)
+    return threads_for(nbytes, get_num_threads(), t.MIN_BYTES_PER_THREAD)
 
 
 def gemm_tile(kg: int, n_pos: int, itemsize: int, n_threads: int = 1) -> int:
     """Output positions per unrolled tile: K_g * tile * itemsize <= TILE_BYTES,
     but at least MIN_GEMM_TILE positions (thin tiles make GEMM inefficient)
     while all threads' tiles stay within TILE_SCRATCH_BYTES."""
+    t = current()
     column = max(1, kg * itemsize)
-    tile = max(TILE_BYTES // column,
-               min(MIN_GEMM_TILE, TILE_SCRATCH_BYTES // (n_threads * column)), 1)
+    tile = max(t.TILE_BYTES // column,
+               min(t.MIN_GEMM_TILE, t.TILE_SCRATCH_BYTES // (n_threads * column)), 1)
     if tile >= n_pos:
         return n_pos
-    if tile > TILE_ALIGN:
-        tile -= tile % TILE_ALIGN
+    if tile > t.TILE_ALIGN:
+        tile -= tile % t.TILE_ALIGN
     # Even tiles: ceil(n_pos / n_tiles) avoids a last sliver.
     return ceil_div(n_pos, ceil_div(n_pos, tile))
 
@@ -70,8 +63,9 @@ def tile_per_thread(n_pos: int, units: int, n_threads: int) -> int | None:
     """Positions per tile when the units (whole images x groups, fewer than
     the threads) are cut into one tile a thread; None where such tiles would
     be narrower than MIN_GEMM_TILE."""
+    t = current()
     finer = ceil_div(n_pos, ceil_div(n_threads, units))
-    return finer if finer >= MIN_GEMM_TILE else None
+    return finer if finer >= t.MIN_GEMM_TILE else None
 
 
 def check_scratch(n_threads: int, *buffer_elements: int, itemsize: int) -> None:
@@ -87,7 +81,8 @@ def images_per_tile(n_images, groups, bytes_per_image, n_threads,
     """Whole images per multi-image tile: as many as MULTI_TILE_BYTES per
     thread (within TILE_SCRATCH_BYTES) hold, but (sets_per_thread) no more
     than keep every thread busy with sets of its own."""
-    budget = min(MULTI_TILE_BYTES, TILE_SCRATCH_BYTES // n_threads)
+    t = current()
+    budget = min(t.MULTI_TILE_BYTES, t.TILE_SCRATCH_BYTES // n_threads)
     busy = n_images
     if sets_per_thread and groups < n_threads:
         busy = ceil_div(n_images * groups, n_threads)

@@ -1,20 +1,24 @@
 """conv2d: which kernel (the direct kernels, the thin GEMM) and the unroll +
 GEMM split.
 
-Thresholds are this module's constants, each next to the decision that
-applies it, with a line or two on why; the measurements behind them, and the
-commands that reproduce them, are in docs/performance.md ("Planner
-thresholds"), keyed by the constant's name or the function's.
+Thresholds are fields of thresholds.Thresholds (the record in force:
+current(); tuned() changes it for a with block), each with a line or two on
+why; the measurements behind them, and the commands that reproduce them, are
+in docs/performance.md ("Planner thresholds"), keyed by the field's name or
+the function's.
 """
 from __future__ import annotations
 
 from . import common as _common
 from .common import ceil_div
+from .thresholds import current
+
 
 def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct,
             nhwc=False) -> tuple[int, int]:
     """(tile, block of output channels) for conv2d's forward kernel. A direct
     (1x1) convolution unrolls nothing, so its tile is a whole image."""
+    t = current()
     tile = n_pos if direct else _common.gemm_tile(kg, n_pos, itemsize, n_threads)
     block = og
     units = n_images * groups * ceil_div(n_pos, tile)
@@ -33,14 +37,14 @@ def forward(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct,
         # threads would leave one thread idle for a seventh of the call).
         per_image = ceil_div(ceil_div(units, n_threads) * n_threads, n_images * groups)
         finer = ceil_div(n_pos, per_image)
-        if finer >= _common.MIN_GEMM_TILE:
+        if finer >= t.MIN_GEMM_TILE:
             tile = finer
             units = n_images * groups * ceil_div(n_pos, tile)
     want = 2 * n_threads
     if n_threads > 1 and units < want:
         per_image = ceil_div(want, n_images * groups)
         finer = ceil_div(n_pos, per_image)
-        if finer >= _common.MIN_GEMM_TILE:
+        if finer >= t.MIN_GEMM_TILE:
             tile = finer
         else:
             n_blocks = min(og, ceil_div(want, units))
@@ -68,32 +72,15 @@ def forward_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, direct)
     return per_tile, ceil_div(og, n_blocks)
 
 
-# NCHW conv2d GEMMs (1x1 layers, and others off the direct kernels) of
-# tiles of at least THIN_FORWARD_MIN_POSITIONS positions, at most
-# THIN_FORWARD_MAX_OUTPUTS output channels a block and THIN_FORWARD_MAX_TERMS
-# input channels x taps: the thin kernel, the tile's rows (x's own rows for
-# 1x1) its vectors, the block's weights broadcast. Beyond these limits BLAS
-# won or was not measured (docs/performance.md).
-THIN_FORWARD_MIN_POSITIONS = 128
-THIN_FORWARD_MAX_OUTPUTS = 512
-THIN_FORWARD_MAX_TERMS = 1024
-
-
 def use_thin_forward(nhwc: bool, tile: int, block: int, kg: int, itemsize: int,
                      isa_level: int) -> bool:
     """Whether an NCHW conv2d with tiles of `tile` positions (one image a
     tile), blocks of `block` output channels and kg = C/groups*kh*kw runs
     its GEMMs in the thin kernel (thin_kernel_runs; the limits above)."""
+    t = current()
     return (not nhwc and _common.thin_kernel_runs(itemsize, isa_level)
-            and tile >= THIN_FORWARD_MIN_POSITIONS and block <= THIN_FORWARD_MAX_OUTPUTS
-            and kg <= THIN_FORWARD_MAX_TERMS)
-
-
-# NHWC conv2d gathers each unit's input band from every pixel's channels, a
-# transposition repeated by every block of output channels: past this many
-# input channels a group, unroll + GEMM wins (NCHW, which copies its bands,
-# keeps the direct kernels; docs/performance.md).
-NHWC_DIRECT_MAX_CHANNELS = 384
+            and tile >= t.THIN_FORWARD_MIN_POSITIONS and block <= t.THIN_FORWARD_MAX_OUTPUTS
+            and kg <= t.THIN_FORWARD_MAX_TERMS)
 
 
 def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
@@ -103,6 +90,7 @@ def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
     group's channels from every pixel: only where they fill a cache line
     (else the NHWC depthwise kernel, or GEMM, read less) and are at most
     NHWC_DIRECT_MAX_CHANNELS."""
-    if nhwc and ((groups > 1 and cg * itemsize < 64) or cg > NHWC_DIRECT_MAX_CHANNELS):
+    if nhwc and ((groups > 1 and cg * itemsize < 64)
+                 or cg > current().NHWC_DIRECT_MAX_CHANNELS):
         return False
     return win.kernel_h * win.kernel_w > 1 or (groups > 1 and cg == 1)

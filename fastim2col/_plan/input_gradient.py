@@ -2,10 +2,11 @@
 (tap by tap, element by element, direct, thin GEMM) and the GEMM + fold
 split.
 
-Thresholds are this module's constants, each next to the decision that
-applies it, with a line or two on why; the measurements behind them, and the
-commands that reproduce them, are in docs/performance.md ("Planner
-thresholds"), keyed by the constant's name or the function's.
+Thresholds are fields of thresholds.Thresholds (the record in force:
+current(); tuned() changes it for a with block), each with a line or two on
+why; the measurements behind them, and the commands that reproduce them, are
+in docs/performance.md ("Planner thresholds"), keyed by the field's name or
+the function's.
 """
 from __future__ import annotations
 
@@ -14,13 +15,7 @@ import math
 from .. import _conv
 from . import common as _common, conv2d as _conv2d
 from .common import ceil_div
-
-# The input gradient reads its weights flipped and transposed in place: a
-# register block's weights are then short runs a weight row apart, a new page
-# every kh*kw taps, read again by every block. Past this many bytes of weights
-# per group the TLB misses cost more than the direct kernels save: GEMM + fold
-# there (docs/performance.md).
-DIRECT_FLIPPED_WEIGHT_BYTES = 8 * 1024 * 1024
+from .thresholds import current
 
 
 def grad_input_images(n_images, groups, cg, og, kg, n_pos, itemsize, n_threads, nhwc, direct):
@@ -45,8 +40,6 @@ def grad_input_images(n_images, groups, cg, og, kg, n_pos, itemsize, n_threads, 
     return per_tile, ceil_div(cg, n_blocks)
 
 
-NHWC_MIN_BLOCK = 32   # input channels per NHWC input-gradient block (GEMMs of that width)
-
 # NHWC input gradients of layers with at most FEW_MAX_CHANNELS input
 # channels a group (RGB and grayscale first layers) run element by element
 # (src/_conv.pyx grad_input_few): each element a dot product over the
@@ -60,8 +53,6 @@ NHWC_MIN_BLOCK = 32   # input channels per NHWC input-gradient block (GEMMs of t
 # so are smaller copies. AVX2 only at stride 1: its blocks of 4 positions
 # lose at stride 2 (docs/performance.md).
 FEW_MAX_CHANNELS = _conv.FEW_CHANNELS   # the element-by-element kernel's channels a group
-FEW_BANDS_PER_THREAD = 8
-FEW_COPY_BYTES = 512 * 1024
 
 
 def use_few_channels(nhwc: bool, cg: int, og: int, direct: bool, win, vector_elements: int,
@@ -81,24 +72,13 @@ def grad_input_few(n_images: int, groups: int, og: int, win, itemsize: int,
     least FEW_BANDS_PER_THREAD units a thread where the rows allow, and no
     more than FEW_COPY_BYTES of grad_output rows to copy a unit (but at least
     one input row, whatever its grad_output rows take)."""
-    bands = ceil_div(FEW_BANDS_PER_THREAD * n_threads, n_images * groups)
+    t = current()
+    bands = ceil_div(t.FEW_BANDS_PER_THREAD * n_threads, n_images * groups)
     rows = win.in_h // min(win.in_h, bands)
     # a band of b rows reaches at most (b - 1 + reach) // stride + 1 rows
-    copy_rows = FEW_COPY_BYTES // max(1, win.out_w * og * itemsize)
+    copy_rows = t.FEW_COPY_BYTES // max(1, win.out_w * og * itemsize)
     reach = (win.kernel_h - 1) * win.dilation_h
     return max(1, min(rows, (copy_rows - 1) * win.stride_h - reach + 1))
-
-
-# Input gradients folded from thin-GEMM tiles (use_thin_positions) of
-# layers with at most THIN_FOLD_MAX_CHANNELS input channels (RGB first
-# layers: no channel blocks to share among the threads): bands of output
-# rows of even height, at least THIN_FOLD_BANDS_PER_THREAD a thread in each
-# of the two fold phases. The thin GEMM runs as fast on thin tiles as on
-# wide ones, and uneven bands left a thread waiting at the phase barrier;
-# with more channels the rule does not pay (docs/performance.md).
-THIN_FOLD_MAX_CHANNELS = 3
-THIN_FOLD_BANDS_PER_THREAD = 4
-THIN_FOLD_MIN_POSITIONS = 256
 
 
 def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct,
@@ -106,6 +86,7 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct,
     """(tile of whole output rows, block of input channels) for the input
     gradient. thin_fold: the tiles' GEMMs will likely be the thin kernel's
     (see THIN_FOLD_BANDS_PER_THREAD)."""
+    t = current()
     n_pos = win.out_h * win.out_w
     if direct:
         tile = n_pos
@@ -119,15 +100,15 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct,
                 return finer, cg
     else:
         rows = max(_common.band_rows(win.kernel_h, win.stride_h, win.dilation_h),
-                   _common.TILE_BYTES // max(1, kg * win.out_w * itemsize),
-                   _common.MIN_GEMM_TILE // win.out_w)
+                   t.TILE_BYTES // max(1, kg * win.out_w * itemsize),
+                   t.MIN_GEMM_TILE // win.out_w)
         rows = min(rows, win.out_h)
-        if (thin_fold and cg <= THIN_FOLD_MAX_CHANNELS
-                and rows * win.out_w > THIN_MAX_POSITIONS):   # (else use_thin_gemm's)
+        if (thin_fold and cg <= t.THIN_FOLD_MAX_CHANNELS
+                and rows * win.out_w > t.THIN_MAX_POSITIONS):   # (else use_thin_gemm's)
             bands = max(ceil_div(win.out_h, rows), ceil_div(
-                2 * THIN_FOLD_BANDS_PER_THREAD * n_threads, n_images * groups))
+                2 * t.THIN_FOLD_BANDS_PER_THREAD * n_threads, n_images * groups))
             rows = max(_common.band_rows(win.kernel_h, win.stride_h, win.dilation_h),
-                       ceil_div(THIN_FOLD_MIN_POSITIONS, win.out_w),
+                       ceil_div(t.THIN_FOLD_MIN_POSITIONS, win.out_w),
                        win.out_h // bands)
             rows = ceil_div(win.out_h, ceil_div(win.out_h, min(rows, win.out_h)))   # even
         tile = rows * win.out_w
@@ -136,7 +117,7 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct,
     if n_threads > 1 and units < 2 * n_threads:
         # NHWC: a block is a slice of every tap's columns (one GEMM per tap,
         # src/_conv.pyx grad_input): blocks at least NHWC_MIN_BLOCK wide
-        most = cg // NHWC_MIN_BLOCK if nhwc and not direct else cg
+        most = cg // t.NHWC_MIN_BLOCK if nhwc and not direct else cg
         n_blocks = max(1, min(most, ceil_div(2 * n_threads, units)))
         block = ceil_div(cg, n_blocks)
     return tile, block
@@ -150,32 +131,17 @@ def grad_input_transposed(tile, rows, itemsize) -> bool:
     as M, by a margin only then). Never float32: the copy out of the
     transposed tile takes back what sgemm gains (docs/performance.md).
     """
+    forced = current().TRANSPOSED_INPUT_GEMMS
+    if forced is not None:
+        return forced
     return itemsize == 8 and 2 * tile <= rows
-
-
-# float32 input-gradient GEMMs of at most this many positions (a 7 px
-# image's 49, a pair of them) run in the thin kernel (src/_direct_impl.h
-# thin_gemm): BLAS packs all of W^T for every GEMM and uses each packed
-# element only that many times; the thin kernel reads W in place. Past
-# about this many positions BLAS's packing pays for itself; float64 not:
-# its transposed BLAS GEMMs are as fast (docs/performance.md).
-THIN_MAX_POSITIONS = 128
 
 
 def use_thin_gemm(tile: int, itemsize: int, isa_level: int) -> bool:
     """Whether the input gradient's GEMMs of `tile` positions run in the thin
     kernel (thin_kernel_runs; tiles of at most THIN_MAX_POSITIONS)."""
-    return _common.thin_kernel_runs(itemsize, isa_level) and tile <= THIN_MAX_POSITIONS
-
-
-# NCHW input gradients whose tiles use_thin_gemm() declines, with at most
-# this many rows (input channels x taps) a unit, run in the thin kernel the
-# other way round: grad_output's rows, positions contiguous, read in place as
-# its vectors, the unit's weights (the small operand) broadcast; the tile
-# then folds (or, 1x1, lands in the result) as from BLAS. With BLAS,
-# positions-contiguous grad_output is the slower orientation (OpenBLAS packs
-# it, sgemm_itcopy). float64 not: no faster than BLAS (docs/performance.md).
-THIN_POSITIONS_MAX_ROWS = 512
+    t = current()
+    return _common.thin_kernel_runs(itemsize, isa_level) and tile <= t.THIN_MAX_POSITIONS
 
 
 def use_thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int) -> bool:
@@ -183,41 +149,18 @@ def use_thin_positions(nhwc: bool, unit_rows: int, itemsize: int, isa_level: int
     (input channels x taps) runs in the thin kernel over grad_output's rows
     (see THIN_POSITIONS_MAX_ROWS; thin_kernel_runs); the caller asks only
     where use_thin_gemm() declined the tile."""
+    t = current()
+    if t.THIN_POSITIONS is not None:
+        return not nhwc and t.THIN_POSITIONS
     return (not nhwc and _common.thin_kernel_runs(itemsize, isa_level)
-            and unit_rows <= THIN_POSITIONS_MAX_ROWS)
-
-
-# NHWC input gradients (both dtypes, vector_fma) of layers with at least
-# TAPS_MIN_CHANNELS input channels a group, except 1x1 stride 1 (one GEMM
-# straight into the result): tap by tap (src/_conv.pyx grad_input_taps), each
-# tap one thin GEMM that gathers grad_output's rows and scatters its result
-# rows into the input gradient; nothing unrolled, folded or split in phases.
-# A unit's positions: bands of whole rows, at most TAPS_MAX_POSITIONS (its
-# packing scratch, THIN_KC x positions, stays in L2), at least
-# TAPS_MIN_POSITIONS (8 register tiles) when bands are cut for balance; images
-# smaller than TAPS_SET_POSITIONS go several to a unit (each tap's weights
-# then serve them all). Fewer channels: the thin kernel's vectors (channels)
-# would run part empty.
-TAPS_MIN_CHANNELS = 32
-TAPS_MAX_POSITIONS = 400
-TAPS_MIN_POSITIONS = 96
-TAPS_SET_POSITIONS = 196
-
-# A tap's weights, read in place, are rows kg * itemsize bytes apart: where
-# that maps THIN_KC rows onto fewer than TAPS_MIN_L1_SETS of the L1's 64
-# sets (64-byte lines), the kernel's slice of them no longer stays in L1;
-# each unit then copies each tap's weights (og x block, at most
-# TAPS_MAX_COPY_BYTES, so it stays in L2) into rows block + TAPS_COPY_PAD
-# apart (odd multiples of 64 bytes for whole register blocks of rows).
-TAPS_MIN_L1_SETS = 16
-TAPS_MAX_COPY_BYTES = 1024 * 1024
-TAPS_COPY_PAD = 16
+            and unit_rows <= t.THIN_POSITIONS_MAX_ROWS)
 
 
 def use_taps(nhwc: bool, cg: int, direct: bool, isa_level: int) -> bool:
     """Whether an input gradient runs tap by tap (see TAPS_MIN_CHANNELS), in
     both dtypes (it replaces GEMM + fold, not only a GEMM), with vector_fma."""
-    return nhwc and not direct and cg >= TAPS_MIN_CHANNELS and _common.vector_fma(isa_level)
+    t = current()
+    return nhwc and not direct and cg >= t.TAPS_MIN_CHANNELS and _common.vector_fma(isa_level)
 
 
 def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
@@ -228,19 +171,20 @@ def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
     (set, group, band, block); their count is made a multiple of the threads
     where it is small (finer bands while they keep TAPS_MIN_POSITIONS, then
     blocks of whole register blocks of channels)."""
+    t = current()
     h, w = win.in_h, win.in_w
     per_set = 1
-    if h * w < TAPS_SET_POSITIONS:
-        per_set = max(1, min(n_images, ceil_div(TAPS_SET_POSITIONS, h * w),
+    if h * w < t.TAPS_SET_POSITIONS:
+        per_set = max(1, min(n_images, ceil_div(t.TAPS_SET_POSITIONS, h * w),
                              ceil_div(n_images * groups, n_threads)))
     sets = ceil_div(n_images, per_set) * groups
 
     def balanced(units):
         return units % n_threads == 0 or units >= 2 * n_threads
 
-    n_bands = 1 if per_set > 1 else ceil_div(h, max(1, TAPS_MAX_POSITIONS // w))
+    n_bands = 1 if per_set > 1 else ceil_div(h, max(1, t.TAPS_MAX_POSITIONS // w))
     if per_set == 1 and not balanced(sets * n_bands):
-        most = max(n_bands, h // max(1, ceil_div(TAPS_MIN_POSITIONS, w)))
+        most = max(n_bands, h // max(1, ceil_div(t.TAPS_MIN_POSITIONS, w)))
         for more in range(n_bands + 1, most + 1):
             n_bands = ceil_div(h, ceil_div(h, more))   # bands of even height
             if balanced(sets * n_bands):
@@ -252,17 +196,13 @@ def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
         n_blocks = ceil_div(n_threads, math.gcd(units, n_threads))
         step = 2 * vector_elements   # the thin kernel's register block of rows
         block = min(cg, ceil_div(ceil_div(cg, n_blocks), step) * step)
-    stride_bytes, copy_ld = kg * itemsize, block + TAPS_COPY_PAD
-    if (stride_bytes % 64 or og * copy_ld * itemsize > TAPS_MAX_COPY_BYTES
-            or 64 // math.gcd(stride_bytes // 64, 64) >= TAPS_MIN_L1_SETS):
+    stride_bytes, copy_ld = kg * itemsize, block + t.TAPS_COPY_PAD
+    if (stride_bytes % 64 or og * copy_ld * itemsize > t.TAPS_MAX_COPY_BYTES
+            or 64 // math.gcd(stride_bytes // 64, 64) >= t.TAPS_MIN_L1_SETS):
         copy_ld = 0
+    if t.TAPS_COPY_WEIGHTS is not None:
+        copy_ld = block + t.TAPS_COPY_PAD if t.TAPS_COPY_WEIGHTS else 0
     return rows, block, per_set, copy_ld
-
-
-# NHWC input gradients read grad_output through strided NCHW views: with
-# more channels than this the direct kernels' gathers lose to GEMM + fold
-# (docs/performance.md).
-NHWC_DIRECT_INPUT_CHANNELS = 128
 
 
 def use_direct_input(groups: int, og: int, cg: int, flipped, nhwc: bool, itemsize: int) -> bool:
@@ -270,6 +210,7 @@ def use_direct_input(groups: int, og: int, cg: int, flipped, nhwc: bool, itemsiz
     channels a group, with the flipped weights) runs in the direct kernels:
     as use_direct, and in NHWC with at most NHWC_DIRECT_INPUT_CHANNELS
     channels of grad_output a group."""
-    if nhwc and og > NHWC_DIRECT_INPUT_CHANNELS:
+    t = current()
+    if nhwc and og > t.NHWC_DIRECT_INPUT_CHANNELS:
         return False
     return _conv2d.use_direct(groups, og, cg, flipped, nhwc, itemsize)

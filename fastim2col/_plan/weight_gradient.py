@@ -2,10 +2,11 @@
 thin GEMM) and the GEMM split (by input channels, per-thread sums, or
 blocks of output channels).
 
-Thresholds are this module's constants, each next to the decision that
-applies it, with a line or two on why; the measurements behind them, and the
-commands that reproduce them, are in docs/performance.md ("Planner
-thresholds"), keyed by the constant's name or the function's.
+Thresholds are fields of thresholds.Thresholds (the record in force:
+current(); tuned() changes it for a with block), each with a line or two on
+why; the measurements behind them, and the commands that reproduce them, are
+in docs/performance.md ("Planner thresholds"), keyed by the field's name or
+the function's.
 """
 from __future__ import annotations
 
@@ -13,55 +14,15 @@ import math
 
 from . import bands as _bands, common as _common, conv2d as _conv2d
 from .common import ceil_div
-
-DIRECT_WEIGHT_CHANNELS = 32           # input channels per weight-gradient band, at most
-DIRECT_WEIGHT_OUTPUTS = 32
-
-# Ungrouped layers: the direct weight gradient beats unroll + GEMM where the
-# GEMM is thin (few output channels) and the input has channels enough to
-# split: up to this many outputs in float64, DIRECT_WEIGHT_OUTPUTS in float32
-# (docs/performance.md).
-DIRECT_WEIGHT_OUTPUTS_F64 = 64
-
-# Fewer input channels than DIRECT_WEIGHT_MIN_CHANNELS (first layers: the
-# GEMM's other side, channels x taps, is thin too): direct up to
-# DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS in both dtypes. 1x1 kernels stay GEMMs
-# (use_direct; docs/performance.md).
-DIRECT_WEIGHT_MIN_CHANNELS = 16
-DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS = 64
-
-# NHWC (input and grad_output read as strided NCHW views, ungrouped only):
-# the same rules, and with stride 1 at most this many outputs
-# (docs/performance.md).
-NHWC_DIRECT_WEIGHT_OUTPUTS = 32
-
-# ... and in float32 at most this many input channels with stride 1: the
-# thin GEMM path has caught up there (docs/performance.md).
-NHWC_DIRECT_WEIGHT_F32_CHANNELS = 32
-DIRECT_WEIGHT_MIN_POSITIONS = 196
-
-# NCHW, ungrouped, over at least DIRECT_WEIGHT_WIDE_POSITIONS output
-# positions: direct with up to DIRECT_WEIGHT_WIDE_OUTPUTS outputs, since its
-# register blocks' lane sums run as a tree of pairs (src/_direct_impl.h
-# lane_sums). Fewer positions lose (a short reduction), and so do more outputs
-# (the GEMM path's unroll is shared by more of them); in NHWC the tap-by-tap
-# kernels win (docs/performance.md).
-DIRECT_WEIGHT_WIDE_POSITIONS = 784
-DIRECT_WEIGHT_WIDE_OUTPUTS = 128
-
-# A unit packs its chunk's input band and its block's grad_output band
-# (a thread's next unit reuses whichever of the two it shares): chunks of at
-# least this many channels keep the grad_output band from being packed again
-# for every thin chunk (docs/performance.md).
-DIRECT_WEIGHT_MIN_CHUNK = 8
-DIRECT_WEIGHT_MIN_BLOCK = 4           # output channels per unit: a register block (AVX-512)
+from .thresholds import current
 
 
 def grad_weight_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out, direct):
     """Whole images per tile for the weight gradient of small images (see
     forward_images), or None. Needs per-thread sums within SCRATCH_BYTES."""
-    if (direct or n_images < 2 or n_pos >= 4 * _common.MIN_GEMM_TILE
-            or n_threads * n_out * kg * itemsize > _common.SCRATCH_BYTES):
+    t = current()
+    if (direct or n_images < 2 or n_pos >= 4 * t.MIN_GEMM_TILE
+            or n_threads * n_out * kg * itemsize > t.SCRATCH_BYTES):
         # Only for thin per-image tiles (7-14 px in ResNet): each image would
         # otherwise be a rank-L update that streams the whole (n_out, K_g)
         # sum through memory (docs/performance.md).
@@ -71,67 +32,29 @@ def grad_weight_images(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_o
     return per_tile if per_tile >= 2 else None
 
 
-# NCHW weight gradients split by input channels, tiles of one image's
-# positions, at most THIN_WEIGHT_NCHW_MAX_POSITIONS of them, with at least
-# THIN_WEIGHT_NCHW_MIN_OUTPUTS output channels a group: the thin
-# kernel (both dtypes), the unit's unrolled rows read along their positions
-# and copied transposed, a block of rows at a time (thin_gemm's w_row), the
-# tile's grad_output broadcast; gw written in place. With fewer channels on
-# larger images BLAS is as fast (docs/performance.md).
-THIN_WEIGHT_NCHW_MIN_OUTPUTS = 512
-THIN_WEIGHT_NCHW_MAX_POSITIONS = 64   # (7 px measured; larger tiles not)
-
-
 def use_thin_weight_channels(og: int, tile: int, direct: bool, isa_level: int) -> bool:
     """Whether an NCHW weight gradient split by input channels, tiles of
     `tile` positions of one image, runs its GEMMs in the thin kernel (see
     THIN_WEIGHT_NCHW_MIN_OUTPUTS; not 1x1 stride 1, unmeasured)."""
-    return (og >= THIN_WEIGHT_NCHW_MIN_OUTPUTS and tile <= THIN_WEIGHT_NCHW_MAX_POSITIONS
+    t = current()
+    return (og >= t.THIN_WEIGHT_NCHW_MIN_OUTPUTS and tile <= t.THIN_WEIGHT_NCHW_MAX_POSITIONS
             and not direct and _common.vector_fma(isa_level))
-
-
-# NHWC weight gradients with tiles of this many positions (one image a
-# tile): the thin kernel, the unrolled tile's rows (positions x kh*kw*C) its
-# vectors, the block's grad_output broadcast, since BLAS packs the unrolled
-# tile again for every GEMM; 7 px tiles (49 positions) gain nothing.
-# (Layers with TAPS_WEIGHT_MIN_CHANNELS or more run tap by tap instead: 56 px
-# is what stays here; docs/performance.md.)
-THIN_WEIGHT_MIN_POSITIONS = 96
-THIN_WEIGHT_MAX_POSITIONS = 512
 
 
 def use_thin_weight(tile: int, itemsize: int, isa_level: int) -> bool:
     """Whether an NHWC weight gradient with tiles of `tile` positions (one
     image a tile) runs its GEMMs in the thin kernel (thin_kernel_runs)."""
+    t = current()
     return (_common.thin_kernel_runs(itemsize, isa_level)
-            and THIN_WEIGHT_MIN_POSITIONS <= tile <= THIN_WEIGHT_MAX_POSITIONS)
-
-
-# NHWC weight gradients of layers with at least TAPS_WEIGHT_MIN_CHANNELS
-# input channels a group, except 1x1 stride 1 (one GEMM straight from the
-# arrays), whose input's channels are contiguous: tap by tap (src/_conv.pyx
-# grad_weight_taps), each tap's part of the gradient one thin GEMM over
-# gathered rows of the input and grad_output; nothing unrolled, no per-thread
-# sums. Calls of about TAPS_WEIGHT_TERMS positions (images several to a
-# call as far as the batch goes, or bands of an image's rows), each call's
-# rows kept in cache across the unit's taps. Fewer channels: packing
-# grad_output's rows, 1/channels of the work, costs more than the taps save
-# (docs/performance.md).
-TAPS_WEIGHT_MIN_CHANNELS = 128
-TAPS_WEIGHT_TERMS = 392
-
-# Output channels a unit: at most (its grad_output slice, THIN_KC x this,
-# stays in L2), at least two of the thin kernel's register tiles where the
-# threads allow.
-TAPS_WEIGHT_MAX_OUT_BLOCK = 128
-TAPS_WEIGHT_MIN_OUT_BLOCK = 24
+            and t.THIN_WEIGHT_MIN_POSITIONS <= tile <= t.THIN_WEIGHT_MAX_POSITIONS)
 
 
 def use_weight_taps(nhwc: bool, cg: int, direct: bool, isa_level: int,
                     channels_contiguous: bool) -> bool:
     """Whether a weight gradient runs tap by tap (see
     TAPS_WEIGHT_MIN_CHANNELS), both dtypes, with vector_fma."""
-    return (nhwc and not direct and channels_contiguous and cg >= TAPS_WEIGHT_MIN_CHANNELS
+    t = current()
+    return (nhwc and not direct and channels_contiguous and cg >= t.TAPS_WEIGHT_MIN_CHANNELS
             and _common.vector_fma(isa_level))
 
 
@@ -143,37 +66,25 @@ def grad_weight_taps(n_images, groups, og, kernel_h, n_taps, out_h, out_w,
     split that keeps the threads busiest, then the fewest blocks of taps
     (each block reads the input again), then blocks of at most
     TAPS_WEIGHT_MAX_OUT_BLOCK channels, the largest."""
+    t = current()
     n_pos = out_h * out_w
-    if n_pos >= TAPS_WEIGHT_TERMS:
-        per_call, band = 1, min(out_h, ceil_div(TAPS_WEIGHT_TERMS, out_w))
+    if n_pos >= t.TAPS_WEIGHT_TERMS:
+        per_call, band = 1, min(out_h, ceil_div(t.TAPS_WEIGHT_TERMS, out_w))
     else:
-        per_call, band = min(n_images, ceil_div(TAPS_WEIGHT_TERMS, n_pos)), out_h
+        per_call, band = min(n_images, ceil_div(t.TAPS_WEIGHT_TERMS, n_pos)), out_h
     best_key, best = None, None
     for tap_block in sorted({n_taps, ceil_div(n_taps, kernel_h), 1}, reverse=True):
         tap_blocks = ceil_div(n_taps, tap_block)
-        for out_blocks in range(1, max(1, og // TAPS_WEIGHT_MIN_OUT_BLOCK) + 1):
+        for out_blocks in range(1, max(1, og // t.TAPS_WEIGHT_MIN_OUT_BLOCK) + 1):
             out_block = ceil_div(og, out_blocks)
             units = groups * tap_blocks * ceil_div(og, out_block)
             busy = units / (ceil_div(units, n_threads) * n_threads)
-            key = (round(busy, 2), -tap_blocks, out_block <= TAPS_WEIGHT_MAX_OUT_BLOCK,
+            key = (round(busy, 2), -tap_blocks, out_block <= t.TAPS_WEIGHT_MAX_OUT_BLOCK,
                    out_block)
             if best_key is None or key > best_key:
                 best_key, best = key, (out_block, tap_block)
     assert best is not None
     return best[0], best[1], per_call, band
-
-
-# A channel unit's part of gw (see grad_weight_channels): chunks are cut finer
-# only past this, since wide chunks keep the GEMMs wide (docs/performance.md).
-GRAD_WEIGHT_PART_BYTES = 8 * 1024 * 1024
-MIN_CHUNK_COLUMNS = 64                  # narrower GEMMs lose speed
-MIN_UNEVEN_CHUNK = 8                    # uneven chunks at least this wide (balance)
-MIN_IMAGE_TILE = 512                    # positions per GEMM before images are batched
-CHANNEL_TILE_BYTES = 2 * 1024 * 1024
-
-# Weight-gradient GEMMs of groups with at most this many output channels run
-# in the transposed orientation (OpenBLAS is faster with them as its M).
-TRANSPOSED_GEMM_OUTPUTS = 64
 
 
 def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_threads,
@@ -193,6 +104,7 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
     None where the channels do not split into even, wide enough chunks (the
     stem's 3 channels, 1x1 layers with few channels): grad_weight() then.
     """
+    t = current()
     def gemms_per_unit(chunk):
         if direct:
             return n_images
@@ -202,28 +114,28 @@ def grad_weight_channels(n_images, groups, og, cg, taps, n_pos, itemsize, n_thre
     n_chunks = min(cg, max(1, n_threads // math.gcd(groups, n_threads)))
     while n_chunks < cg:
         chunk = ceil_div(cg, n_chunks)
-        if gemms_per_unit(chunk) <= 1 or og * chunk * taps * itemsize <= GRAD_WEIGHT_PART_BYTES:
+        if gemms_per_unit(chunk) <= 1 or og * chunk * taps * itemsize <= t.GRAD_WEIGHT_PART_BYTES:
             break
-        if ceil_div(cg, 2 * n_chunks) * taps < MIN_CHUNK_COLUMNS:
+        if ceil_div(cg, 2 * n_chunks) * taps < t.MIN_CHUNK_COLUMNS:
             break
         n_chunks *= 2
     chunk = ceil_div(cg, n_chunks)
-    if chunk * taps < MIN_CHUNK_COLUMNS or (cg % chunk and chunk < MIN_UNEVEN_CHUNK):
+    if chunk * taps < t.MIN_CHUNK_COLUMNS or (cg % chunk and chunk < t.MIN_UNEVEN_CHUNK):
         return None
     per_tile = 1
-    if not direct and n_images > 1 and n_pos < MIN_IMAGE_TILE:
+    if not direct and n_images > 1 and n_pos < t.MIN_IMAGE_TILE:
         # within CHANNEL_TILE_BYTES per thread, and the set's grad_output
         # rows (all groups', gathered once) within TILE_SCRATCH_BYTES
-        per_tile = max(1, min(n_images, ceil_div(MIN_IMAGE_TILE, n_pos),
-                              CHANNEL_TILE_BYTES // (chunk * taps * n_pos * itemsize),
-                              _common.TILE_SCRATCH_BYTES // (groups * og * n_pos * itemsize)))
+        per_tile = max(1, min(n_images, ceil_div(t.MIN_IMAGE_TILE, n_pos),
+                              t.CHANNEL_TILE_BYTES // (chunk * taps * n_pos * itemsize),
+                              t.TILE_SCRATCH_BYTES // (groups * og * n_pos * itemsize)))
     if direct:
         tile = n_pos
     elif per_tile > 1:
         tile = per_tile * n_pos
     else:
         tile = _common.gemm_tile(chunk * taps, n_pos, itemsize, n_threads)
-    return tile, chunk, per_tile, per_tile == 1 and og <= TRANSPOSED_GEMM_OUTPUTS
+    return tile, chunk, per_tile, per_tile == 1 and og <= t.TRANSPOSED_GEMM_OUTPUTS
 
 
 def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
@@ -233,13 +145,14 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
     where the thin kernel is not an option (NCHW). thin: whether the GEMMs
     will be the thin kernel's, where that is already decided (a forced
     kernel); None: as use_thin_weight() says."""
+    t = current()
     outer = n_images * groups
     if direct:
         # Nothing is unrolled (1x1 stride 1): no tile buffer to bound, so
         # whole images, cut only so that the units are a multiple of the
         # threads (docs/performance.md, grad_weight).
         per_image = n_threads // math.gcd(outer, n_threads)
-        tile = ceil_div(n_pos, max(1, min(per_image, n_pos // _common.MIN_GEMM_TILE)))
+        tile = ceil_div(n_pos, max(1, min(per_image, n_pos // t.MIN_GEMM_TILE)))
     else:
         tile = _common.gemm_tile(kg, n_pos, itemsize, n_threads)
     units = outer * ceil_div(n_pos, tile)
@@ -251,7 +164,7 @@ def grad_weight(n_images, groups, og, kg, n_pos, itemsize, n_threads, n_out,
         tile = ceil_div(n_pos, ceil_div(ceil_div(units, n_threads) * n_threads, outer))
         units = outer * ceil_div(n_pos, tile)
     sums_bytes = n_threads * n_out * kg * itemsize
-    if n_threads > 1 and units >= min_units and sums_bytes <= _common.SCRATCH_BYTES:
+    if n_threads > 1 and units >= min_units and sums_bytes <= t.SCRATCH_BYTES:
         return tile, og, True
     # Two blocks a thread: one was faster, but its results then changed bits
     # under concurrent calls from other Python threads
@@ -271,7 +184,8 @@ def transposed_sums(og, kg, itemsize, whole_images) -> bool:
     TRANSPOSED_GEMM_OUTPUTS), and in float64 where og > K_g over tiles of
     whole images (dgemm runs faster with the larger side as M there; sgemm
     does not, and over parts of an image it gains nothing: docs/performance.md)."""
-    return og <= TRANSPOSED_GEMM_OUTPUTS or (itemsize == 8 and og > kg and whole_images)
+    t = current()
+    return og <= t.TRANSPOSED_GEMM_OUTPUTS or (itemsize == 8 and og > kg and whole_images)
 
 
 def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
@@ -290,21 +204,22 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
     NHWC_DIRECT_WEIGHT_F32_CHANNELS input channels).
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
     over positions, short on small images (docs/performance.md)."""
+    t = current()
     if nhwc and (groups > 1 or ((win.stride_h, win.stride_w) == (1, 1) and (
-            og > NHWC_DIRECT_WEIGHT_OUTPUTS
-            or (itemsize == 4 and cg > NHWC_DIRECT_WEIGHT_F32_CHANNELS)))):
+            og > t.NHWC_DIRECT_WEIGHT_OUTPUTS
+            or (itemsize == 4 and cg > t.NHWC_DIRECT_WEIGHT_F32_CHANNELS)))):
         return False
     if groups == 1:
-        if (not nhwc and og <= DIRECT_WEIGHT_WIDE_OUTPUTS
-                and win.out_h * win.out_w >= DIRECT_WEIGHT_WIDE_POSITIONS):
+        if (not nhwc and og <= t.DIRECT_WEIGHT_WIDE_OUTPUTS
+                and win.out_h * win.out_w >= t.DIRECT_WEIGHT_WIDE_POSITIONS):
             return _conv2d.use_direct(groups, cg, og, win)
-        if cg < DIRECT_WEIGHT_MIN_CHANNELS:
-            outputs = DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
+        if cg < t.DIRECT_WEIGHT_MIN_CHANNELS:
+            outputs = t.DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
         else:
-            outputs = DIRECT_WEIGHT_OUTPUTS_F64 if itemsize == 8 else DIRECT_WEIGHT_OUTPUTS
-        return (og <= outputs and win.out_h * win.out_w >= DIRECT_WEIGHT_MIN_POSITIONS
+            outputs = t.DIRECT_WEIGHT_OUTPUTS_F64 if itemsize == 8 else t.DIRECT_WEIGHT_OUTPUTS
+        return (og <= outputs and win.out_h * win.out_w >= t.DIRECT_WEIGHT_MIN_POSITIONS
                 and _conv2d.use_direct(groups, cg, og, win))
-    return og <= DIRECT_WEIGHT_OUTPUTS and _conv2d.use_direct(groups, cg, og, win)
+    return og <= t.DIRECT_WEIGHT_OUTPUTS and _conv2d.use_direct(groups, cg, og, win)
 
 
 def _direct_weight_unit_layout(channels: int, og: int, win, itemsize: int,
@@ -338,17 +253,18 @@ def direct_weight_split(groups: int, cg: int, og: int, win, itemsize: int, n_thr
     blocks (a unit packs its chunk's input band and its block's
     grad_output band, unless the thread's unit before it packed the same),
     then the channels further."""
-    cap = min(cg, DIRECT_WEIGHT_CHANNELS)
+    t = current()
+    cap = min(cg, t.DIRECT_WEIGHT_CHANNELS)
     fixed, per_row = _direct_weight_unit_layout(cap, og, win, itemsize, vector_elements)
-    if fixed + per_row > _bands.DIRECT_MAX_BAND_BYTES:
+    if fixed + per_row > t.DIRECT_MAX_BAND_BYTES:
         return None
-    band = max(1, min(win.out_h, (_bands.DIRECT_BAND_BYTES - fixed) // per_row))
+    band = max(1, min(win.out_h, (t.DIRECT_BAND_BYTES - fixed) // per_row))
     wanted = 2 * n_threads
     n_chunks, n_blocks = ceil_div(cg, cap), 1
     if groups * n_chunks < wanted:
-        n_chunks = max(n_chunks, min(ceil_div(wanted, groups), cg // DIRECT_WEIGHT_MIN_CHUNK))
+        n_chunks = max(n_chunks, min(ceil_div(wanted, groups), cg // t.DIRECT_WEIGHT_MIN_CHUNK))
     if groups * n_chunks < wanted:
-        n_blocks = min(ceil_div(og, DIRECT_WEIGHT_MIN_BLOCK),
+        n_blocks = min(ceil_div(og, t.DIRECT_WEIGHT_MIN_BLOCK),
                        ceil_div(wanted, groups * n_chunks))
     if groups * n_chunks * n_blocks < wanted:
         n_chunks = min(cg, ceil_div(wanted, groups * n_blocks))
