@@ -313,7 +313,7 @@ def main():
     ]
     setup(
         name="fastim2col",
-        packages=["fastim2col", "fastim2col._plan"],
+        packages=["fastim2col", "fastim2col._plan", "fastim2col.dask"],
         ext_modules=cythonize(extensions, include_path=["src"],
                               compiler_directives=dict(ext["cython"])),
         cmdclass={"build_ext": BuildExt},
