@@ -283,6 +283,16 @@ def test_thread_count_per_scheduler_and_override():
     assert fastim2col.get_num_threads() == before
 
 
+def test_threaded_scheduler_concurrent_blocks():
+    """Blocks run concurrently in one process, each under its own thread limit."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 2, 30, 30))
+    w = rng.standard_normal((5, 2, 3, 3))
+    y = fd.conv2d(da.from_array(x, chunks=(1, 2, 7, 9)), w, padding=1, threads=1)
+    with dask.config.set(num_workers=2):
+        close(y.compute(scheduler="threads"), fastim2col.conv2d(x, w, padding=1))
+
+
 def test_import_fastim2col_needs_no_dask():
     code = ("import sys; sys.modules['dask'] = None; import fastim2col; "
             "assert 'fastim2col.dask' not in sys.modules; print('ok')")

@@ -4,7 +4,7 @@ a large image, in memory vs a dask.distributed LocalCluster vs dask-image.
     python tools/dask_bench.py                      # 6k x 6k, 16 filters 7x7, 2 workers
     python tools/dask_bench.py --size 2000 --skip-dask-image
 
-Times (best of --repeat):
+Times (best and median of --repeat, interleaved):
 - in memory: one fastim2col.conv2d call on the whole image (all cores), and
   the filter-bank energy (conv -> square -> sum over filters);
 - cluster: --workers worker processes x 1 thread, the image already on the
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     parser.add_argument("--filters", type=int, default=16)
     parser.add_argument("--kernel", type=int, default=7)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-dask-image", action="store_true")
     args = parser.parse_args(argv)
 
@@ -90,10 +90,14 @@ def main(argv=None) -> None:
             for key, run in runs.items():
                 times[key].append(best_of(1, run))
         t_conv, t_energy, c_conv, c_energy = (min(times[k]) for k in runs)
-        print(f"in memory: conv {t_conv:.2f} s, energy {t_energy:.2f} s")
+        median = {k: float(np.median(v)) for k, v in times.items()}
+        print(f"in memory: conv {t_conv:.2f} s, energy {t_energy:.2f} s "
+              f"(medians {median['conv']:.2f}, {median['energy']:.2f})")
         print(f"cluster ({args.workers} workers x 1 thread): conv {c_conv:.2f} s "
               f"({c_conv / t_conv:.2f}x in memory), energy {c_energy:.2f} s "
-              f"({c_energy / t_energy:.2f}x in memory)")
+              f"({c_energy / t_energy:.2f}x in memory) (medians {median['c_conv']:.2f} s = "
+              f"{median['c_conv'] / median['conv']:.2f}x, {median['c_energy']:.2f} s = "
+              f"{median['c_energy'] / median['energy']:.2f}x)")
 
         if not args.skip_dask_image:
             from dask_image.ndfilters import correlate

@@ -139,8 +139,7 @@ def conv(nd, x, weight, bias, stride, padding, dilation, groups, layout, threads
     x = x.rechunk({c_axis: -1})
     axes = [conv_axis(x.chunks[a], k, ss, dd, lo, hi)
             for a, k, ss, dd, (lo, hi) in zip(spatial, kernel, s, d, pads)]
-    for a, blocks in zip(spatial, axes):
-        x = _blocks.gather(x, a, blocks.in_ranges)
+    x = _blocks.gather(x, spatial, [b.in_ranges for b in axes])
     index = _blocks.array_index(nd, channels_last)
     adjust: dict[str, tuple[int, ...]] = {CHANNELS: (probe.shape[c_axis],)}
     adjust.update({sym: b.out_chunks for sym, b in zip(SPATIAL, axes)})
@@ -209,8 +208,7 @@ def _transposed_graph(nd, x, unbatched, channels_last, kernel, s, d, p, n_out, d
     # info per block: (its start in the local result, local length, block length)
     axes = [b._replace(info=tuple(i + (n,) for i, n in zip(b.info, b.out_chunks)))
             for b in axes]
-    for a, blocks in zip(spatial, axes):
-        x = _blocks.gather(x, a, blocks.in_ranges)
+    x = _blocks.gather(x, spatial, [b.in_ranges for b in axes])
     index = _blocks.array_index(nd, channels_last)
     adjust: dict[str, tuple[int, ...]] = {CHANNELS: (c_out,)}
     adjust.update({sym: b.out_chunks for sym, b in zip(SPATIAL, axes)})
@@ -326,8 +324,7 @@ def conv_weight(nd, x, weight_size, grad_output, stride, padding, dilation, grou
     x = x.rechunk({c_axis: -1})
     axes = [conv_axis(x.chunks[a], k, ss, dd, lo, hi)
             for a, k, ss, dd, (lo, hi) in zip(spatial, kernel, s, d, pads)]
-    for a, blocks in zip(spatial, axes):
-        x = _blocks.gather(x, a, blocks.in_ranges)
+    x = _blocks.gather(x, spatial, [b.in_ranges for b in axes])
     go_chunks = {0: x.chunks[0], c_axis: -1}
     go_chunks.update({a: b.out_chunks for a, b in zip(spatial, axes)})
     go = go.rechunk(go_chunks) if isinstance(go, da.Array) else da.from_array(
