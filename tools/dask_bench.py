@@ -41,7 +41,12 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-dask-image", action="store_true")
+    parser.add_argument("--scaling", action="store_true",
+                        help="instead: throughput of the persisted conv with 1..--workers "
+                        "workers x 1 thread, each task on 1 kernel thread")
     args = parser.parse_args(argv)
+    if args.scaling:
+        return scaling(args)
 
     import dask.array as da
     from distributed import Client, LocalCluster, wait
@@ -112,6 +117,33 @@ def main(argv=None) -> None:
             t_image = best_of(1, dask_image_energy)
             print(f"dask-image correlate, one filter at a time: energy {t_image:.2f} s "
                   f"(fastim2col.dask {t_image / c_energy:.1f}x faster)")
+
+
+def scaling(args) -> None:
+    import dask.array as da
+    from distributed import Client, LocalCluster, wait
+
+    import fastim2col.dask as fd
+    sys.path.insert(0, __file__.rsplit("/tools/", 1)[0] + "/examples")
+    from dask_filter_bank import gabor_bank
+    bank = gabor_bank(args.filters, args.kernel)
+    for workers in range(1, args.workers + 1):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, memory_limit=0,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            rng = da.random.default_rng(0)
+            x_d = client.persist(rng.standard_normal((1, 1, args.size, args.size),
+                                                     chunks=(1, 1, args.chunk, args.chunk),
+                                                     dtype=np.float32))
+            wait(x_d)
+
+            def persisted_conv():
+                y = client.persist(fd.conv2d(x_d, bank, padding="same", threads=1))
+                wait(y)
+                del y
+            persisted_conv()   # warm-up: imports and first plans in each worker
+            seconds = best_of(args.repeat, persisted_conv)
+            print(f"{workers} worker(s) x 1 thread: conv {seconds:.2f} s, "
+                  f"{args.size ** 2 / seconds / 1e6:.1f} Mpixel/s")
 
 
 if __name__ == "__main__":
