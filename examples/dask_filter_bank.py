@@ -36,7 +36,8 @@ def gabor_bank(n_filters: int, size: int, dtype=np.float32) -> np.ndarray:
         theta = np.pi * (i // 2) / max(1, n_filters // 2)
         wavelength = size / 2 if i % 2 == 0 else size / 3.5
         u = xx * np.cos(theta) + yy * np.sin(theta)
-        g = np.exp(-(xx ** 2 + yy ** 2) / (2 * (size / 4) ** 2)) * np.cos(2 * np.pi * u / wavelength)
+        envelope = np.exp(-(xx ** 2 + yy ** 2) / (2 * (size / 4) ** 2))
+        g = envelope * np.cos(2 * np.pi * u / wavelength)
         g -= g.mean()
         filters.append(g / np.abs(g).sum())
     return np.stack(filters)[:, None].astype(dtype)

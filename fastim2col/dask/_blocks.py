@@ -74,7 +74,7 @@ def gather(x, axes: Sequence[int], ranges: Sequence[Sequence[tuple[int, int]]]):
     for a, axis_ranges in zip(axes, ranges):
         chunks[a] = tuple(hi - lo for lo, hi in axis_ranges)
     name = "fastim2col-gather-" + tokenize(x.name, tuple(axes), tuple(map(tuple, ranges)))
-    graph = {}
+    graph: dict[tuple, tuple] = {}
     for index in itertools.product(*(range(len(c)) for c in chunks)):
         shape = tuple(chunks[axis][i] for axis, i in enumerate(index))
         choices = [pieces[axis][i] if axis in pieces else [(i, slice(None), slice(None))]
@@ -140,6 +140,11 @@ def run_blocks(block_fn: Callable, arrays: Sequence[tuple[object, tuple[str, ...
     for symbol, blocks in zip(SPATIAL, axis_blocks):
         args += [axis_info_array(blocks), (symbol,)]
     meta = np.empty((0,) * len(out_index), dtype=dtype)
+    # Weights and bias as one graph key each, sent once to a worker, rather
+    # than copied into every task.
+    import dask
+    kwargs = {k: dask.delayed(v, pure=True) if isinstance(v, np.ndarray) else v
+              for k, v in kwargs.items()}
     return da.blockwise(block_fn, out_index, *args, dtype=dtype, meta=meta,
                         align_arrays=False, concatenate=True, adjust_chunks=adjust_chunks,
                         new_axes=new_axes or {}, **kwargs)
