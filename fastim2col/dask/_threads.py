@@ -5,13 +5,14 @@ A dask worker already runs several tasks at once (its threads); if each task
 also ran fastim2col on every core, cores x threads OpenMP threads would fight
 for the cores. So each task runs with max(1, cores // threads sharing them):
 the threads of every worker on the same host on a dask.distributed cluster
-(known from the client when the graph is built, else the worker's own), the
-pool's threads on the local threaded scheduler, all cores on the synchronous
-one. ``threads=`` overrides it.
+(known from the client when the graph is built, else asked by the first task
+of each worker process), the pool's threads on the local threaded scheduler,
+all cores on the synchronous one. ``threads=`` overrides it.
 
 The limit is set with OpenMP's per-thread setting (threadpoolctl), which
 fastim2col.get_num_threads honours: concurrent tasks in one process do not
-disturb each other or the process-wide fastim2col.set_num_threads.
+disturb each other. (A fastim2col.set_num_threads(n) made inside a worker
+process can override it: leave it unset there, ``threads=`` is the knob.)
 """
 from __future__ import annotations
 
@@ -65,6 +66,27 @@ def host_threads_of_client() -> dict[str, int]:
     return totals
 
 
+_asked_cluster: dict[str, int] | None = None
+
+
+def _cluster_host_threads() -> dict[str, int]:
+    """host_threads_of_client() asked from inside a task, once a process: for
+    graphs built before any client existed."""
+    global _asked_cluster
+    if _asked_cluster is None:
+        try:
+            from distributed import get_client
+            from distributed.comm import get_address_host
+            totals: dict[str, int] = {}
+            for address, n in get_client().nthreads().items():
+                host = get_address_host(address)
+                totals[host] = totals.get(host, 0) + n
+            _asked_cluster = totals
+        except Exception:   # any failure: fall back to the worker's own threads
+            _asked_cluster = {}
+    return _asked_cluster
+
+
 def task_threads(requested: int | None, host_threads: Mapping[str, int]) -> int:
     """The kernel threads of a task running now (see the module docstring)."""
     if requested is not None:
@@ -77,7 +99,8 @@ def task_threads(requested: int | None, host_threads: Mapping[str, int]) -> int:
         worker = None
     if worker is not None:
         from distributed.comm import get_address_host
-        sharing = host_threads.get(get_address_host(worker.address)) or worker.state.nthreads
+        host = get_address_host(worker.address)
+        sharing = (host_threads or _cluster_host_threads()).get(host) or worker.state.nthreads
         return max(1, cores // max(1, sharing))
     import dask
     if threading.current_thread() is threading.main_thread():
