@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings, strategies as st
 
 da = pytest.importorskip("dask.array", reason="fastim2col.dask needs the dask extra")
 import dask  # noqa: E402
@@ -121,6 +122,44 @@ def test_conv_transpose2d_matches_in_memory(chunks, params, layout):
     want = fastim2col.conv_transpose2d(x, w, b, layout=layout, **params)
     got = fd.conv_transpose2d(da.from_array(x, chunks=chunks), w, b, layout=layout, **params)
     close(got.compute(), want)
+
+
+@st.composite
+def chunked_problems(draw):
+    """A random 1-d/2-d problem and a random chunking of the input (any sizes)."""
+    nd = draw(st.sampled_from([1, 2]))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    padding = tuple(draw(st.integers(0, 4)) for _ in range(nd))
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    sizes = tuple(draw(st.integers(max(1, s - 2 * p), 20)) for s, p in zip(span, padding))
+    chunks = []
+    for n in sizes:
+        cuts = sorted(draw(st.sets(st.integers(1, n - 1), max_size=4))) if n > 1 else []
+        chunks.append(tuple(np.diff([0, *cuts, n]).tolist()))
+    return nd, kernel, dilation, stride, padding, sizes, tuple(chunks)
+
+
+@settings(max_examples=40, deadline=None)
+@given(chunked_problems(), st.booleans())
+def test_any_chunking_property(problem, transposed):
+    nd, kernel, dilation, stride, padding, sizes, chunks = problem
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3) + sizes)
+    x_d = da.from_array(x, chunks=(1, 3) + chunks)
+    if transposed:
+        padding = tuple(min(p, d * (k - 1)) for p, k, d in zip(padding, kernel, dilation))
+        assume(all((n - 1) * s - 2 * p + d * (k - 1) + 1 >= 1
+                   for n, s, p, d, k in zip(sizes, stride, padding, dilation, kernel)))
+        w = rng.standard_normal((3, 2) + kernel)
+        args = (None, stride, padding, 0, 1, dilation)
+        fn, lazy = getattr(fastim2col, f"conv_transpose{nd}d"), getattr(fd, f"conv_transpose{nd}d")
+    else:
+        w = rng.standard_normal((2, 3) + kernel)
+        args = (None, stride, padding, dilation)
+        fn, lazy = getattr(fastim2col, f"conv{nd}d"), getattr(fd, f"conv{nd}d")
+    close(lazy(x_d, w, *args).compute(), fn(x, w, *args))
 
 
 def test_independent_references():
