@@ -239,6 +239,57 @@ def test_conv3d_matches_in_memory(layout):
           fastim2col.conv3d(x, w, layout=layout, **params))
 
 
+def naive_conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                 layout="NCDHW"):
+    """conv3d from its definition (sliding windows + einsum): a stand-in that
+    runs fastim2col.dask's 3-d path while fastim2col has no conv3d."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    triple = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3)
+    if layout == "NDHWC":
+        x, w = np.moveaxis(x, -1, 1), np.moveaxis(w, -1, 1)
+    k, s, d = w.shape[2:], triple(stride), triple(dilation)
+    if padding == "same":
+        pads = [(dd * (kk - 1) // 2, dd * (kk - 1) - dd * (kk - 1) // 2) for kk, dd in zip(k, d)]
+    else:
+        pads = [(p, p) for p in triple(0 if padding == "valid" else padding)]
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads)
+    spans = [dd * (kk - 1) + 1 for kk, dd in zip(k, d)]
+    win = sliding_window_view(xp, spans, axis=(2, 3, 4))
+    win = win[:, :, ::s[0], ::s[1], ::s[2], ::d[0], ::d[1], ::d[2]]
+    cg, og = x.shape[1] // groups, w.shape[0] // groups
+    out = np.concatenate([np.einsum("ncdhwijk,ocijk->nodhw", win[:, g * cg:(g + 1) * cg],
+                                    w[g * og:(g + 1) * og]) for g in range(groups)], axis=1)
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1, 1)
+    return np.ascontiguousarray(np.moveaxis(out, 1, -1) if layout == "NDHWC" else out)
+
+
+@pytest.mark.parametrize("layout", ["NCDHW", "NDHWC"])
+def test_conv3d_path_with_a_stand_in(layout, monkeypatch):
+    """The N-d code on 3 spatial axes, with naive_conv3d as fastim2col.conv3d."""
+    if HAS_CONV3D:
+        pytest.skip("fastim2col.conv3d exists: test_conv3d_matches_in_memory runs instead")
+    rng = np.random.default_rng(10)
+    # the stand-in itself, against fastim2col.conv2d slice by slice (depth-1 kernel)
+    x2 = rng.standard_normal((2, 4, 3, 9, 8))
+    w2 = rng.standard_normal((6, 2, 1, 3, 2))
+    for z in range(3):
+        close(naive_conv3d(x2, w2, None, (1, 2, 1), (0, 1, 2), 1, 2)[:, :, z],
+              fastim2col.conv2d(x2[:, :, z], w2[:, :, 0], None, (2, 1), (1, 2), 1, 2))
+    monkeypatch.setattr(fastim2col, "conv3d", naive_conv3d, raising=False)
+    x = rng.standard_normal((2, 4, 9, 8, 7))
+    w = rng.standard_normal((6, 2, 3, 2, 3))
+    b = rng.standard_normal(6)
+    if layout == "NDHWC":
+        x, w = nhwc(x), wt_nhwc(w)
+    chunks = tuple((1, 2, 3) + (1,) * (n - 6) if n > 5 else n for n in x.shape)
+    for params in (dict(stride=(2, 1, 2), padding=1, dilation=(1, 2, 1), groups=2),
+                   dict(padding="same", groups=2)):
+        close(fd.conv3d(da.from_array(x, chunks=chunks), w, b, layout=layout,
+                        **params).compute(),
+              naive_conv3d(x, w, b, layout=layout, **params))
+
+
 def test_conv3d_missing_is_a_clear_error():
     if HAS_CONV3D:
         pytest.skip("fastim2col.conv3d exists in this build")
