@@ -221,6 +221,33 @@ class Window(NamedTuple):
     pad_w: int      # left
     dilation_h: int
     dilation_w: int
+    # volumes' depth (images: one plane, the defaults)
+    in_d: int = 1
+    out_d: int = 1
+    kernel_d: int = 1
+    stride_d: int = 1
+    pad_d: int = 0      # front
+    dilation_d: int = 1
+
+    @property
+    def spatial(self) -> int:
+        """2 for images, 3 for volumes."""
+        return 2 if (self.in_d, self.out_d, self.kernel_d) == (1, 1, 1) else 3
+
+    @property
+    def n_out(self) -> int:
+        """Output positions."""
+        return self.out_d * self.out_h * self.out_w
+
+    @property
+    def n_in(self) -> int:
+        """Input positions."""
+        return self.in_d * self.in_h * self.in_w
+
+    @property
+    def n_taps(self) -> int:
+        """Window taps."""
+        return self.kernel_d * self.kernel_h * self.kernel_w
 
 
 def window(in_hw, kernel_size, stride, padding, dilation, *, allow_strings: bool,

@@ -16,13 +16,13 @@ from libc.stdlib cimport malloc, free
 from _blas cimport gemm_rm
 from _conv_common cimport Conv, thin_scratch
 from _thin_gemm cimport thin_gemm
-from _unroll cimport Geometry, fold_nchw, fold_nhwc
+from _unroll cimport Geometry, fold_nchw, fold_nhwc, in_positions, n_taps, out_positions
 
 
 cdef inline void seed_with_bias(floating* gx, const floating* bias, const Conv* cv,
                                 const Geometry* g, int n_threads) noexcept nogil:
     # gx = the bias of its channel (or 0), before input gradients are folded in.
-    cdef Py_ssize_t plane = g.in_h * g.in_w
+    cdef Py_ssize_t plane = in_positions(g)
     cdef Py_ssize_t image_size = plane * cv.n_channels
     cdef Py_ssize_t u, n, c, k
     for u in prange(cv.n_images * cv.n_channels, nogil=True, num_threads=n_threads,
@@ -98,15 +98,15 @@ cdef inline Py_ssize_t grad_input(const floating* go, const floating* w, const f
     # (NCHW): the thin kernel the other way round, grad_output's rows read
     # in place as its vectors, the unit's weights broadcast
     # (_plan.use_thin_positions); 1x1 straight into gx.
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t n_pos = out_positions(&g)
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kk = n_taps(&g)
     cdef Py_ssize_t kg = cg * kk
     cdef Py_ssize_t n_tiles = (n_pos + cv.tile - 1) // cv.tile
     cdef Py_ssize_t n_blocks = (cg + cv.block - 1) // cv.block
     cdef Py_ssize_t n_pairs = (n_tiles + 1) // 2
-    cdef Py_ssize_t plane = g.in_h * g.in_w
+    cdef Py_ssize_t plane = in_positions(&g)
     cdef Py_ssize_t image_size = plane * cv.n_channels
     cdef Py_ssize_t n_units, u, n, grp, t, b, p0, p1, c0, c1, k, r, q, c, rows
     cdef Py_ssize_t n_failed = 0
@@ -212,16 +212,16 @@ cdef inline Py_ssize_t grad_input_images(const floating* go, const floating* w,
     # columns. Units touch disjoint (image, channel) sets: no phases needed.
     # NCHW gathers the images' grad_output rows into a (og x tile) buffer;
     # transposed, thin and thin_positions as in grad_input().
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t n_pos = out_positions(&g)
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kk = n_taps(&g)
     cdef Py_ssize_t kg = cg * kk
     cdef Py_ssize_t tile = per_tile * n_pos
     cdef Py_ssize_t n_sets = (cv.n_images + per_tile - 1) // per_tile
     cdef Py_ssize_t n_blocks = (cg + cv.block - 1) // cv.block
     cdef Py_ssize_t n_units = n_sets * cv.groups * n_blocks
-    cdef Py_ssize_t plane = g.in_h * g.in_w
+    cdef Py_ssize_t plane = in_positions(&g)
     cdef Py_ssize_t image_size = plane * cv.n_channels
     cdef Py_ssize_t u, grp, b, c0, c1, n0, n_in, width, i, r, q, k, c, n, rows
     cdef Py_ssize_t k_stride, p_stride

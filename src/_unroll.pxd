@@ -18,9 +18,12 @@ cdef struct Geometry:
     # Input image size, output size and window parameters of one convolution.
     # pad_h / pad_w are the top / left padding; bottom / right padding is
     # implied by out_h / out_w (which lets 'same' padding be asymmetric).
+    # The depth fields are those of 3-d volumes: 1 (pad_d 0) for images, whose
+    # kernels then see a single plane.
     Py_ssize_t in_h, in_w, out_h, out_w
     Py_ssize_t kernel_h, kernel_w, stride_h, stride_w
     Py_ssize_t pad_h, pad_w, dilation_h, dilation_w
+    Py_ssize_t in_d, out_d, kernel_d, stride_d, pad_d, dilation_d
 
 
 cdef inline Geometry make_geometry(tuple geom):
@@ -28,8 +31,26 @@ cdef inline Geometry make_geometry(tuple geom):
     # (fastim2col._args.Window).
     cdef Geometry g
     (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
-     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
+     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w,
+     g.in_d, g.out_d, g.kernel_d, g.stride_d, g.pad_d, g.dilation_d) = geom
     return g
+
+
+cdef inline Py_ssize_t out_positions(const Geometry* g) noexcept nogil:
+    return g.out_d * g.out_h * g.out_w
+
+
+cdef inline Py_ssize_t in_positions(const Geometry* g) noexcept nogil:
+    return g.in_d * g.in_h * g.in_w
+
+
+cdef inline Py_ssize_t n_taps(const Geometry* g) noexcept nogil:
+    return g.kernel_d * g.kernel_h * g.kernel_w
+
+
+cdef inline bint planar(const Geometry* g) noexcept nogil:
+    # one input and one output plane: a 2-d image (or a volume of depth 1)
+    return g.in_d == 1 and g.out_d == 1 and g.kernel_d == 1
 
 
 cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -144,7 +165,7 @@ cdef inline void unroll_run(const floating* x_c, Py_ssize_t s_h, const Geometry*
                             Py_ssize_t i, Py_ssize_t j, ColRange rows_ok, ColRange cols_ok,
                             Py_ssize_t oh_first, Py_ssize_t oh_last,
                             floating* row) noexcept nogil:
-    """unroll_nchw's rows for tap (i, j) of one channel x_c, output rows
+    """unroll_plane_nchw's rows for tap (i, j) of one channel x_c, output rows
     [oh_first, oh_last), where x's columns are unit strided and an output
     row's input row is g.out_w elements past the previous one's (stride_h *
     s_h == out_w): the valid part is then a single run of x. One memcpy
@@ -175,7 +196,7 @@ cdef inline void unroll_run(const floating* x_c, Py_ssize_t s_h, const Geometry*
                 out[ow] = 0
 
 
-cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
+cdef inline void unroll_plane_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
                              Py_ssize_t s_w, Py_ssize_t n_channels,
                              const Geometry* g, Py_ssize_t p_start,
                              Py_ssize_t p_stop, floating* dst,
@@ -265,7 +286,7 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
                     oh += 1
 
 
-cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
+cdef inline void unroll_plane_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
                              Py_ssize_t s_c, Py_ssize_t c_start,
                              Py_ssize_t n_channels, const Geometry* g,
                              Py_ssize_t p_start, Py_ssize_t p_stop,
@@ -313,7 +334,7 @@ cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
 cdef inline void fold_run(floating* row, const Geometry* g, Py_ssize_t i, Py_ssize_t j,
                           Py_ssize_t oh_lo, Py_ssize_t oh_hi, Py_ssize_t oh_first,
                           ColRange cols_ok, floating* img_c) noexcept nogil:
-    """fold_nchw's tap (i, j) of one channel, output rows [oh_lo, oh_hi)
+    """fold_plane_nchw's tap (i, j) of one channel, output rows [oh_lo, oh_hi)
     (the valid ones), where they add to one run of the image: row holds the
     tap's unrolled row from output row oh_first on, positions contiguous,
     and an output row's image row is g.out_w elements past the previous
@@ -342,7 +363,7 @@ cdef inline void fold_run(floating* row, const Geometry* g, Py_ssize_t i, Py_ssi
             row + (oh_lo - oh_first) * out_w + lo, 1, (oh_hi - oh_lo - 1) * out_w + hi - lo)
 
 
-cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
+cdef inline void fold_plane_nchw(const floating* cols, Py_ssize_t k_stride,
                            Py_ssize_t p_stride, Py_ssize_t n_channels,
                            const Geometry* g, Py_ssize_t p_start, Py_ssize_t p_stop,
                            floating* img, bint cols_scratch=False) noexcept nogil:
@@ -437,7 +458,7 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
                     oh += 1
 
 
-cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
+cdef inline void fold_plane_nhwc(const floating* cols, Py_ssize_t ld_cols,
                            Py_ssize_t n_img_channels, Py_ssize_t c_start,
                            Py_ssize_t n_channels, const Geometry* g,
                            Py_ssize_t p_start, Py_ssize_t p_stop,
@@ -480,3 +501,134 @@ cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
         if ow == g.out_w:
             ow = 0
             oh += 1
+
+
+# ---------------------------------------------------------------- volumes
+# Output positions p = (od*out_h + oh)*out_w + ow and taps (kd, i, j): the
+# plane functions above run each output plane's part of [p_start, p_stop)
+# against input plane id = od*stride_d - pad_d + kd*dilation_d (zeros, or
+# nothing folded, where id lies in the padding). A 2-d geometry is one plane.
+
+cdef inline void zero_rows(floating* dst, Py_ssize_t n_rows, Py_ssize_t ld_dst,
+                           Py_ssize_t n_cols) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in range(n_rows):
+        memset(dst + r * ld_dst, 0, n_cols * sizeof(floating))
+
+
+cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_d,
+                             Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t n_channels,
+                             const Geometry* g, Py_ssize_t p_start, Py_ssize_t p_stop,
+                             floating* dst, Py_ssize_t ld_dst) noexcept nogil:
+    """dst[((c*kd + d)*kh + i)*kw + j, p - p_start] = x[c, id, ih, iw] (0 in
+    the padding); x points at channel 0 of one image or volume."""
+    if planar(g):
+        unroll_plane_nchw(x, s_c, s_h, s_w, n_channels, g, p_start, p_stop, dst, ld_dst)
+        return
+    cdef Py_ssize_t plane = g.out_h * g.out_w, taps2 = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t c, d, p, od, q0, q1, id_
+    cdef floating* rows
+    for c in range(n_channels):
+        for d in range(g.kernel_d):
+            rows = dst + (c * g.kernel_d + d) * taps2 * ld_dst
+            p = p_start
+            while p < p_stop:
+                od = p // plane
+                q0 = p - od * plane
+                q1 = min(plane, q0 + p_stop - p)
+                id_ = od * g.stride_d - g.pad_d + d * g.dilation_d
+                if 0 <= id_ < g.in_d:
+                    unroll_plane_nchw(x + c * s_c + id_ * s_d, s_c, s_h, s_w, 1, g, q0, q1,
+                                      rows + p - p_start, ld_dst)
+                else:
+                    zero_rows(rows + p - p_start, taps2, ld_dst, q1 - q0)
+                p += q1 - q0
+
+
+cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_d, Py_ssize_t s_h,
+                             Py_ssize_t s_w, Py_ssize_t s_c, Py_ssize_t c_start,
+                             Py_ssize_t n_channels, const Geometry* g,
+                             Py_ssize_t p_start, Py_ssize_t p_stop,
+                             floating* dst, Py_ssize_t ld_dst) noexcept nogil:
+    """dst[p - p_start, ((d*kh + i)*kw + j)*n_channels + c] = x[id, ih, iw,
+    c_start + c]; x points at one image or volume."""
+    if planar(g):
+        unroll_plane_nhwc(x, s_h, s_w, s_c, c_start, n_channels, g, p_start, p_stop, dst,
+                          ld_dst)
+        return
+    cdef Py_ssize_t plane = g.out_h * g.out_w
+    cdef Py_ssize_t per_depth = g.kernel_h * g.kernel_w * n_channels
+    cdef Py_ssize_t d, p, od, q0, q1, id_
+    for d in range(g.kernel_d):
+        p = p_start
+        while p < p_stop:
+            od = p // plane
+            q0 = p - od * plane
+            q1 = min(plane, q0 + p_stop - p)
+            id_ = od * g.stride_d - g.pad_d + d * g.dilation_d
+            if 0 <= id_ < g.in_d:
+                unroll_plane_nhwc(x + id_ * s_d, s_h, s_w, s_c, c_start, n_channels, g, q0, q1,
+                                  dst + (p - p_start) * ld_dst + d * per_depth, ld_dst)
+            else:
+                zero_rows(dst + (p - p_start) * ld_dst + d * per_depth, q1 - q0, ld_dst,
+                          per_depth)
+            p += q1 - q0
+
+
+cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
+                           Py_ssize_t p_stride, Py_ssize_t n_channels,
+                           const Geometry* g, Py_ssize_t p_start, Py_ssize_t p_stop,
+                           floating* img, bint cols_scratch=False) noexcept nogil:
+    """unroll_nchw's adjoint: img[c, id, ih, iw] += cols[k*k_stride + (p -
+    p_start)*p_stride], k = ((c*kd + d)*kh + i)*kw + j; img C-contiguous
+    (n_channels, in_d, in_h, in_w). See fold_plane_nchw."""
+    if planar(g):
+        fold_plane_nchw(cols, k_stride, p_stride, n_channels, g, p_start, p_stop, img,
+                        cols_scratch)
+        return
+    cdef Py_ssize_t plane = g.out_h * g.out_w, taps2 = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t in_plane = g.in_h * g.in_w
+    cdef Py_ssize_t c, d, p, od, q0, q1, id_
+    for c in range(n_channels):
+        for d in range(g.kernel_d):
+            p = p_start
+            while p < p_stop:
+                od = p // plane
+                q0 = p - od * plane
+                q1 = min(plane, q0 + p_stop - p)
+                id_ = od * g.stride_d - g.pad_d + d * g.dilation_d
+                if 0 <= id_ < g.in_d:
+                    fold_plane_nchw(cols + (c * g.kernel_d + d) * taps2 * k_stride
+                                    + (p - p_start) * p_stride, k_stride, p_stride, 1, g, q0,
+                                    q1, img + (c * g.in_d + id_) * in_plane, cols_scratch)
+                p += q1 - q0
+
+
+cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
+                           Py_ssize_t n_img_channels, Py_ssize_t c_start,
+                           Py_ssize_t n_channels, const Geometry* g,
+                           Py_ssize_t p_start, Py_ssize_t p_stop,
+                           floating* img) noexcept nogil:
+    """unroll_nhwc's adjoint: img[id, ih, iw, c_start + c] += cols[p - p_start,
+    ((d*kh + i)*kw + j)*n_channels + c]; img C-contiguous (in_d, in_h, in_w,
+    n_img_channels)."""
+    if planar(g):
+        fold_plane_nhwc(cols, ld_cols, n_img_channels, c_start, n_channels, g, p_start,
+                        p_stop, img)
+        return
+    cdef Py_ssize_t plane = g.out_h * g.out_w
+    cdef Py_ssize_t per_depth = g.kernel_h * g.kernel_w * n_channels
+    cdef Py_ssize_t in_plane = g.in_h * g.in_w * n_img_channels
+    cdef Py_ssize_t d, p, od, q0, q1, id_
+    for d in range(g.kernel_d):
+        p = p_start
+        while p < p_stop:
+            od = p // plane
+            q0 = p - od * plane
+            q1 = min(plane, q0 + p_stop - p)
+            id_ = od * g.stride_d - g.pad_d + d * g.dilation_d
+            if 0 <= id_ < g.in_d:
+                fold_plane_nhwc(cols + (p - p_start) * ld_cols + d * per_depth, ld_cols,
+                                n_img_channels, c_start, n_channels, g, q0, q1,
+                                img + id_ * in_plane)
+            p += q1 - q0
