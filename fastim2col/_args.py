@@ -21,7 +21,10 @@ Layout = Literal["NCHW", "NHWC"]
 Int1 = Union[int, Tuple[int]]
 Padding1 = Union[int, Tuple[int], Literal["valid", "same"]]
 Layout1 = Literal["NCL", "NLC"]
-AnyLayout = Literal["NCHW", "NHWC", "NCL", "NLC"]
+Layout3 = Literal["NCDHW", "NDHWC"]
+Int3 = Union[int, Tuple[int], Tuple[int, int, int]]
+Padding3 = Union[int, Tuple[int], Tuple[int, int, int], Literal["valid", "same"]]
+AnyLayout = Literal["NCHW", "NHWC", "NCL", "NLC", "NCDHW", "NDHWC"]
 
 LAYOUTS = ("NCHW", "NHWC")
 # Window parameters and sizes stay far below this: index arithmetic in the
@@ -79,7 +82,7 @@ def check_layout(layout) -> bool:
 
 
 # Layouts by number of spatial dimensions: (channels first, channels last).
-LAYOUTS_BY_DIMS = {1: ("NCL", "NLC"), 2: LAYOUTS}
+LAYOUTS_BY_DIMS = {1: ("NCL", "NLC"), 2: LAYOUTS, 3: ("NCDHW", "NDHWC")}
 
 
 def check_layout_dims(layout, dims: int) -> bool:
@@ -161,36 +164,33 @@ def line_aligned_copy(arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def batched(arr: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
-    """(arr with a batch axis, whether it had none) for 3-d or 4-d arrays."""
-    if arr.ndim == 4:
+def batched(arr: np.ndarray, name: str, spatial: int = 2) -> tuple[np.ndarray, bool]:
+    """(arr with a batch axis, whether it had none) for arrays of `spatial`
+    dimensions, a channel axis and an optional batch axis."""
+    if arr.ndim == spatial + 2:
         return arr, False
-    if arr.ndim == 3:
+    if arr.ndim == spatial + 1:
         return arr[None], True
-    raise ValueError(f"{name} must be 4-d (batched) or 3-d (unbatched), got {arr.ndim}-d "
-                     f"with shape {arr.shape}")
+    raise ValueError(f"{name} must be {spatial + 2}-d (batched) or {spatial + 1}-d "
+                     f"(unbatched), got {arr.ndim}-d with shape {arr.shape}")
 
 
-def image_dims(shape, nhwc: bool) -> tuple[int, int, int, int]:
-    """(N, C, H, W) of a batched image shape in either layout."""
+def dims_nd(shape, nhwc: bool) -> tuple[int, int, tuple[int, ...]]:
+    """(N, C, spatial sizes) of a batched shape, channels first or last."""
     if nhwc:
-        n, h, w, c = shape
-    else:
-        n, c, h, w = shape
-    return n, c, h, w
+        return shape[0], shape[-1], tuple(shape[1:-1])
+    return shape[0], shape[1], tuple(shape[2:])
 
 
-def image_shape(n, c, h, w, nhwc: bool) -> tuple[int, int, int, int]:
-    return (n, h, w, c) if nhwc else (n, c, h, w)
+def shape_nd(n: int, c: int, sizes, nhwc: bool) -> tuple[int, ...]:
+    return (n, *sizes, c) if nhwc else (n, c, *sizes)
 
 
-def weight_dims(shape, nhwc: bool) -> tuple[int, int, int, int]:
-    """(rows, channels per group, kh, kw) of a weight in either layout."""
+def weight_dims_nd(shape, nhwc: bool) -> tuple[int, int, tuple[int, ...]]:
+    """(rows, channels per group, kernel sizes) of a weight, channels first or last."""
     if nhwc:
-        rows, kh, kw, cg = shape
-    else:
-        rows, cg, kh, kw = shape
-    return rows, cg, kh, kw
+        return shape[0], shape[-1], tuple(shape[1:-1])
+    return shape[0], shape[1], tuple(shape[2:])
 
 
 def positive_int(value, name: str) -> int:
@@ -289,6 +289,55 @@ def window(in_hw, kernel_size, stride, padding, dilation, *, allow_strings: bool
     else:
         out_h, out_w = out_hw
     return Window(h, w, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+def triple(value, name: str, minimum: int) -> tuple[int, int, int]:
+    """A 3-d window parameter: an int, a one-element or a three-element
+    sequence of ints, each >= minimum."""
+    if isinstance(value, (tuple, list, np.ndarray)) and np.ndim(value) == 1 and len(value) == 3:
+        depth = pair(value[0], name, minimum)[0]
+        return (depth,) + pair(tuple(value[1:]), name, minimum)
+    if isinstance(value, (tuple, list)) and len(value) not in (1,):
+        raise TypeError(f"{name} must be an int or a tuple of 3 ints, got {value!r}")
+    v = pair(value, name, minimum)[0]
+    return (v, v, v)
+
+
+def window3(in_dhw, kernel_size, stride, padding, dilation, *, allow_strings: bool,
+            out_dhw=None) -> Window:
+    """window() for volumes: the (h, w) part as for images, the depth by the
+    same rules."""
+    kd, kh, kw = triple(kernel_size, "kernel_size", 1)
+    sd, sh, sw = triple(stride, "stride", 1)
+    dd, dh, dw = triple(dilation, "dilation", 1)
+    if isinstance(padding, str):
+        if padding not in ("valid", "same") or not allow_strings:
+            window(in_dhw[1:], (kh, kw), (sh, sw), padding, (dh, dw),
+                   allow_strings=allow_strings)   # (raises its error)
+        if padding == "same" and sd != 1:
+            raise ValueError("padding='same' is not supported for strided convolutions "
+                             f"(stride={stride!r}); use an explicit padding")
+        pd = dd * (kd - 1) // 2 if padding == "same" else 0
+        total_d = dd * (kd - 1) if padding == "same" else 0
+        plane_padding: Union[str, tuple[int, int]] = padding
+    else:
+        pd, ph, pw = triple(padding, "padding", 0)
+        total_d = 2 * pd
+        plane_padding = (ph, pw)
+    plane = window(in_dhw[1:], (kh, kw), (sh, sw), plane_padding, (dh, dw),
+                   allow_strings=allow_strings,
+                   out_hw=None if out_dhw is None else out_dhw[1:])
+    d = in_dhw[0]
+    if out_dhw is None:
+        out_d = out_size(d, total_d, kd, sd, dd)
+        if out_d < 1:
+            raise ValueError(
+                f"kernel_size {(kd, kh, kw)} with dilation {(dd, dh, dw)} is larger than the "
+                f"padded input depth {d + total_d}: the output would be empty")
+    else:
+        out_d = out_dhw[0]
+    return plane._replace(in_d=d, out_d=out_d, kernel_d=kd, stride_d=sd, pad_d=pd,
+                          dilation_d=dd)
 
 
 def check_size(shape, itemsize: int, name: str) -> None:

@@ -19,6 +19,10 @@ _CALLS: dict[Callable[..., Any], Callable[..., _calls.Call]] = {
     functional.conv_transpose1d: _calls.conv_transpose1d,
     grad.conv1d_input: _calls.conv1d_input,
     grad.conv1d_weight: _calls.conv1d_weight,
+    functional.conv3d: _calls.conv3d,
+    functional.conv_transpose3d: _calls.conv_transpose3d,
+    grad.conv3d_input: _calls.conv3d_input,
+    grad.conv3d_weight: _calls.conv3d_weight,
 }
 
 

@@ -9,10 +9,12 @@ import numpy as np
 from . import _calls
 from typing import Sequence
 
-from ._args import AnyLayout, ArrayLike, Int1, IntPair, Layout, Layout1, Padding, Padding1
+from ._args import (AnyLayout, ArrayLike, Int1, Int3, IntPair, Layout, Layout1, Layout3,
+                    Padding, Padding1, Padding3)
 from ._execute import run
 
-__all__ = ["im2col", "col2im", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"]
+__all__ = ["im2col", "col2im", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+           "conv_transpose2d", "conv_transpose3d"]
 
 
 def im2col(x: ArrayLike, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
@@ -111,5 +113,39 @@ def conv_transpose1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
     output_size: as for :func:`conv_transpose2d`.
     """
     return run(_calls.conv_transpose1d(x, weight, bias, stride, padding, output_padding,
+                                       groups, dilation, output_size=output_size,
+                                       layout=layout, out=out))
+
+
+def conv3d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
+           stride: Int3 = 1, padding: Padding3 = 0, dilation: Int3 = 1, groups: int = 1,
+           *, layout: Layout3 = "NCDHW", out: np.ndarray | None = None) -> np.ndarray:
+    """3-D convolution (cross-correlation), like ``torch.nn.functional.conv3d``.
+
+    NCDHW: x ``(N, C_in, D, H, W)`` or unbatched ``(C_in, D, H, W)``, weight
+    ``(C_out, C_in/groups, kd, kh, kw)``, result ``(N, C_out, Do, Ho, Wo)``.
+    NDHWC: x ``(N, D, H, W, C_in)``, weight ``(C_out, kd, kh, kw, C_in/groups)``,
+    result ``(N, Do, Ho, Wo, C_out)``. stride, padding, dilation: an int or a
+    triple; padding also ``"valid"`` or ``"same"``. Tiles of the unrolled
+    volume and GEMM, as conv2d's GEMM kernel (the whole unrolled matrix never
+    exists).
+    """
+    return run(_calls.conv3d(x, weight, bias, stride, padding, dilation, groups,
+                             layout=layout, out=out))
+
+
+def conv_transpose3d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
+                     stride: Int3 = 1, padding: Int3 = 0, output_padding: Int3 = 0,
+                     groups: int = 1, dilation: Int3 = 1, *,
+                     output_size: Sequence[int] | None = None, layout: Layout3 = "NCDHW",
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """Transposed 3-D convolution, like ``torch.nn.functional.conv_transpose3d``.
+
+    NCDHW: x ``(N, C_in, D, H, W)``, weight ``(C_in, C_out/groups, kd, kh, kw)``,
+    result ``(N, C_out, Do, Ho, Wo)``, each size as for :func:`conv_transpose2d`;
+    NDHWC: x ``(N, D, H, W, C_in)``, weight ``(C_in, kd, kh, kw, C_out/groups)``.
+    output_size: ``(Do, Ho, Wo)``, as for :func:`conv_transpose2d`.
+    """
+    return run(_calls.conv_transpose3d(x, weight, bias, stride, padding, output_padding,
                                        groups, dilation, output_size=output_size,
                                        layout=layout, out=out))

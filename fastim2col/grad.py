@@ -1,4 +1,4 @@
-"""Gradients of conv1d and conv2d, with torch.nn.grad's names and semantics.
+"""Gradients of conv1d, conv2d and conv3d, with torch.nn.grad's names and semantics.
 
 The bias gradient needs no function: it is ``grad_output.sum(axis=(0, 2, 3))``
 in NCHW and ``grad_output.sum(axis=(0, 1, 2))`` in NHWC (drop the leading 0
@@ -11,10 +11,12 @@ from typing import Sequence
 import numpy as np
 
 from . import _calls
-from ._args import ArrayLike, Int1, IntPair, Layout, Layout1, Padding, Padding1
+from ._args import (ArrayLike, Int1, Int3, IntPair, Layout, Layout1, Layout3, Padding,
+                    Padding1, Padding3)
 from ._execute import run
 
-__all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight"]
+__all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight",
+           "conv3d_input", "conv3d_weight"]
 
 
 def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
@@ -72,4 +74,31 @@ def conv1d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
     Runs as conv2d_weight of unit height.
     """
     return run(_calls.conv1d_weight(input, weight_size, grad_output, stride, padding, dilation,
+                                    groups, layout=layout, out=out))
+
+
+def conv3d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
+                 stride: Int3 = 1, padding: Padding3 = 0, dilation: Int3 = 1,
+                 groups: int = 1, *, layout: Layout3 = "NCDHW",
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of ``conv3d`` with respect to its input, like ``torch.nn.grad.conv3d_input``.
+
+    input_size: ``(N, C, D, H, W)`` (NDHWC: ``(N, D, H, W, C)``) or unbatched
+    ``(C, D, H, W)``. GEMM of the weights' transpose with grad_output, folded
+    back tile by tile.
+    """
+    return run(_calls.conv3d_input(input_size, weight, grad_output, stride, padding, dilation,
+                                   groups, layout=layout, out=out))
+
+
+def conv3d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
+                  stride: Int3 = 1, padding: Padding3 = 0, dilation: Int3 = 1,
+                  groups: int = 1, *, layout: Layout3 = "NCDHW",
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of ``conv3d`` with respect to its weight, like ``torch.nn.grad.conv3d_weight``.
+
+    weight_size: ``(C_out, C_in/groups, kd, kh, kw)`` (NDHWC:
+    ``(C_out, kd, kh, kw, C_in/groups)``).
+    """
+    return run(_calls.conv3d_weight(input, weight_size, grad_output, stride, padding, dilation,
                                     groups, layout=layout, out=out))
