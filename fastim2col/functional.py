@@ -18,10 +18,43 @@ def im2col(x: ArrayLike, kernel_size: IntPair, stride: IntPair = 1, padding: Int
            out: np.ndarray | None = None) -> np.ndarray:
     """Unroll sliding windows of ``x`` into columns, like ``torch.nn.functional.unfold``.
 
-    NCHW: x ``(N, C, H, W)`` gives ``(N, C*kh*kw, L)``, rows ordered (c, i, j) and
-    L = Ho*Wo output positions in row-major order; unbatched ``(C, H, W)`` gives
-    ``(C*kh*kw, L)``. NHWC: x ``(N, H, W, C)`` gives ``(N, L, kh*kw*C)``, columns
-    ordered (i, j, c).
+    Parameters
+    ----------
+    x : array_like
+        NCHW: ``(N, C, H, W)`` or unbatched ``(C, H, W)``. NHWC: ``(N, H, W, C)``
+        or unbatched ``(H, W, C)``.
+    kernel_size : int or (int, int)
+        The window's height and width ``(kh, kw)``.
+    stride, padding, dilation : int or (int, int), optional
+        As in ``torch.nn.functional.unfold`` (defaults 1, 0, 1). Padding is zeros.
+    layout : {"NCHW", "NHWC"}, optional
+        Memory layout of ``x`` and of the result (default ``"NCHW"``).
+    out : ndarray, optional
+        A C-contiguous array of exactly the result's shape and dtype to fill.
+
+    Returns
+    -------
+    ndarray
+        NCHW: ``(N, C*kh*kw, L)``, rows ordered (c, i, j) and ``L = Ho*Wo``
+        output positions in row-major order (unbatched: ``(C*kh*kw, L)``).
+        NHWC: ``(N, L, kh*kw*C)``, columns ordered (i, j, c).
+
+    See Also
+    --------
+    col2im : the adjoint, summing columns back into images.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastim2col
+    >>> x = np.arange(9.0).reshape(1, 3, 3)          # one channel of 3x3, unbatched
+    >>> fastim2col.im2col(x, kernel_size=2)          # 4 taps x 4 windows
+    array([[0., 1., 3., 4.],
+           [1., 2., 4., 5.],
+           [3., 4., 6., 7.],
+           [4., 5., 7., 8.]])
+    >>> fastim2col.im2col(np.zeros((2, 3, 8, 8), np.float32), 3, stride=2, padding=1).shape
+    (2, 27, 16)
     """
     return run(_calls.im2col(x, kernel_size, stride, padding, dilation, layout=layout, out=out))
 
@@ -32,9 +65,43 @@ def col2im(cols: ArrayLike, output_size: IntPair, kernel_size: IntPair, stride: 
     """Sum columns back into images, like ``torch.nn.functional.fold``: the adjoint
     of :func:`im2col`, overlapping windows adding up.
 
-    NCHW: cols ``(N, C*kh*kw, L)`` gives ``(N, C, H, W)`` with ``(H, W) = output_size``;
-    unbatched ``(C*kh*kw, L)`` gives ``(C, H, W)``. NHWC: cols ``(N, L, kh*kw*C)``
-    gives ``(N, H, W, C)``.
+    Parameters
+    ----------
+    cols : array_like
+        NCHW: ``(N, C*kh*kw, L)`` or unbatched ``(C*kh*kw, L)``. NHWC:
+        ``(N, L, kh*kw*C)`` or unbatched ``(L, kh*kw*C)``.
+    output_size : int or (int, int)
+        The images' ``(H, W)``.
+    kernel_size : int or (int, int)
+        The window's height and width ``(kh, kw)``.
+    stride, padding, dilation : int or (int, int), optional
+        As in ``torch.nn.functional.fold`` (defaults 1, 0, 1).
+    layout : {"NCHW", "NHWC"}, optional
+        Memory layout of ``cols`` and of the result (default ``"NCHW"``).
+    out : ndarray, optional
+        A C-contiguous array of exactly the result's shape and dtype to fill.
+
+    Returns
+    -------
+    ndarray
+        NCHW: ``(N, C, H, W)`` (unbatched: ``(C, H, W)``). NHWC: ``(N, H, W, C)``.
+
+    See Also
+    --------
+    im2col : the unrolling this sums back.
+
+    Examples
+    --------
+    Folding the columns of an all-ones image counts how many windows cover
+    each pixel:
+
+    >>> import numpy as np
+    >>> import fastim2col
+    >>> cols = fastim2col.im2col(np.ones((1, 3, 3)), kernel_size=2)
+    >>> fastim2col.col2im(cols, output_size=3, kernel_size=2)
+    array([[[1., 2., 1.],
+            [2., 4., 2.],
+            [1., 2., 1.]]])
     """
     return run(_calls.col2im(cols, output_size, kernel_size, stride, padding, dilation,
                              layout=layout, out=out))
@@ -45,10 +112,60 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
            *, layout: Layout = "NCHW", out: np.ndarray | None = None) -> np.ndarray:
     """2-D convolution (cross-correlation), like ``torch.nn.functional.conv2d``.
 
-    NCHW: x ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, weight
-    ``(C_out, C_in/groups, kh, kw)``, result ``(N, C_out, Ho, Wo)``.
-    NHWC: x ``(N, H, W, C_in)``, weight ``(C_out, kh, kw, C_in/groups)``,
-    result ``(N, Ho, Wo, C_out)``. padding: int, pair, ``"valid"`` or ``"same"``.
+    Parameters
+    ----------
+    x : array_like
+        NCHW: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``. NHWC:
+        ``(N, H, W, C_in)`` or unbatched ``(H, W, C_in)``.
+    weight : array_like
+        NCHW: ``(C_out, C_in/groups, kh, kw)``. NHWC: ``(C_out, kh, kw, C_in/groups)``.
+    bias : array_like, optional
+        ``(C_out,)``, added to every output position.
+    stride, dilation : int or (int, int), optional
+        Defaults 1.
+    padding : int, (int, int), "valid" or "same", optional
+        Zero padding (default 0). ``"same"`` keeps the input's size (the odd
+        extra row/column goes at the bottom/right, as in torch; stride 1 only).
+    groups : int, optional
+        Split the channels into this many groups (``groups == C_in``: depthwise).
+    layout : {"NCHW", "NHWC"}, optional
+        Memory layout of ``x``, ``weight`` and the result (default ``"NCHW"``).
+    out : ndarray, optional
+        A C-contiguous array of exactly the result's shape and dtype to fill.
+
+    Returns
+    -------
+    ndarray
+        NCHW: ``(N, C_out, Ho, Wo)``; NHWC: ``(N, Ho, Wo, C_out)``, with
+        ``Ho = (H + 2*padding - dilation*(kh-1) - 1) // stride + 1``.
+        float32 inputs give float32 (``sgemm``), float64 and integers float64.
+
+    See Also
+    --------
+    fastim2col.grad.conv2d_input, fastim2col.grad.conv2d_weight : its gradients.
+    fastim2col.explain : the kernel and threads a call would use.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastim2col
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)            # (N, C_in, H, W)
+    >>> w = np.array([[[[1.0, 0.0], [0.0, -1.0]]]])       # (C_out, C_in, kh, kw)
+    >>> fastim2col.conv2d(x, w)                            # x[i, j] - x[i+1, j+1]
+    array([[[[-5., -5., -5.],
+             [-5., -5., -5.],
+             [-5., -5., -5.]]]])
+    >>> fastim2col.conv2d(x, w, bias=[10.0], stride=2, padding=1)
+    array([[[[10.,  8., 10.],
+             [ 2.,  5., 17.],
+             [10., 23., 25.]]]])
+
+    Channels last, and ``padding="same"``:
+
+    >>> xs = np.ones((2, 5, 5, 3), np.float32)              # (N, H, W, C_in)
+    >>> ws = np.ones((4, 3, 3, 3), np.float32)              # (C_out, kh, kw, C_in)
+    >>> fastim2col.conv2d(xs, ws, padding="same", layout="NHWC").shape
+    (2, 5, 5, 4)
     """
     return run(_calls.conv2d(x, weight, bias, stride, padding, dilation, groups,
                              layout=layout, out=out))
@@ -61,10 +178,51 @@ def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
     """Transposed 2-D convolution, like ``torch.nn.functional.conv_transpose2d``
     (the input gradient of conv2d, plus a bias).
 
-    NCHW: x ``(N, C_in, H, W)``, weight ``(C_in, C_out/groups, kh, kw)``, result
-    ``(N, C_out, Ho, Wo)`` with ``Ho = (H-1)*stride - 2*padding + dilation*(kh-1)
-    + output_padding + 1``. NHWC: x ``(N, H, W, C_in)``, weight
-    ``(C_in, kh, kw, C_out/groups)``, result ``(N, Ho, Wo, C_out)``.
+    Parameters
+    ----------
+    x : array_like
+        NCHW: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``. NHWC:
+        ``(N, H, W, C_in)``.
+    weight : array_like
+        NCHW: ``(C_in, C_out/groups, kh, kw)``. NHWC: ``(C_in, kh, kw, C_out/groups)``.
+    bias : array_like, optional
+        ``(C_out,)``.
+    stride, padding, dilation : int or (int, int), optional
+        Defaults 1, 0, 1.
+    output_padding : int or (int, int), optional
+        Extra rows/columns at the bottom/right of the result (default 0);
+        smaller than stride or dilation.
+    groups : int, optional
+        Default 1.
+    layout : {"NCHW", "NHWC"}, optional
+        Memory layout of ``x``, ``weight`` and the result (default ``"NCHW"``).
+    out : ndarray, optional
+        A C-contiguous array of exactly the result's shape and dtype to fill.
+
+    Returns
+    -------
+    ndarray
+        NCHW: ``(N, C_out, Ho, Wo)`` with ``Ho = (H-1)*stride - 2*padding +
+        dilation*(kh-1) + output_padding + 1``. NHWC: ``(N, Ho, Wo, C_out)``.
+
+    Examples
+    --------
+    Each input pixel stamps the kernel, scaled, into the output, ``stride``
+    pixels apart:
+
+    >>> import numpy as np
+    >>> import fastim2col
+    >>> x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])          # (N, C_in, H, W)
+    >>> w = np.ones((1, 1, 2, 2))                           # (C_in, C_out, kh, kw)
+    >>> fastim2col.conv_transpose2d(x, w, stride=2)
+    array([[[[1., 1., 2., 2.],
+             [1., 1., 2., 2.],
+             [3., 3., 4., 4.],
+             [3., 3., 4., 4.]]]])
+    >>> fastim2col.conv_transpose2d(x, w)                   # stride 1: overlaps add up
+    array([[[[ 1.,  3.,  2.],
+             [ 4., 10.,  6.],
+             [ 3.,  7.,  4.]]]])
     """
     return run(_calls.conv_transpose2d(x, weight, bias, stride, padding, output_padding,
                                        groups, dilation, layout=layout, out=out))

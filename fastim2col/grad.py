@@ -23,11 +23,45 @@ def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
                  out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv2d`` with respect to its input, like ``torch.nn.grad.conv2d_input``.
 
-    input_size: the input's shape, ``(N, C, H, W)`` (NHWC: ``(N, H, W, C)``) or
-    unbatched ``(C, H, W)``. Computed without materializing the column matrix:
-    tile by tile (GEMM of the weights' transpose with grad_output, folded back),
-    or by the direct, tap-by-tap or element-by-element kernels where the
-    planner picks them (fastim2col.explain shows which; docs/design.md).
+    Computed without materializing the column matrix: tile by tile (GEMM of
+    the weights' transpose with ``grad_output``, folded back), or by the
+    direct, tap-by-tap or element-by-element kernels where the planner picks
+    them (:func:`fastim2col.explain` shows which; docs/design.md).
+
+    Parameters
+    ----------
+    input_size : sequence of int
+        The input's shape: ``(N, C, H, W)`` (NHWC: ``(N, H, W, C)``) or
+        unbatched ``(C, H, W)``.
+    weight : array_like
+        The convolution's weight, as :func:`fastim2col.conv2d` takes it.
+    grad_output : array_like
+        The gradient of the loss with respect to conv2d's output.
+    stride, padding, dilation, groups
+        The forward call's arguments (padding may be ``"valid"``/``"same"``).
+    layout : {"NCHW", "NHWC"}, optional
+        Default ``"NCHW"``.
+    out : ndarray, optional
+        A C-contiguous array of shape ``input_size`` and the result's dtype to fill.
+
+    Returns
+    -------
+    ndarray
+        The gradient with respect to the input, of shape ``input_size``.
+
+    Examples
+    --------
+    The input gradient of a sum over a 2x2 all-ones convolution counts the
+    windows each input pixel is in:
+
+    >>> import numpy as np
+    >>> import fastim2col
+    >>> w = np.ones((1, 1, 2, 2))
+    >>> grad_output = np.ones((1, 1, 2, 2))                 # d(sum)/d(output)
+    >>> fastim2col.grad.conv2d_input((1, 1, 3, 3), w, grad_output)
+    array([[[[1., 2., 1.],
+             [2., 4., 2.],
+             [1., 2., 1.]]]])
     """
     return run(_calls.conv2d_input(input_size, weight, grad_output, stride, padding, dilation,
                                    groups, layout=layout, out=out))
@@ -39,11 +73,48 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
                   out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv2d`` with respect to its weight, like ``torch.nn.grad.conv2d_weight``.
 
-    weight_size: ``(C_out, C_in/groups, kh, kw)`` (NHWC: ``(C_out, kh, kw, C_in/groups)``).
-    Tiles of the unrolled input are GEMMed against grad_output; each weight
-    is summed by one work unit in a fixed order, or (where the channels do
-    not split evenly among the threads) in per-thread sums reduced in thread
-    order: the same bits on every call with the same thread count.
+    Tiles of the unrolled input are GEMMed against ``grad_output`` (or direct
+    kernels run, where the planner picks them); each weight is summed by one
+    work unit in a fixed order, or (where the channels do not split evenly
+    among the threads) in per-thread sums reduced in thread order: the same
+    bits on every call with the same thread count.
+
+    Parameters
+    ----------
+    input : array_like
+        The forward call's input.
+    weight_size : sequence of int
+        ``(C_out, C_in/groups, kh, kw)`` (NHWC: ``(C_out, kh, kw, C_in/groups)``).
+    grad_output : array_like
+        The gradient of the loss with respect to conv2d's output.
+    stride, padding, dilation, groups
+        The forward call's arguments (padding may be ``"valid"``/``"same"``).
+    layout : {"NCHW", "NHWC"}, optional
+        Default ``"NCHW"``.
+    out : ndarray, optional
+        A C-contiguous array of shape ``weight_size`` and the result's dtype to fill.
+
+    Returns
+    -------
+    ndarray
+        The gradient with respect to the weight, of shape ``weight_size``.
+
+    Examples
+    --------
+    With an all-ones ``grad_output`` each weight's gradient is the sum of the
+    input pixels it touches:
+
+    >>> import numpy as np
+    >>> import fastim2col
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> fastim2col.grad.conv2d_weight(x, (1, 1, 2, 2), np.ones((1, 1, 2, 2)))
+    array([[[[ 8., 12.],
+             [20., 24.]]]])
+
+    The bias gradient needs no function:
+
+    >>> np.ones((1, 1, 2, 2)).sum(axis=(0, 2, 3))
+    array([4.])
     """
     return run(_calls.conv2d_weight(input, weight_size, grad_output, stride, padding, dilation,
                                     groups, layout=layout, out=out))
