@@ -14,14 +14,18 @@ Browser checks (Debian's ``chromium``, headless, every host name resolving to
 nothing, so that a page needing the network shows it): each page is opened
 from file://, its DOM after the scripts ran is dumped and a screenshot taken.
 A page fails when its scripts did not run (Sphinx: pydata-sphinx-theme sets
-``data-theme`` on <html>; asv: the benchmark grid or a graph is not drawn),
-when its main content is missing, or when the screenshot is blank.
+``data-theme`` on <html>; asv: the benchmark grid or a graph is not drawn, or
+its error dialog shows), when its main content is missing, or when the
+screenshot is blank. asv's dashboard fetches its JSON with XMLHttpRequest,
+which browsers refuse from file://, so it is served from 127.0.0.1 as
+``asv preview`` would serve it.
 
 Exits 1 listing every failure; prints one line per page.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -92,7 +96,7 @@ def _chromium(browser: str, profile: str, *args: str, timeout: float = 60) -> su
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
            "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
            # nothing resolves: a page that needs the network fails here as it would offline
-           "--host-resolver-rules=MAP * ~NOTFOUND",
+           "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
            # let scripts and timers run (asv draws its grid and graphs from JSON)
            "--virtual-time-budget=8000", "--run-all-compositor-stages-before-draw",
            "--window-size=1280,1000", *args]
@@ -116,19 +120,45 @@ def page_checks(dom: str, kind: str, name: str) -> list[str]:
             problems.append("no main content")
         elif not re.search(r"<h1[^>]*>", dom):
             problems.append("no <h1> heading")
-    else:  # asv
-        if name == "index.html":
-            # the summary grid: one benchmark box per benchmark, filled in by asv.js
-            if "benchmark-container" not in dom and "summarygrid" not in dom:
-                problems.append("asv's benchmark grid was not drawn")
-        if "flot-base" in dom or "<canvas" in dom:
-            pass
-        elif name != "index.html":
-            problems.append("no graph canvas was drawn")
+    else:  # asv: index.html is the grid, index.html#<benchmark> its graph
+        if "Error fetching content" in dom or "Error loading" in dom or \
+                "failed to load" in dom.lower():
+            problems.append("asv's error dialog is shown (its data or scripts did not load)")
+        if "#" not in name:
+            # the summary grid: one box per benchmark, each with its mini plot
+            boxes = len(re.findall(r'class="[^"]*\bbenchmark-container\b', dom))
+            if boxes == 0:
+                problems.append("asv's benchmark grid was not drawn (no benchmark boxes)")
+        elif not re.search(r'<canvas[^>]*class="flot-base"', dom):
+            problems.append("no graph was drawn (no flot canvas)")
     return problems
 
 
-def browser_check(site: Path, pages: list[str], shots: Path, kind: str) -> list[str]:
+@contextlib.contextmanager
+def _served(site: Path):
+    """An HTTP server for `site` on the loopback interface, for pages that
+    fetch their data with XMLHttpRequest (asv's dashboard, as `asv preview`
+    serves it), which browsers refuse on file:// URLs."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def browser_check(site: Path, pages: list[str], shots: Path, kind: str,
+                  base: str | None = None) -> list[str]:
     browser = find_chromium()
     if browser is None:
         return ["no chromium on PATH (Debian: apt-get install chromium)"]
@@ -136,12 +166,15 @@ def browser_check(site: Path, pages: list[str], shots: Path, kind: str) -> list[
     problems = []
     with tempfile.TemporaryDirectory() as profile:
         for rel in pages:
-            url = (site / rel.split("#")[0]).resolve().as_uri() + (
-                "#" + rel.split("#", 1)[1] if "#" in rel else "")
+            if base is not None:
+                url = base + rel
+            else:
+                url = (site / rel.split("#")[0]).resolve().as_uri() + (
+                    "#" + rel.split("#", 1)[1] if "#" in rel else "")
             png = shots / (re.sub(r"[^A-Za-z0-9_.-]+", "_", rel) + ".png")
             dom = _chromium(browser, profile, "--dump-dom", url).stdout
             shot = _chromium(browser, profile, f"--screenshot={png}", url)
-            issues = page_checks(dom, kind, rel.split("#")[0].split("/")[-1])
+            issues = page_checks(dom, kind, rel.split("/")[-1])
             if shot.returncode != 0 or not png.exists():
                 issues.append(f"no screenshot (chromium exit {shot.returncode})")
             elif _blank(png):
@@ -177,7 +210,11 @@ def main(argv=None) -> int:
                            and "_sources" not in pg.parts and "plot_directive" not in pg.parts)
             kind = "sphinx"
         print(f"check_docs_site: {len(pages)} page(s) in headless chromium, offline")
-        problems += browser_check(site, pages, args.screenshots, kind)
+        if args.asv:
+            with _served(site) as base:
+                problems += browser_check(site, pages, args.screenshots, kind, base)
+        else:
+            problems += browser_check(site, pages, args.screenshots, kind)
     for line in problems:
         print(f"FAIL: {line}")
     print(f"check_docs_site: {'FAILED' if problems else 'passed'}")
