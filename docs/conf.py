@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 # matplotlib must not try a GUI backend while the gallery and plots run
 os.environ.setdefault("MPLBACKEND", "Agg")
 # The gallery's timings would fight over the cores with each other otherwise
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+# `python -m sphinx` puts the working directory (the repository root) first on
+# sys.path. Without an in-place build its fastim2col/ folder holds no compiled
+# kernels and would shadow the installed package: then use the installed one.
+_root = Path(__file__).resolve().parent.parent
+if not any((_root / "fastim2col").glob("_conv*.so")) and \
+        not any((_root / "fastim2col").glob("_conv*.pyd")):
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _root]
 
 import fastim2col  # noqa: E402  (imported after the environment is set)
 

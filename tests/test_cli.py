@@ -67,10 +67,11 @@ def test_help_subcommand():
         assert marker in out.getvalue()
 
 
-def test_module_help_runs():
-    """The real entry point, as a user types it."""
+def test_module_help_runs(tmp_path):
+    """The real entry point, as a user types it (from an empty folder: in the
+    checkout root its fastim2col/ folder would shadow an installed build)."""
     proc = subprocess.run([sys.executable, "-m", "fastim2col", "--help"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "bench" in proc.stdout and "(default:" in proc.stdout
 
