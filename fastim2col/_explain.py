@@ -49,10 +49,10 @@ def explain(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Plan:
     >>> x = np.zeros((1, 64, 56, 56), np.float32)
     >>> w = np.zeros((64, 64, 3, 3), np.float32)
     >>> plan = fastim2col.explain(fastim2col.conv2d, x, w, padding=1)
-    >>> plan.kernel
-    'direct'
-    >>> plan.op
-    'conv2d'
+    >>> plan.op, plan.kernel in fastim2col.kernels()
+    ('conv2d', True)
+    >>> print(plan)  # kernel, threads, scratch, work split, reason  # doctest: +ELLIPSIS
+    conv2d: ..., scratch ... (...)
     >>> fastim2col.explain(fastim2col.im2col, x, 3).kernel
     'unroll'
     """
