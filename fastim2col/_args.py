@@ -230,11 +230,6 @@ class Window(NamedTuple):
     dilation_d: int = 1
 
     @property
-    def spatial(self) -> int:
-        """2 for images, 3 for volumes."""
-        return 2 if (self.in_d, self.out_d, self.kernel_d) == (1, 1, 1) else 3
-
-    @property
     def n_out(self) -> int:
         """Output positions."""
         return self.out_d * self.out_h * self.out_w

@@ -47,6 +47,7 @@ class Call:
     name: str = ""
     layout: str = ""
     lift: Optional[int] = None
+    spatial: int = 2            # the arrays' spatial dimensions (1-d calls: 2)
 
     @property
     def batched_out(self) -> Optional[np.ndarray]:
@@ -63,6 +64,11 @@ class Call:
         if self.lift is not None:
             res = res.squeeze(self.lift)
         return res[0] if self.squeeze else res
+
+    @property
+    def volume(self) -> bool:
+        """3-d arrays: for the GEMM kernels only, whatever the depths."""
+        return self.spatial == 3
 
     @property
     def cg(self) -> int:
@@ -195,7 +201,7 @@ def _im2col(x, kernel_size, stride, padding, dilation, spatial, layout, out) -> 
     user = x
     x = _args.strided_operand(x, dtype)
     call = Call("im2col", nhwc, dtype, shape, out, unbatched, win, (user,),
-                x=x, n=n, channels=c)
+                x=x, n=n, channels=c, spatial=spatial)
     _args.check_output(call.batched_out, shape, dtype, call.inputs, "im2col")
     return call
 
@@ -229,7 +235,7 @@ def _col2im(cols, output_size, kernel_size, stride, padding, dilation, spatial, 
     user = cols
     cols = _args.contiguous_operand(cols, dtype)
     call = Call("col2im", nhwc, dtype, shape, out, unbatched, win, (user,),
-                x=cols, n=n, channels=c)
+                x=cols, n=n, channels=c, spatial=spatial)
     _args.check_output(call.batched_out, shape, dtype, call.inputs, "col2im")
     return call
 
@@ -274,7 +280,8 @@ def _conv(name, spatial, x, weight, bias, stride, padding, dilation, groups, lay
                        x=_args.strided_operand(x, dtype),
                        w=_args.contiguous_operand(weight, dtype).reshape(c_out, kg),
                        bias=None if bias is None else _args.contiguous_operand(bias, dtype),
-                       n=n, channels=c, rows=c_out, groups=groups), name, layout)
+                       n=n, channels=c, rows=c_out, groups=groups, spatial=spatial), name,
+                  layout)
     _args.check_output(call.batched_out, shape, dtype, call.inputs, name)
     return call
 
@@ -349,7 +356,8 @@ def _conv_transpose(name, spatial, x, weight, bias, stride, padding, output_padd
                        grad=_args.contiguous_operand(x, dtype),
                        w=_args.contiguous_operand(weight, dtype).reshape(c_in, kg),
                        bias=None if bias is None else _args.contiguous_operand(bias, dtype),
-                       n=n, channels=c_out, rows=c_in, groups=groups), name, layout)
+                       n=n, channels=c_out, rows=c_in, groups=groups, spatial=spatial),
+                  name, layout)
     _args.check_output(call.batched_out, shape, dtype, call.inputs, name)
     return call
 
@@ -409,7 +417,8 @@ def _conv_input(name, spatial, input_size, weight, grad_output, stride, padding,
                        (weight, grad_output),
                        grad=_args.contiguous_operand(grad_output, dtype).reshape(go_shape),
                        w=_args.contiguous_operand(weight, dtype).reshape(c_out, kg),
-                       n=n, channels=c, rows=c_out, groups=groups), name, layout)
+                       n=n, channels=c, rows=c_out, groups=groups, spatial=spatial), name,
+                  layout)
     _args.check_output(call.batched_out, x_shape, dtype, call.inputs, name)
     return call
 
@@ -442,7 +451,8 @@ def _conv_weight(name, spatial, input, weight_size, grad_output, stride, padding
     call = _named(Call(name, nhwc, dtype, w_shape, out, False, win, (x, grad_output),
                        x=_args.strided_operand(x, dtype),
                        grad=_args.contiguous_operand(grad_output, dtype).reshape(go_shape),
-                       n=n, channels=c, rows=c_out, groups=groups), name, layout)
+                       n=n, channels=c, rows=c_out, groups=groups, spatial=spatial), name,
+                  layout)
     _args.check_output(out, w_shape, dtype, call.inputs, name)
     return call
 

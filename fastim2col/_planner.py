@@ -124,7 +124,7 @@ def plan_conv2d(call: Call) -> Plan:
     n, groups, cg, og = call.n, call.groups, call.cg, call.og
     n_threads = PC.conv_threads(2.0 * size * kg)
     m = machine()
-    volume = win.spatial == 3
+    volume = call.volume
     if volume and forced in _PLANE_KERNELS:
         raise _refuse(call, forced, "it runs images (2-d), not volumes")
     if forced == "direct" or (forced is None and not volume and PF.use_direct(
@@ -210,7 +210,7 @@ def plan_input_gradient(call: Call) -> Plan:
     vector = m.vector_elements(itemsize)
     n_threads = PC.conv_threads(2.0 * call.grad.size * kg)
     in_place = unit_window(win)
-    volume = win.spatial == 3
+    volume = call.volume
     if volume and forced in _PLANE_KERNELS:
         raise _refuse(call, forced, "it runs images (2-d), not volumes")
     if volume:
@@ -291,7 +291,7 @@ def _gemm_input_gradient(call: Call, forced, n_threads: int, in_place: bool) -> 
         tile_elements = (kg + og) * split[0]
     else:
         # (a forced kernel never runs the thin GEMM over grad_output's rows)
-        thin_fold = (forced is None and win.spatial == 2
+        thin_fold = (forced is None and not call.volume
                      and PI.use_thin_positions(nhwc, kg, itemsize, isa_level))
         split = PI.grad_input(n, groups, cg, kg, win, itemsize, n_threads, nhwc, in_place,
                              thin_fold)
@@ -327,7 +327,7 @@ def plan_weight_gradient(call: Call) -> Plan:
         return _empty(call, "nothing to sum: zeros")
     groups, cg, og, win, itemsize = call.groups, call.cg, call.og, call.win, call.itemsize
     n_threads = PC.conv_threads(2.0 * call.grad.size * call.kg)
-    volume = win.spatial == 3
+    volume = call.volume
     if volume and forced in _PLANE_KERNELS:
         raise _refuse(call, forced, "it runs images (2-d), not volumes")
     fallback = _weight_gradient_after_direct(call, None if forced == "direct" else forced,
@@ -354,7 +354,7 @@ def _weight_gradient_after_direct(call: Call, forced, n_threads: int) -> Plan:
     isa_level = machine().isa_level
     in_place = in_place_1x1(x, win, nhwc, cg)
     channels_contiguous = x.strides[-1] == x.itemsize
-    if win.spatial == 3:
+    if call.volume:
         return _gemm_weight_gradient(call, forced, n_threads, in_place, isa_level)
     if forced == "taps" and not (nhwc and not in_place and channels_contiguous):
         raise _refuse(call, forced, "it runs NHWC weight gradients of windows other than an "

@@ -205,8 +205,8 @@ def taps_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx, 
         raise ValueError("taps_grad_input: weights_copy_ld is shorter than a block")
     cdef Conv cv = make_conv(gx, shape, split, True, False)
     cdef Geometry g = make_geometry(geom)
-    if not planar(&g):
-        raise ValueError("taps_grad_input: for images only (2-d geometries)")
+    if not planar(&g) or cnp.PyArray_NDIM(go) != 4:
+        raise ValueError("taps_grad_input: for images only (4-d arrays, 2-d geometries)")
     cdef void* gop = data(go)
     cdef void* wp = data(w)
     cdef void* bp = data(bias)
@@ -238,8 +238,8 @@ def elementwise_grad_input(cnp.ndarray go, cnp.ndarray w_taps, object bias, cnp.
                          "a group, bands of rows, w_taps as (groups, taps, cg, og)")
     cdef Conv cv = make_conv(gx, shape, (band, shape[1] // shape[3]), True, False)
     cdef Geometry g = make_geometry(geom)
-    if not planar(&g):
-        raise ValueError("elementwise_grad_input: for images only (2-d geometries)")
+    if not planar(&g) or cnp.PyArray_NDIM(go) != 4:
+        raise ValueError("elementwise_grad_input: for images only (4-d arrays, 2-d geometries)")
     cdef void* gop = data(go)
     cdef void* wp = data(w_taps)
     cdef void* bp = data(bias)
@@ -329,8 +329,8 @@ def taps_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, *, tuple sha
     bands of one image)."""
     cdef Conv cv = make_conv(x, shape, split, True, False)
     cdef Geometry g = make_geometry(geom)
-    if not planar(&g):
-        raise ValueError("taps_grad_weight: for images only (2-d geometries)")
+    if not planar(&g) or cnp.PyArray_NDIM(x) != 4:
+        raise ValueError("taps_grad_weight: for images only (4-d arrays, 2-d geometries)")
     cdef void* xp = data(x)
     cdef void* gop = data(go)
     cdef void* gwp = data(gw)
