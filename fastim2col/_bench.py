@@ -353,6 +353,8 @@ SUBCOMMANDS = """subcommands:
   bench    fastim2col against the bare BLAS GEMM of each layer and, with --compare,
            PyTorch and NumPy, for conv2d, its gradients, im2col or col2im:
            python -m fastim2col bench --help
+  bench-nd the 1-D (signals) or 3-D (volumes) layer suite, forward and gradients,
+           with --compare torch against PyTorch: python -m fastim2col bench-nd --help
 
 Timing: alternating warmed-up blocks, medians of all timed calls. A warning
 follows the table when the machine looked busy (a wide spread between rounds,
@@ -362,7 +364,7 @@ a high load average, more threads no faster than one)."""
 def main_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastim2col",
-        usage="python -m fastim2col [bench] [options]",
+        usage="python -m fastim2col [bench | bench-nd] [options]",
         description=_wrap("Run the default layer suite through fastim2col.conv2d, check "
                           "every result against a NumPy im2col + matmul baseline and time "
                           "both, printing each layer's row as it finishes."),
@@ -619,7 +621,14 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return run_bench(argv[1:])
-    if argv and argv[0] == "help":       # `python -m fastim2col help [bench]`
-        (bench_parser() if argv[1:2] == ["bench"] else main_parser()).print_help()
+    if argv and argv[0] == "bench-nd":
+        from . import _bench_nd
+        return _bench_nd.run(argv[1:])
+    if argv and argv[0] == "help":       # `python -m fastim2col help [bench | bench-nd]`
+        if argv[1:2] == ["bench-nd"]:
+            from . import _bench_nd
+            _bench_nd.parser().print_help()
+        else:
+            (bench_parser() if argv[1:2] == ["bench"] else main_parser()).print_help()
         return 0
     return run_main(argv)

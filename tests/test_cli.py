@@ -174,3 +174,23 @@ def test_load_warning(monkeypatch):
     assert "load average is 5.0 on 2 core(s)" in _bench._load_warning(2)
     monkeypatch.setattr(_bench.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     assert _bench._load_warning(2) is None
+
+
+def test_bench_nd_help_and_a_tiny_run():
+    text = _help(["bench-nd", "--help"])
+    helps = _option_helps(text)
+    assert {"--dims", "--layers", "--ops", "--dtype", "--compare"} <= set(helps)
+    for option, help_text in helps.items():
+        if option != "-h":
+            assert "(default:" in help_text, f"{option}: no default in its help"
+    assert "bench-nd" in _help(["--help"])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert _bench.main(["bench-nd", "--dims", "1", "--layers", "speech_dw_k9",
+                            "--ops", "forward,weight", "--rounds", "1", "--repeat", "1",
+                            "--no-memory"]) == 0
+    table = out.getvalue()
+    assert "speech_dw_k9" in table and "weight" in table and "1-D suite" in table
+    assert "speech_dw_k9 forward:" in err.getvalue()   # the progress line
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert _bench.main(["bench-nd", "--dims", "3", "--layers", "nope"]) == 2
