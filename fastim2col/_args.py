@@ -24,6 +24,7 @@ Layout1 = Literal["NCL", "NLC"]
 Layout3 = Literal["NCDHW", "NDHWC"]
 Int3 = Union[int, Tuple[int], Tuple[int, int, int]]
 Padding3 = Union[int, Tuple[int], Tuple[int, int, int], Literal["valid", "same"]]
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 AnyLayout = Literal["NCHW", "NHWC", "NCL", "NLC", "NCDHW", "NDHWC"]
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -228,6 +229,7 @@ class Window(NamedTuple):
     stride_d: int = 1
     pad_d: int = 0      # front
     dilation_d: int = 1
+    pad_mode: int = 0   # PAD_MODES' index: what the padding reads
 
     @property
     def n_out(self) -> int:
@@ -333,6 +335,39 @@ def window3(in_dhw, kernel_size, stride, padding, dilation, *, allow_strings: bo
         out_d = out_dhw[0]
     return plane._replace(in_d=d, out_d=out_d, kernel_d=kd, stride_d=sd, pad_d=pd,
                           dilation_d=dd)
+
+
+# torch's padding_mode names, in the order of src/_unroll.pxd's PadMode.
+PAD_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def with_padding_mode(win: Window, padding_mode, padding_totals=None) -> Window:
+    """win reading its padding as padding_mode says. reflect needs each
+    padding smaller than its input size, circular at most it (one
+    reflection or wrap, as torch.nn.functional.pad)."""
+    if not isinstance(padding_mode, str) or padding_mode not in PAD_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(map(repr, PAD_MODES))}, "
+                         f"got {padding_mode!r}")
+    mode = PAD_MODES.index(padding_mode)
+    if mode == 0:
+        return win
+    dims = [("depth", win.in_d, win.pad_d, win.out_d, win.kernel_d, win.stride_d,
+             win.dilation_d),
+            ("height", win.in_h, win.pad_h, win.out_h, win.kernel_h, win.stride_h,
+             win.dilation_h),
+            ("width", win.in_w, win.pad_w, win.out_w, win.kernel_w, win.stride_w,
+             win.dilation_w)]
+    padded = False
+    for name, size, before, n_out, k, stride, dilation in dims:
+        after = max(0, (n_out - 1) * stride + dilation * (k - 1) - before - size + 1)
+        most = max(before, after)
+        padded = padded or most > 0
+        if (mode == 1 and most >= size) or (mode == 3 and most > size):
+            rule = "smaller than" if mode == 1 else "at most"
+            raise ValueError(f"padding_mode={padding_mode!r} needs the padding ({most}) "
+                             f"{rule} the input {name} ({size})")
+    # (no padding read: the zero-padding kernels run it, whatever the mode)
+    return win._replace(pad_mode=mode) if padded else win
 
 
 def check_size(shape, itemsize: int, name: str) -> None:

@@ -9,8 +9,9 @@ PyTorch's where it runs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -133,10 +134,10 @@ def run(argv=None) -> int:
         print(f"unknown layers {unknown}; the {args.dims}-D suite has {list(suite)}",
               file=sys.stderr)
         return 2
-    torch = None
+    torch: Any = None
     if "torch" in args.compare.split(","):
         try:
-            import torch
+            torch = importlib.import_module("torch")
             torch.set_num_threads(args.threads)
         except ImportError:
             print("PyTorch is not installed: timing fastim2col alone", file=sys.stderr)
@@ -144,7 +145,8 @@ def run(argv=None) -> int:
     fastim2col.set_num_threads(args.threads)
     headers = ["layer", "op", "ms", "GFLOP/s"] + (["torch ms", "ratio"] if torch else []) \
         + ([] if args.no_memory else ["peak MiB"])
-    rows, ratios = [], []
+    rows: list[list[str]] = []
+    ratios: list[float] = []
     with _bench._limits(args.threads):
         for name in names:
             layer = suite[name]

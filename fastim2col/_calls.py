@@ -171,31 +171,35 @@ def _weight_rank(weight: np.ndarray, spatial: int, name: str = "weight") -> None
                          f"{weight.shape}")
 
 
-def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, layout=None,
-           out=None) -> Call:
-    spatial = _spatial_dims(kernel_size)
-    if spatial == 1:
-        return im2col_1d(x, kernel_size, stride, padding, dilation, layout, out)
-    return _im2col(x, kernel_size, stride, padding, dilation, spatial,
-                   layout or _args.LAYOUTS_BY_DIMS[spatial][0], out)
-
-
-def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1, *,
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1, *, padding_mode="zeros",
            layout=None, out=None) -> Call:
     spatial = _spatial_dims(kernel_size)
     if spatial == 1:
-        return col2im_1d(cols, output_size, kernel_size, stride, padding, dilation, layout, out)
+        return im2col_1d(x, kernel_size, stride, padding, dilation, layout, out, padding_mode)
+    return _im2col(x, kernel_size, stride, padding, dilation, spatial,
+                   layout or _args.LAYOUTS_BY_DIMS[spatial][0], out, padding_mode)
+
+
+def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1, *,
+           padding_mode="zeros", layout=None, out=None) -> Call:
+    spatial = _spatial_dims(kernel_size)
+    if spatial == 1:
+        return col2im_1d(cols, output_size, kernel_size, stride, padding, dilation, layout, out,
+                         padding_mode)
     return _col2im(cols, output_size, kernel_size, stride, padding, dilation, spatial,
-                   layout or _args.LAYOUTS_BY_DIMS[spatial][0], out)
+                   layout or _args.LAYOUTS_BY_DIMS[spatial][0], out, padding_mode)
 
 
-def _im2col(x, kernel_size, stride, padding, dilation, spatial, layout, out) -> Call:
+def _im2col(x, kernel_size, stride, padding, dilation, spatial, layout, out,
+            padding_mode="zeros") -> Call:
     nhwc = _layout(layout, spatial)
     x = _args.as_array(x, "x")
     dtype = _args.compute_dtype(x)
     x, unbatched = _args.batched(x, "x", spatial)
     n, c, sizes = _args.dims_nd(x.shape, nhwc)
-    win = _window(sizes, kernel_size, stride, padding, dilation, allow_strings=False)
+    win = _args.with_padding_mode(
+        _window(sizes, kernel_size, stride, padding, dilation, allow_strings=False),
+        padding_mode)
     n_pos, kk = win.n_out, win.n_taps
     shape = (n, n_pos, kk * c) if nhwc else (n, c * kk, n_pos)
     user = x
@@ -207,7 +211,7 @@ def _im2col(x, kernel_size, stride, padding, dilation, spatial, layout, out) -> 
 
 
 def _col2im(cols, output_size, kernel_size, stride, padding, dilation, spatial, layout,
-            out) -> Call:
+            out, padding_mode="zeros") -> Call:
     nhwc = _layout(layout, spatial)
     cols = _args.as_array(cols, "cols")
     dtype = _args.compute_dtype(cols)
@@ -218,7 +222,9 @@ def _col2im(cols, output_size, kernel_size, stride, padding, dilation, spatial, 
     if unbatched:
         cols = cols[None]
     sizes = (_args.triple if spatial == 3 else _args.pair)(output_size, "output_size", 1)
-    win = _window(sizes, kernel_size, stride, padding, dilation, allow_strings=False)
+    win = _args.with_padding_mode(
+        _window(sizes, kernel_size, stride, padding, dilation, allow_strings=False),
+        padding_mode)
     kk, n_pos = win.n_taps, win.n_out
     n = cols.shape[0]
     rows, length = (cols.shape[2], cols.shape[1]) if nhwc else (cols.shape[1], cols.shape[2])
@@ -241,13 +247,15 @@ def _col2im(cols, output_size, kernel_size, stride, padding, dilation, spatial, 
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           layout="NCHW", out=None) -> Call:
-    return _conv("conv2d", 2, x, weight, bias, stride, padding, dilation, groups, layout, out)
+           padding_mode="zeros", layout="NCHW", out=None) -> Call:
+    return _conv("conv2d", 2, x, weight, bias, stride, padding, dilation, groups, layout, out,
+                 padding_mode)
 
 
 def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           layout="NCDHW", out=None) -> Call:
-    return _conv("conv3d", 3, x, weight, bias, stride, padding, dilation, groups, layout, out)
+           padding_mode="zeros", layout="NCDHW", out=None) -> Call:
+    return _conv("conv3d", 3, x, weight, bias, stride, padding, dilation, groups, layout, out,
+                 padding_mode)
 
 
 def _named(call: Call, name: str, layout: str) -> Call:
@@ -259,7 +267,7 @@ def _named(call: Call, name: str, layout: str) -> Call:
 
 
 def _conv(name, spatial, x, weight, bias, stride, padding, dilation, groups, layout,
-          out) -> Call:
+          out, padding_mode="zeros") -> Call:
     nhwc = _layout(layout, spatial)
     x = _args.as_array(x, "x")
     weight = _args.as_array(weight, "weight")
@@ -271,7 +279,8 @@ def _conv(name, spatial, x, weight, bias, stride, padding, dilation, groups, lay
                                                                 nhwc)
     _check_groups(c, c_out, cg, groups)
     _check_bias(bias, c_out)
-    win = _window(sizes, ksizes, stride, padding, dilation, allow_strings=True)
+    win = _args.with_padding_mode(
+        _window(sizes, ksizes, stride, padding, dilation, allow_strings=True), padding_mode)
     kg = cg * win.n_taps
     _args.check_blas(name, positions=win.n_out, out_channels=c_out, window_size=kg)
     shape = _args.shape_nd(n, c_out, _out_sizes(win, spatial), nhwc)
@@ -287,15 +296,26 @@ def _conv(name, spatial, x, weight, bias, stride, padding, dilation, groups, lay
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, layout="NCHW", out=None) -> Call:
+                     dilation=1, *, output_size=None, padding_mode="zeros", layout="NCHW",
+                     out=None) -> Call:
+    _zeros_only("conv_transpose2d", padding_mode)
     return _conv_transpose("conv_transpose2d", 2, x, weight, bias, stride, padding,
                            output_padding, groups, dilation, output_size, layout, out)
 
 
 def conv_transpose3d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, layout="NCDHW", out=None) -> Call:
+                     dilation=1, *, output_size=None, padding_mode="zeros", layout="NCDHW",
+                     out=None) -> Call:
+    _zeros_only("conv_transpose3d", padding_mode)
     return _conv_transpose("conv_transpose3d", 3, x, weight, bias, stride, padding,
                            output_padding, groups, dilation, output_size, layout, out)
+
+
+def _zeros_only(name: str, padding_mode) -> None:
+    # (as torch's ConvTranspose: its padding removes outputs, nothing is read)
+    if padding_mode != "zeros":
+        raise ValueError(f"{name}: padding_mode must be 'zeros' (transposed convolutions "
+                         f"support no other), got {padding_mode!r}")
 
 
 def _conv_transpose(name, spatial, x, weight, bias, stride, padding, output_padding, groups,
@@ -363,13 +383,14 @@ def _conv_transpose(name, spatial, x, weight, bias, stride, padding, output_padd
 
 
 def _gradient_window(name, x_shape, w_shape, grad_output, stride, padding, dilation, groups,
-                     nhwc, unbatched):
+                     nhwc, unbatched, padding_mode="zeros"):
     """Check a gradient call against the forward convolution it differentiates:
     ((N, C, C_out, groups), Window, grad_output's batched shape)."""
     spatial = len(x_shape) - 2
     (n, c, sizes), (c_out, cg, ksizes), groups = _weights_setup(x_shape, w_shape, groups, nhwc)
     _check_groups(c, c_out, cg, groups, forward=False)
-    win = _window(sizes, ksizes, stride, padding, dilation, allow_strings=True)
+    win = _args.with_padding_mode(
+        _window(sizes, ksizes, stride, padding, dilation, allow_strings=True), padding_mode)
     expected = _args.shape_nd(n, c_out, _out_sizes(win, spatial), nhwc)
     expected_shape = expected[1:] if unbatched else expected
     if tuple(grad_output.shape) != tuple(expected_shape):
@@ -387,19 +408,21 @@ def _check_grad_rank(grad_output: np.ndarray, unbatched: bool, like: str, spatia
 
 
 def conv2d_input(input_size: Sequence[int], weight, grad_output, stride=1, padding=0,
-                 dilation=1, groups=1, *, layout="NCHW", out=None) -> Call:
+                 dilation=1, groups=1, *, padding_mode="zeros", layout="NCHW",
+                 out=None) -> Call:
     return _conv_input("conv2d_input", 2, input_size, weight, grad_output, stride, padding,
-                       dilation, groups, layout, out)
+                       dilation, groups, layout, out, padding_mode)
 
 
 def conv3d_input(input_size: Sequence[int], weight, grad_output, stride=1, padding=0,
-                 dilation=1, groups=1, *, layout="NCDHW", out=None) -> Call:
+                 dilation=1, groups=1, *, padding_mode="zeros", layout="NCDHW",
+                 out=None) -> Call:
     return _conv_input("conv3d_input", 3, input_size, weight, grad_output, stride, padding,
-                       dilation, groups, layout, out)
+                       dilation, groups, layout, out, padding_mode)
 
 
 def _conv_input(name, spatial, input_size, weight, grad_output, stride, padding, dilation,
-                groups, layout, out) -> Call:
+                groups, layout, out, padding_mode="zeros") -> Call:
     nhwc = _layout(layout, spatial)
     weight = _args.as_array(weight, "weight")
     grad_output = _args.as_array(grad_output, "grad_output")
@@ -411,7 +434,7 @@ def _conv_input(name, spatial, input_size, weight, grad_output, stride, padding,
     _check_grad_rank(grad_output, unbatched, "input_size", spatial)
     (n, c, c_out, groups), win, go_shape = _gradient_window(
         name, x_shape, weight.shape, grad_output, stride, padding, dilation, groups,
-        nhwc, unbatched)
+        nhwc, unbatched, padding_mode)
     kg = c // groups * win.n_taps
     call = _named(Call(name, nhwc, dtype, x_shape, out, unbatched, win,
                        (weight, grad_output),
@@ -424,19 +447,21 @@ def _conv_input(name, spatial, input_size, weight, grad_output, stride, padding,
 
 
 def conv2d_weight(input, weight_size: Sequence[int], grad_output, stride=1, padding=0,
-                  dilation=1, groups=1, *, layout="NCHW", out=None) -> Call:
+                  dilation=1, groups=1, *, padding_mode="zeros", layout="NCHW",
+                  out=None) -> Call:
     return _conv_weight("conv2d_weight", 2, input, weight_size, grad_output, stride, padding,
-                        dilation, groups, layout, out)
+                        dilation, groups, layout, out, padding_mode)
 
 
 def conv3d_weight(input, weight_size: Sequence[int], grad_output, stride=1, padding=0,
-                  dilation=1, groups=1, *, layout="NCDHW", out=None) -> Call:
+                  dilation=1, groups=1, *, padding_mode="zeros", layout="NCDHW",
+                  out=None) -> Call:
     return _conv_weight("conv3d_weight", 3, input, weight_size, grad_output, stride, padding,
-                        dilation, groups, layout, out)
+                        dilation, groups, layout, out, padding_mode)
 
 
 def _conv_weight(name, spatial, input, weight_size, grad_output, stride, padding, dilation,
-                 groups, layout, out) -> Call:
+                 groups, layout, out, padding_mode="zeros") -> Call:
     nhwc = _layout(layout, spatial)
     x = _args.as_array(input, "input")
     grad_output = _args.as_array(grad_output, "grad_output")
@@ -446,7 +471,7 @@ def _conv_weight(name, spatial, input, weight_size, grad_output, stride, padding
     _check_grad_rank(grad_output, unbatched, "input", spatial)
     (n, c, c_out, groups), win, go_shape = _gradient_window(
         name, x.shape, w_shape, grad_output, stride, padding, dilation, groups,
-        nhwc, unbatched)
+        nhwc, unbatched, padding_mode)
     # (the weight gradient has no batch axis: out= and the result are never squeezed)
     call = _named(Call(name, nhwc, dtype, w_shape, out, False, win, (x, grad_output),
                        x=_args.strided_operand(x, dtype),
@@ -518,20 +543,22 @@ def _lifted_image(x, name: str, nhwc: bool):
     return x, lifted, x.ndim == 2
 
 
-def im2col_1d(x, kernel_size, stride, padding, dilation, layout, out) -> Call:
+def im2col_1d(x, kernel_size, stride, padding, dilation, layout, out,
+              padding_mode="zeros") -> Call:
     nhwc = _args.check_layout_dims(layout, 1)
     user, x4, unbatched = _lifted_image(x, "x", nhwc)
     k = _args.single(kernel_size, "kernel_size", 1)
     call = _im2col_2d(x4, (1, k), (1, _args.single(stride, "stride", 1)),
                   (0, _args.single(padding, "padding", 0)),
                   (1, _args.single(dilation, "dilation", 1)),
-                  layout="NHWC" if nhwc else "NCHW")
+                  layout="NHWC" if nhwc else "NCHW", padding_mode=padding_mode)
     # (the 2-d result, (N, C*k, L) or (N, L, k*C), is the 1-d one)
     return _as_1d(call, "im2col", LAYOUTS_1D[nhwc], (user,), out,
                   _user_shape(call.shape, None, unbatched), unbatched, None)
 
 
-def col2im_1d(cols, output_size, kernel_size, stride, padding, dilation, layout, out) -> Call:
+def col2im_1d(cols, output_size, kernel_size, stride, padding, dilation, layout, out,
+              padding_mode="zeros") -> Call:
     nhwc = _args.check_layout_dims(layout, 1)
     cols = _args.as_array(cols, "cols")
     if cols.ndim not in (2, 3):
@@ -542,7 +569,7 @@ def col2im_1d(cols, output_size, kernel_size, stride, padding, dilation, layout,
                   (1, _args.single(stride, "stride", 1)),
                   (0, _args.single(padding, "padding", 0)),
                   (1, _args.single(dilation, "dilation", 1)),
-                  layout="NHWC" if nhwc else "NCHW")
+                  layout="NHWC" if nhwc else "NCHW", padding_mode=padding_mode)
     lift = _unit_axis(nhwc)
     unbatched = cols.ndim == 2
     return _as_1d(call, "col2im", LAYOUTS_1D[nhwc], (cols,), out,
@@ -553,21 +580,23 @@ LAYOUTS_1D = _args.LAYOUTS_BY_DIMS[1]
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           layout="NCL", out=None) -> Call:
+           padding_mode="zeros", layout="NCL", out=None) -> Call:
     nhwc = _args.check_layout_dims(layout, 1)
     user, x4, unbatched = _lifted_image(x, "x", nhwc)
     weight = _args.as_array(weight, "weight")
     call = conv2d(x4, _lift_array(weight, "weight", nhwc, (3,)), bias,
                   (1, _args.single(stride, "stride", 1)), _lift_padding(padding),
                   (1, _args.single(dilation, "dilation", 1)), groups,
-                  layout="NHWC" if nhwc else "NCHW")
+                  padding_mode=padding_mode, layout="NHWC" if nhwc else "NCHW")
     lift = _unit_axis(nhwc)
     return _as_1d(call, "conv1d", layout, (user, weight, call.inputs[2]), out,
                   _user_shape(call.shape, lift, unbatched), unbatched, lift)
 
 
 def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, layout="NCL", out=None) -> Call:
+                     dilation=1, *, output_size=None, padding_mode="zeros", layout="NCL",
+                     out=None) -> Call:
+    _zeros_only("conv_transpose1d", padding_mode)
     nhwc = _args.check_layout_dims(layout, 1)
     user, x4, unbatched = _lifted_image(x, "x", nhwc)
     weight = _args.as_array(weight, "weight")
@@ -585,7 +614,8 @@ def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 
 
 def conv1d_input(input_size: Sequence[int], weight, grad_output, stride=1, padding=0,
-                 dilation=1, groups=1, *, layout="NCL", out=None) -> Call:
+                 dilation=1, groups=1, *, padding_mode="zeros", layout="NCL",
+                 out=None) -> Call:
     nhwc = _args.check_layout_dims(layout, 1)
     dims = _args.shape_tuple(input_size, "input_size", (3, 2))
     weight = _args.as_array(weight, "weight")
@@ -597,14 +627,15 @@ def conv1d_input(input_size: Sequence[int], weight, grad_output, stride=1, paddi
                         _lift_array(grad_output, "grad_output", nhwc, (2,) if unbatched else (3,)),
                         (1, _args.single(stride, "stride", 1)), _lift_padding(padding),
                         (1, _args.single(dilation, "dilation", 1)), groups,
-                        layout="NHWC" if nhwc else "NCHW")
+                        padding_mode=padding_mode, layout="NHWC" if nhwc else "NCHW")
     lift = _unit_axis(nhwc)
     return _as_1d(call, "conv1d_input", layout, (weight, grad_output), out,
                   _user_shape(call.shape, lift, unbatched), unbatched, lift)
 
 
 def conv1d_weight(input, weight_size: Sequence[int], grad_output, stride=1, padding=0,
-                  dilation=1, groups=1, *, layout="NCL", out=None) -> Call:
+                  dilation=1, groups=1, *, padding_mode="zeros", layout="NCL",
+                  out=None) -> Call:
     nhwc = _args.check_layout_dims(layout, 1)
     user, x4, unbatched = _lifted_image(input, "input", nhwc)
     dims = _args.shape_tuple(weight_size, "weight_size", (3,))
@@ -615,7 +646,7 @@ def conv1d_weight(input, weight_size: Sequence[int], grad_output, stride=1, padd
                                      (2,) if unbatched else (3,)),
                          (1, _args.single(stride, "stride", 1)), _lift_padding(padding),
                          (1, _args.single(dilation, "dilation", 1)), groups,
-                         layout="NHWC" if nhwc else "NCHW")
+                         padding_mode=padding_mode, layout="NHWC" if nhwc else "NCHW")
     # (the weight gradient has no batch axis; its unit height is axis 1 (NLC)
     # or 2 (NCL) of (C_out, ., ., .), as for images)
     lift = _unit_axis(nhwc)
@@ -623,9 +654,11 @@ def conv1d_weight(input, weight_size: Sequence[int], grad_output, stride=1, padd
                   _user_shape(call.shape, lift, False), False, lift)
 
 
-def _im2col_2d(x, kernel_size, stride, padding, dilation, *, layout):
-    return _im2col(x, kernel_size, stride, padding, dilation, 2, layout, None)
+def _im2col_2d(x, kernel_size, stride, padding, dilation, *, layout, padding_mode):
+    return _im2col(x, kernel_size, stride, padding, dilation, 2, layout, None, padding_mode)
 
 
-def _col2im_2d(cols, output_size, kernel_size, stride, padding, dilation, *, layout):
-    return _col2im(cols, output_size, kernel_size, stride, padding, dilation, 2, layout, None)
+def _col2im_2d(cols, output_size, kernel_size, stride, padding, dilation, *, layout,
+               padding_mode):
+    return _col2im(cols, output_size, kernel_size, stride, padding, dilation, 2, layout, None,
+                   padding_mode)

@@ -43,6 +43,17 @@ def _refuse(call: Call, kernel: str, why: str) -> KernelRefused:
     return KernelRefused(f"use_kernel({kernel!r}) cannot run this {call.op} call: {why}")
 
 
+def _gemm_only(call: Call, forced: str | None) -> bool:
+    """Volumes and padding modes other than zeros run on the GEMM kernels
+    (the image kernels read 4-d arrays and zero padding): refuse the others."""
+    if not (call.volume or call.win.pad_mode):
+        return False
+    if forced in _PLANE_KERNELS:
+        raise _refuse(call, forced, "it runs images (2-d), not volumes" if call.volume
+                      else "it reads zero padding only")
+    return True
+
+
 def _check_forced(call: Call, forced: str | None, kernels: tuple[str, ...]) -> None:
     if forced is not None and forced not in kernels:
         raise _refuse(call, forced, f"it runs {_RUNS[forced]}")
@@ -106,6 +117,8 @@ def plan_col2im(call: Call) -> Plan:
         return _empty(call)
     n_threads = PC.copy_threads(call.x.nbytes)
     rows = PC.col2im_rows(call.n, call.win, n_threads)
+    if call.win.pad_mode:   # (one band an image, as the input gradient's)
+        rows = call.win.out_d * call.win.out_h
     return Plan(call.op, "fold", n_threads, 0, "adds each column into its window",
                 {"rows_per_band": rows})
 
@@ -124,9 +137,7 @@ def plan_conv2d(call: Call) -> Plan:
     n, groups, cg, og = call.n, call.groups, call.cg, call.og
     n_threads = PC.conv_threads(2.0 * size * kg)
     m = machine()
-    volume = call.volume
-    if volume and forced in _PLANE_KERNELS:
-        raise _refuse(call, forced, "it runs images (2-d), not volumes")
+    volume = _gemm_only(call, forced)
     if forced == "direct" or (forced is None and not volume and PF.use_direct(
             groups, cg, og, win, nhwc, itemsize)):
         bands = PB.direct_split(n, groups, cg, og, win, itemsize, n_threads,
@@ -210,10 +221,7 @@ def plan_input_gradient(call: Call) -> Plan:
     vector = m.vector_elements(itemsize)
     n_threads = PC.conv_threads(2.0 * call.grad.size * kg)
     in_place = unit_window(win)
-    volume = call.volume
-    if volume and forced in _PLANE_KERNELS:
-        raise _refuse(call, forced, "it runs images (2-d), not volumes")
-    if volume:
+    if _gemm_only(call, forced):
         return _gemm_input_gradient(call, forced, n_threads, in_place)
     tap_kernels_ok = nhwc and not in_place
     if forced in ("taps", "elementwise") and not tap_kernels_ok:
@@ -327,9 +335,7 @@ def plan_weight_gradient(call: Call) -> Plan:
         return _empty(call, "nothing to sum: zeros")
     groups, cg, og, win, itemsize = call.groups, call.cg, call.og, call.win, call.itemsize
     n_threads = PC.conv_threads(2.0 * call.grad.size * call.kg)
-    volume = call.volume
-    if volume and forced in _PLANE_KERNELS:
-        raise _refuse(call, forced, "it runs images (2-d), not volumes")
+    volume = _gemm_only(call, forced)
     fallback = _weight_gradient_after_direct(call, None if forced == "direct" else forced,
                                              n_threads)
     if forced == "direct" or (forced is None and not volume and PW.use_direct_weight(
@@ -354,7 +360,7 @@ def _weight_gradient_after_direct(call: Call, forced, n_threads: int) -> Plan:
     isa_level = machine().isa_level
     in_place = in_place_1x1(x, win, nhwc, cg)
     channels_contiguous = x.strides[-1] == x.itemsize
-    if call.volume:
+    if call.volume or win.pad_mode:
         return _gemm_weight_gradient(call, forced, n_threads, in_place, isa_level)
     if forced == "taps" and not (nhwc and not in_place and channels_contiguous):
         raise _refuse(call, forced, "it runs NHWC weight gradients of windows other than an "

@@ -10,7 +10,7 @@ from . import _calls
 from typing import Sequence
 
 from ._args import (AnyLayout, ArrayLike, Int1, Int3, IntPair, Layout, Layout1, Layout3,
-                    Padding, Padding1, Padding3)
+                    Padding, Padding1, Padding3, PaddingMode)
 from ._execute import run
 
 __all__ = ["im2col", "col2im", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
@@ -18,7 +18,8 @@ __all__ = ["im2col", "col2im", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
 
 
 def im2col(x: ArrayLike, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
-           dilation: IntPair = 1, *, layout: AnyLayout | None = None,
+           dilation: IntPair = 1, *, padding_mode: PaddingMode = "zeros",
+           layout: AnyLayout | None = None,
            out: np.ndarray | None = None) -> np.ndarray:
     """Unroll sliding windows of ``x`` into columns, like ``torch.nn.functional.unfold``.
 
@@ -33,6 +34,10 @@ def im2col(x: ArrayLike, kernel_size: IntPair, stride: IntPair = 1, padding: Int
         int: 2-d, ``(kh, kw)``).
     stride, padding, dilation : int or tuple, optional
         As in ``torch.nn.functional.unfold`` (defaults 1, 0, 1). Padding is zeros.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        What the padding reads, as ``torch.nn.Conv2d(padding_mode=...)``:
+        zeros (default), or the input reflected, replicated or wrapped
+        around; computed inside the unroll, no padded copy is made.
     layout : str, optional
         Memory layout of ``x`` and of the result: ``"NCHW"``/``"NHWC"`` (2-d),
         ``"NCL"``/``"NLC"`` (1-d), ``"NCDHW"``/``"NDHWC"`` (3-d); default (None)
@@ -67,11 +72,13 @@ def im2col(x: ArrayLike, kernel_size: IntPair, stride: IntPair = 1, padding: Int
     >>> fastim2col.im2col(np.zeros((2, 3, 10)), (4,)).shape          # 1-d windows
     (2, 12, 7)
     """
-    return run(_calls.im2col(x, kernel_size, stride, padding, dilation, layout=layout, out=out))
+    return run(_calls.im2col(x, kernel_size, stride, padding, dilation,
+                             padding_mode=padding_mode, layout=layout, out=out))
 
 
 def col2im(cols: ArrayLike, output_size: IntPair, kernel_size: IntPair, stride: IntPair = 1,
-           padding: IntPair = 0, dilation: IntPair = 1, *, layout: AnyLayout | None = None,
+           padding: IntPair = 0, dilation: IntPair = 1, *, padding_mode: PaddingMode = "zeros",
+           layout: AnyLayout | None = None,
            out: np.ndarray | None = None) -> np.ndarray:
     """Sum columns back into images, like ``torch.nn.functional.fold``: the adjoint
     of :func:`im2col`, overlapping windows adding up.
@@ -87,6 +94,10 @@ def col2im(cols: ArrayLike, output_size: IntPair, kernel_size: IntPair, stride: 
         The window's size; its length is the number of spatial dimensions.
     stride, padding, dilation : int or tuple, optional
         As in ``torch.nn.functional.fold`` (defaults 1, 0, 1).
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        What the padding reads, as ``torch.nn.Conv2d(padding_mode=...)``:
+        zeros (default), or the input reflected, replicated or wrapped
+        around; computed inside the unroll, no padded copy is made.
     layout : str, optional
         Memory layout of ``cols`` and of the result, as for :func:`im2col`.
     out : ndarray, optional
@@ -115,12 +126,13 @@ def col2im(cols: ArrayLike, output_size: IntPair, kernel_size: IntPair, stride: 
             [1., 2., 1.]]])
     """
     return run(_calls.col2im(cols, output_size, kernel_size, stride, padding, dilation,
-                             layout=layout, out=out))
+                             padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
            stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
-           *, layout: Layout = "NCHW", out: np.ndarray | None = None) -> np.ndarray:
+           *, padding_mode: PaddingMode = "zeros",
+           layout: Layout = "NCHW", out: np.ndarray | None = None) -> np.ndarray:
     """2-D convolution (cross-correlation), like ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -139,6 +151,10 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
         extra row/column goes at the bottom/right, as in torch; stride 1 only).
     groups : int, optional
         Split the channels into this many groups (``groups == C_in``: depthwise).
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        What the padding reads, as ``torch.nn.Conv2d(padding_mode=...)``:
+        zeros (default), or the input reflected, replicated or wrapped
+        around; computed inside the unroll, no padded copy is made.
     layout : {"NCHW", "NHWC"}, optional
         Memory layout of ``x``, ``weight`` and the result (default ``"NCHW"``).
     out : ndarray, optional
@@ -179,12 +195,13 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     (2, 5, 5, 4)
     """
     return run(_calls.conv2d(x, weight, bias, stride, padding, dilation, groups,
-                             layout=layout, out=out))
+                             padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                      stride: IntPair = 1, padding: IntPair = 0, output_padding: IntPair = 0,
                      groups: int = 1, dilation: IntPair = 1, *,
+                     padding_mode: PaddingMode = "zeros",
                      output_size: Sequence[int] | None = None, layout: Layout = "NCHW",
                      out: np.ndarray | None = None) -> np.ndarray:
     """Transposed 2-D convolution, like ``torch.nn.functional.conv_transpose2d``
@@ -210,6 +227,8 @@ def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
         ``(Ho, Wo)`` (or ``(N, C_out, Ho, Wo)``), as
         ``torch.nn.ConvTranspose2d.forward`` takes it: the output_padding that
         gives it (then output_padding must be 0).
+    padding_mode : {"zeros"}, optional
+        Only ``"zeros"``, as torch's transposed convolutions.
     layout : {"NCHW", "NHWC"}, optional
         Memory layout of ``x``, ``weight`` and the result (default ``"NCHW"``).
     out : ndarray, optional
@@ -242,12 +261,13 @@ def conv_transpose2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
     """
     return run(_calls.conv_transpose2d(x, weight, bias, stride, padding, output_padding,
                                        groups, dilation, output_size=output_size,
-                                       layout=layout, out=out))
+                                       padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
            stride: Int1 = 1, padding: Padding1 = 0, dilation: Int1 = 1, groups: int = 1,
-           *, layout: Layout1 = "NCL", out: np.ndarray | None = None) -> np.ndarray:
+           *, padding_mode: PaddingMode = "zeros",
+           layout: Layout1 = "NCL", out: np.ndarray | None = None) -> np.ndarray:
     """1-D convolution (cross-correlation), like ``torch.nn.functional.conv1d``.
 
     Runs as conv2d of unit height: the same planner and kernels.
@@ -266,6 +286,10 @@ def conv1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
         Zero padding (default 0); ``"same"`` keeps the length (stride 1 only).
     groups : int, optional
         Default 1 (``groups == C_in``: depthwise).
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        What the padding reads, as ``torch.nn.Conv2d(padding_mode=...)``:
+        zeros (default), or the input reflected, replicated or wrapped
+        around; computed inside the unroll, no padded copy is made.
     layout : {"NCL", "NLC"}, optional
         Memory layout of ``x``, ``weight`` and the result (default ``"NCL"``).
     out : ndarray, optional
@@ -295,12 +319,12 @@ def conv1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     (2, 15996, 8)
     """
     return run(_calls.conv1d(x, weight, bias, stride, padding, dilation, groups,
-                             layout=layout, out=out))
+                             padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv_transpose1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                      stride: Int1 = 1, padding: Int1 = 0, output_padding: Int1 = 0,
-                     groups: int = 1, dilation: Int1 = 1, *,
+                     groups: int = 1, dilation: Int1 = 1, *, padding_mode: PaddingMode = "zeros",
                      output_size: Sequence[int] | int | None = None, layout: Layout1 = "NCL",
                      out: np.ndarray | None = None) -> np.ndarray:
     """Transposed 1-D convolution, like ``torch.nn.functional.conv_transpose1d``.
@@ -320,6 +344,8 @@ def conv_transpose1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
     output_size : int or tuple of ints, optional
         The result's length (or ``(N, C_out, Lo)``), as
         ``torch.nn.ConvTranspose1d.forward`` takes it: the output_padding that gives it.
+    padding_mode : {"zeros"}, optional
+        Only ``"zeros"``, as torch's transposed convolutions.
     layout : {"NCL", "NLC"}, optional
         Default ``"NCL"``.
     out : ndarray, optional
@@ -343,12 +369,13 @@ def conv_transpose1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
     """
     return run(_calls.conv_transpose1d(x, weight, bias, stride, padding, output_padding,
                                        groups, dilation, output_size=output_size,
-                                       layout=layout, out=out))
+                                       padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv3d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
            stride: Int3 = 1, padding: Padding3 = 0, dilation: Int3 = 1, groups: int = 1,
-           *, layout: Layout3 = "NCDHW", out: np.ndarray | None = None) -> np.ndarray:
+           *, padding_mode: PaddingMode = "zeros",
+           layout: Layout3 = "NCDHW", out: np.ndarray | None = None) -> np.ndarray:
     """3-D convolution (cross-correlation), like ``torch.nn.functional.conv3d``.
 
     Tiles of the unrolled volume and GEMM, as conv2d's GEMM kernel: the whole
@@ -370,6 +397,10 @@ def conv3d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
         Zero padding (default 0).
     groups : int, optional
         Default 1.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        What the padding reads, as ``torch.nn.Conv2d(padding_mode=...)``:
+        zeros (default), or the input reflected, replicated or wrapped
+        around; computed inside the unroll, no padded copy is made.
     layout : {"NCDHW", "NDHWC"}, optional
         Default ``"NCDHW"``.
     out : ndarray, optional
@@ -396,12 +427,12 @@ def conv3d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
     (1, 128, 8, 56, 56)
     """
     return run(_calls.conv3d(x, weight, bias, stride, padding, dilation, groups,
-                             layout=layout, out=out))
+                             padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv_transpose3d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
                      stride: Int3 = 1, padding: Int3 = 0, output_padding: Int3 = 0,
-                     groups: int = 1, dilation: Int3 = 1, *,
+                     groups: int = 1, dilation: Int3 = 1, *, padding_mode: PaddingMode = "zeros",
                      output_size: Sequence[int] | None = None, layout: Layout3 = "NCDHW",
                      out: np.ndarray | None = None) -> np.ndarray:
     """Transposed 3-D convolution, like ``torch.nn.functional.conv_transpose3d``.
@@ -422,6 +453,8 @@ def conv_transpose3d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
     output_size : tuple of ints, optional
         ``(Do, Ho, Wo)`` (or with ``N, C_out`` first), as
         ``torch.nn.ConvTranspose3d.forward`` takes it.
+    padding_mode : {"zeros"}, optional
+        Only ``"zeros"``, as torch's transposed convolutions.
     layout : {"NCDHW", "NDHWC"}, optional
         Default ``"NCDHW"``.
     out : ndarray, optional
@@ -447,4 +480,4 @@ def conv_transpose3d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = N
     """
     return run(_calls.conv_transpose3d(x, weight, bias, stride, padding, output_padding,
                                        groups, dilation, output_size=output_size,
-                                       layout=layout, out=out))
+                                       padding_mode=padding_mode, layout=layout, out=out))

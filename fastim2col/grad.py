@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _calls
 from ._args import (ArrayLike, Int1, Int3, IntPair, Layout, Layout1, Layout3, Padding,
-                    Padding1, Padding3)
+                    Padding1, Padding3, PaddingMode)
 from ._execute import run
 
 __all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight",
@@ -21,7 +21,8 @@ __all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight",
 
 def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
                  stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1,
-                 groups: int = 1, *, layout: Layout = "NCHW",
+                 groups: int = 1, *, padding_mode: PaddingMode = "zeros",
+                 layout: Layout = "NCHW",
                  out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv2d`` with respect to its input, like ``torch.nn.grad.conv2d_input``.
 
@@ -41,6 +42,10 @@ def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
         The gradient of the loss with respect to conv2d's output.
     stride, padding, dilation, groups
         The forward call's arguments (padding may be ``"valid"``/``"same"``).
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        What the padding reads, as ``torch.nn.Conv2d(padding_mode=...)``:
+        zeros (default), or the input reflected, replicated or wrapped
+        around; computed inside the unroll, no padded copy is made.
     layout : {"NCHW", "NHWC"}, optional
         Default ``"NCHW"``.
     out : ndarray, optional
@@ -66,12 +71,13 @@ def conv2d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
              [1., 2., 1.]]]])
     """
     return run(_calls.conv2d_input(input_size, weight, grad_output, stride, padding, dilation,
-                                   groups, layout=layout, out=out))
+                                   groups, padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1,
-                  groups: int = 1, *, layout: Layout = "NCHW",
+                  groups: int = 1, *, padding_mode: PaddingMode = "zeros",
+                  layout: Layout = "NCHW",
                   out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv2d`` with respect to its weight, like ``torch.nn.grad.conv2d_weight``.
 
@@ -91,6 +97,10 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
         The gradient of the loss with respect to conv2d's output.
     stride, padding, dilation, groups
         The forward call's arguments (padding may be ``"valid"``/``"same"``).
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        What the padding reads, as ``torch.nn.Conv2d(padding_mode=...)``:
+        zeros (default), or the input reflected, replicated or wrapped
+        around; computed inside the unroll, no padded copy is made.
     layout : {"NCHW", "NHWC"}, optional
         Default ``"NCHW"``.
     out : ndarray, optional
@@ -119,12 +129,13 @@ def conv2d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
     array([4.])
     """
     return run(_calls.conv2d_weight(input, weight_size, grad_output, stride, padding, dilation,
-                                    groups, layout=layout, out=out))
+                                    groups, padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv1d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
                  stride: Int1 = 1, padding: Padding1 = 0, dilation: Int1 = 1,
-                 groups: int = 1, *, layout: Layout1 = "NCL",
+                 groups: int = 1, *, padding_mode: PaddingMode = "zeros",
+                 layout: Layout1 = "NCL",
                  out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv1d`` with respect to its input, like ``torch.nn.grad.conv1d_input``.
 
@@ -136,7 +147,7 @@ def conv1d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
         As for :func:`fastim2col.conv1d`.
     grad_output : array_like
         The gradient with respect to conv1d's result.
-    stride, padding, dilation, groups, layout, out
+    stride, padding, dilation, groups, padding_mode, layout, out
         As for :func:`fastim2col.conv1d`.
 
     Returns
@@ -152,12 +163,13 @@ def conv1d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
     array([[[ 1.,  0.,  0.,  0.,  0., -1.]]])
     """
     return run(_calls.conv1d_input(input_size, weight, grad_output, stride, padding, dilation,
-                                   groups, layout=layout, out=out))
+                                   groups, padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv1d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: Int1 = 1, padding: Padding1 = 0, dilation: Int1 = 1,
-                  groups: int = 1, *, layout: Layout1 = "NCL",
+                  groups: int = 1, *, padding_mode: PaddingMode = "zeros",
+                  layout: Layout1 = "NCL",
                   out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv1d`` with respect to its weight, like ``torch.nn.grad.conv1d_weight``.
 
@@ -169,7 +181,7 @@ def conv1d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
         ``(C_out, C_in/groups, k)`` (NLC: ``(C_out, k, C_in/groups)``).
     grad_output : array_like
         The gradient with respect to conv1d's result.
-    stride, padding, dilation, groups, layout, out
+    stride, padding, dilation, groups, padding_mode, layout, out
         As for :func:`fastim2col.conv1d`.
 
     Returns
@@ -186,12 +198,13 @@ def conv1d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
     array([[[10., 15.]]])
     """
     return run(_calls.conv1d_weight(input, weight_size, grad_output, stride, padding, dilation,
-                                    groups, layout=layout, out=out))
+                                    groups, padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv3d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: ArrayLike,
                  stride: Int3 = 1, padding: Padding3 = 0, dilation: Int3 = 1,
-                 groups: int = 1, *, layout: Layout3 = "NCDHW",
+                 groups: int = 1, *, padding_mode: PaddingMode = "zeros",
+                 layout: Layout3 = "NCDHW",
                  out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv3d`` with respect to its input, like ``torch.nn.grad.conv3d_input``.
 
@@ -203,7 +216,7 @@ def conv3d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
         As for :func:`fastim2col.conv3d`.
     grad_output : array_like
         The gradient with respect to conv3d's result.
-    stride, padding, dilation, groups, layout, out
+    stride, padding, dilation, groups, padding_mode, layout, out
         As for :func:`fastim2col.conv3d`.
 
     Returns
@@ -224,12 +237,13 @@ def conv3d_input(input_size: Sequence[int], weight: ArrayLike, grad_output: Arra
               [1., 1.]]]]])
     """
     return run(_calls.conv3d_input(input_size, weight, grad_output, stride, padding, dilation,
-                                   groups, layout=layout, out=out))
+                                   groups, padding_mode=padding_mode, layout=layout, out=out))
 
 
 def conv3d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: ArrayLike,
                   stride: Int3 = 1, padding: Padding3 = 0, dilation: Int3 = 1,
-                  groups: int = 1, *, layout: Layout3 = "NCDHW",
+                  groups: int = 1, *, padding_mode: PaddingMode = "zeros",
+                  layout: Layout3 = "NCDHW",
                   out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of ``conv3d`` with respect to its weight, like ``torch.nn.grad.conv3d_weight``.
 
@@ -241,7 +255,7 @@ def conv3d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
         ``(C_out, C_in/groups, kd, kh, kw)`` (NDHWC: ``(C_out, kd, kh, kw, C_in/groups)``).
     grad_output : array_like
         The gradient with respect to conv3d's result.
-    stride, padding, dilation, groups, layout, out
+    stride, padding, dilation, groups, padding_mode, layout, out
         As for :func:`fastim2col.conv3d`.
 
     Returns
@@ -258,4 +272,4 @@ def conv3d_weight(input: ArrayLike, weight_size: Sequence[int], grad_output: Arr
     array([[[[[28.]]]]])
     """
     return run(_calls.conv3d_weight(input, weight_size, grad_output, stride, padding, dilation,
-                                    groups, layout=layout, out=out))
+                                    groups, padding_mode=padding_mode, layout=layout, out=out))

@@ -16,7 +16,8 @@ from libc.stdlib cimport malloc, free
 from _blas cimport gemm_rm
 from _conv_common cimport Conv, thin_scratch
 from _thin_gemm cimport thin_gemm
-from _unroll cimport Geometry, fold_nchw, fold_nhwc, in_positions, n_taps, out_positions
+from _unroll cimport (PAD_ZEROS, Geometry, fold_nchw, fold_nhwc, in_positions, n_taps,
+                     out_positions)
 
 
 cdef inline void seed_with_bias(floating* gx, const floating* bias, const Conv* cv,
@@ -115,9 +116,19 @@ cdef inline Py_ssize_t grad_input(const floating* go, const floating* w, const f
     cdef floating* gp
     cdef floating* dst
     cdef const floating* src
+    # A reflected or wrapped border folds into input rows far from its band
+    # (circular: the other end of the image): there, a unit folds all of its
+    # image's tiles in turn (one phase; a plan that wants parallel units
+    # gives images or channel blocks).
+    cdef bint whole_images = g.pad_mode != PAD_ZEROS and not cv.direct
+    cdef Py_ssize_t t_first, t_stop
     if cv.direct:
         n_phases = 1   # input and output positions coincide: tiles are disjoint
         n_pairs = n_tiles
+    elif whole_images:
+        n_phases = 1
+        n_pairs = 1
+        seed_with_bias(gx, bias, &cv, &g, n_threads)
     else:
         n_phases = 2
         seed_with_bias(gx, bias, &cv, &g, n_threads)
@@ -132,71 +143,73 @@ cdef inline Py_ssize_t grad_input(const floating* go, const floating* w, const f
             gp = thin_scratch(thin or thin_positions,
                               cv.block * kk if thin_positions else cv.tile, buf)
             for u in prange(n_units, schedule='static'):
-                t = u % n_pairs
+                t_first = u % n_pairs
                 if not cv.direct:
-                    t = 2 * t + parity
+                    t_first = 2 * t_first + parity
+                t_stop = n_tiles if whole_images else t_first + 1
                 b = (u // n_pairs) % n_blocks
                 grp = (u // (n_pairs * n_blocks)) % cv.groups
                 n = u // (n_pairs * n_blocks * cv.groups)
-                if t >= n_tiles:
+                if t_first >= n_tiles:
                     pass
                 elif (((not cv.direct or transposed) and buf == NULL)
                       or ((thin or thin_positions) and gp == NULL)):
                     n_failed += 1
                 else:
-                    p0 = t * cv.tile
-                    p1 = min(n_pos, p0 + cv.tile)
-                    c0 = b * cv.block
-                    c1 = min(cg, c0 + cv.block)
-                    src = go + n * n_pos * cv.n_out
-                    if cv.nhwc:
-                        src = src + p0 * cv.n_out + grp * og
-                        if cv.direct:
-                            dst = gx + n * image_size + p0 * cv.n_channels + grp * cg + c0
-                            nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
-                                      w + grp * og * kg + c0, kg, dst, cv.n_channels, gp)
-                            if bias != NULL:
-                                for r in range(p1 - p0):
-                                    for q in range(c1 - c0):
-                                        dst[r * cv.n_channels + q] += bias[grp * cg + c0 + q]
-                        else:
-                            # NHWC weights are (og, taps, cg): a block of
-                            # channels is a slice of each tap's columns, one
-                            # GEMM per tap into (positions, taps, block); all
-                            # of the group's channels are one GEMM
-                            if c1 - c0 == cg:
-                                nhwc_gemm(p1 - p0, kg, og, src, cv.n_out, w + grp * og * kg,
-                                          kg, buf, kg, gp)
-                            else:
-                                for k in range(kk):
-                                    nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
-                                              w + grp * og * kg + k * cg + c0, kg,
-                                              buf + k * (c1 - c0), kk * (c1 - c0), gp)
-                            fold_nhwc(buf, kk * (c1 - c0), cv.n_channels, grp * cg + c0,
-                                      c1 - c0, &g, p0, p1, gx + n * image_size)
-                    else:
-                        src = src + grp * og * n_pos + p0
-                        rows = (c1 - c0) * kk
-                        dst = gx + n * image_size + (grp * cg + c0) * plane
-                        if cv.direct and thin_positions:   # straight into gx
-                            thin_gemm(p1 - p0, c1 - c0, og, src, n_pos, w + grp * og * kg + c0,
-                                      kg, 1, dst + p0, plane, gp)
-                        elif cv.direct and not transposed:   # straight into gx
-                            gemm_rm(True, False, rows, p1 - p0, og, 1,
-                                    w + grp * og * kg + c0, kg, src, n_pos, 0, dst + p0, plane)
-                        else:
-                            input_grad_gemm(transposed, w + grp * og * kg + c0 * kk, kg, src,
-                                            n_pos, rows, p1 - p0, og, buf, gp)
-                        if cv.direct:
-                            if transposed:
-                                transpose_tile(buf, p1 - p0, rows, dst + p0, plane)
-                            if bias != NULL:
-                                for r in range(c1 - c0):
-                                    for q in range(p0, p1):
-                                        dst[r * plane + q] += bias[grp * cg + c0 + r]
-                        else:   # buf's element (k, p) at k*k_stride + p*p_stride
-                            fold_nchw(buf, 1 if transposed else p1 - p0,
-                                      rows if transposed else 1, c1 - c0, &g, p0, p1, dst, True)
+                  for t in range(t_first, t_stop):
+                      p0 = t * cv.tile
+                      p1 = min(n_pos, p0 + cv.tile)
+                      c0 = b * cv.block
+                      c1 = min(cg, c0 + cv.block)
+                      src = go + n * n_pos * cv.n_out
+                      if cv.nhwc:
+                          src = src + p0 * cv.n_out + grp * og
+                          if cv.direct:
+                              dst = gx + n * image_size + p0 * cv.n_channels + grp * cg + c0
+                              nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
+                                        w + grp * og * kg + c0, kg, dst, cv.n_channels, gp)
+                              if bias != NULL:
+                                  for r in range(p1 - p0):
+                                      for q in range(c1 - c0):
+                                          dst[r * cv.n_channels + q] += bias[grp * cg + c0 + q]
+                          else:
+                              # NHWC weights are (og, taps, cg): a block of
+                              # channels is a slice of each tap's columns, one
+                              # GEMM per tap into (positions, taps, block); all
+                              # of the group's channels are one GEMM
+                              if c1 - c0 == cg:
+                                  nhwc_gemm(p1 - p0, kg, og, src, cv.n_out, w + grp * og * kg,
+                                            kg, buf, kg, gp)
+                              else:
+                                  for k in range(kk):
+                                      nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
+                                                w + grp * og * kg + k * cg + c0, kg,
+                                                buf + k * (c1 - c0), kk * (c1 - c0), gp)
+                              fold_nhwc(buf, kk * (c1 - c0), cv.n_channels, grp * cg + c0,
+                                        c1 - c0, &g, p0, p1, gx + n * image_size)
+                      else:
+                          src = src + grp * og * n_pos + p0
+                          rows = (c1 - c0) * kk
+                          dst = gx + n * image_size + (grp * cg + c0) * plane
+                          if cv.direct and thin_positions:   # straight into gx
+                              thin_gemm(p1 - p0, c1 - c0, og, src, n_pos, w + grp * og * kg + c0,
+                                        kg, 1, dst + p0, plane, gp)
+                          elif cv.direct and not transposed:   # straight into gx
+                              gemm_rm(True, False, rows, p1 - p0, og, 1,
+                                      w + grp * og * kg + c0, kg, src, n_pos, 0, dst + p0, plane)
+                          else:
+                              input_grad_gemm(transposed, w + grp * og * kg + c0 * kk, kg, src,
+                                              n_pos, rows, p1 - p0, og, buf, gp)
+                          if cv.direct:
+                              if transposed:
+                                  transpose_tile(buf, p1 - p0, rows, dst + p0, plane)
+                              if bias != NULL:
+                                  for r in range(c1 - c0):
+                                      for q in range(p0, p1):
+                                          dst[r * plane + q] += bias[grp * cg + c0 + r]
+                          else:   # buf's element (k, p) at k*k_stride + p*p_stride
+                              fold_nchw(buf, 1 if transposed else p1 - p0,
+                                        rows if transposed else 1, c1 - c0, &g, p0, p1, dst, True)
             free(buf)
             free(gp)
     return n_failed

@@ -24,16 +24,40 @@ cdef struct Geometry:
     Py_ssize_t kernel_h, kernel_w, stride_h, stride_w
     Py_ssize_t pad_h, pad_w, dilation_h, dilation_w
     Py_ssize_t in_d, out_d, kernel_d, stride_d, pad_d, dilation_d
+    # What the padding reads (PadMode): zeros, or the input reflected,
+    # replicated or wrapped around (torch's padding_mode)
+    Py_ssize_t pad_mode
+
+
+cdef enum PadMode:
+    PAD_ZEROS = 0
+    PAD_REFLECT = 1
+    PAD_REPLICATE = 2
+    PAD_CIRCULAR = 3
 
 
 cdef inline Geometry make_geometry(tuple geom):
-    # geom: the plan's 12 numbers, in the field order above
+    # geom: the plan's 19 numbers, in the field order above
     # (fastim2col._args.Window).
     cdef Geometry g
     (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
      g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w,
-     g.in_d, g.out_d, g.kernel_d, g.stride_d, g.pad_d, g.dilation_d) = geom
+     g.in_d, g.out_d, g.kernel_d, g.stride_d, g.pad_d, g.dilation_d, g.pad_mode) = geom
     return g
+
+
+cdef inline Py_ssize_t pad_index(Py_ssize_t t, Py_ssize_t n, Py_ssize_t mode) noexcept nogil:
+    # The input index that index t of the padded axis reads, -1 for a zero.
+    # (Python checks that the padding is within one reflection or wrap.)
+    if 0 <= t < n:
+        return t
+    if mode == PAD_REFLECT:
+        return -t if t < 0 else 2 * (n - 1) - t
+    if mode == PAD_REPLICATE:
+        return 0 if t < 0 else n - 1
+    if mode == PAD_CIRCULAR:
+        return t + n if t < 0 else t - n
+    return -1
 
 
 cdef inline Py_ssize_t out_positions(const Geometry* g) noexcept nogil:
@@ -161,6 +185,124 @@ cdef inline ColRange tap_cols(const TapRanges* tr, const Geometry* g,
     return tr.cols[j] if tr.cached else valid_out_cols(g, j)
 
 
+# ---------------------------------------------------------------- padding modes
+# Reflected, replicated or wrapped padding: each padded row and column reads
+# the input index pad_index() gives. Rows map as a whole; a row's columns
+# inside the image are one strided run, as with zeros, and only the padding
+# columns at its ends are gathered (or, folding, scattered) one by one.
+
+cdef inline void unroll_plane_nchw_mapped(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
+                                          Py_ssize_t s_w, Py_ssize_t n_channels,
+                                          const Geometry* g, Py_ssize_t p_start,
+                                          Py_ssize_t p_stop, floating* dst,
+                                          Py_ssize_t ld_dst) noexcept nogil:
+    cdef Py_ssize_t c, i, j, p, oh, ow, ow0, ow1, ih, a, b
+    cdef ColRange cols_ok
+    cdef const floating* src
+    cdef floating* out
+    for c in range(n_channels):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                cols_ok = valid_out_cols(g, j)
+                out = dst + ((c * g.kernel_h + i) * g.kernel_w + j) * ld_dst - p_start
+                p = p_start
+                while p < p_stop:
+                    oh = p // g.out_w
+                    ow0 = p - oh * g.out_w
+                    ow1 = min(g.out_w, ow0 + p_stop - p)
+                    ih = pad_index(oh * g.stride_h - g.pad_h + i * g.dilation_h, g.in_h,
+                                   g.pad_mode)
+                    src = x + c * s_c + ih * s_h
+                    a = min(max(ow0, cols_ok.lo), ow1)
+                    b = max(a, min(ow1, cols_ok.hi))
+                    for ow in range(ow0, a):
+                        out[p + ow - ow0] = src[pad_index(
+                            ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                            g.pad_mode) * s_w]
+                    copy_run(out + p + a - ow0,
+                             src + (a * g.stride_w - g.pad_w + j * g.dilation_w) * s_w,
+                             g.stride_w * s_w, b - a)
+                    for ow in range(b, ow1):
+                        out[p + ow - ow0] = src[pad_index(
+                            ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                            g.pad_mode) * s_w]
+                    p += ow1 - ow0
+
+
+cdef inline void unroll_plane_nhwc_mapped(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
+                                          Py_ssize_t s_c, Py_ssize_t c_start,
+                                          Py_ssize_t n_channels, const Geometry* g,
+                                          Py_ssize_t p_start, Py_ssize_t p_stop,
+                                          floating* dst, Py_ssize_t ld_dst) noexcept nogil:
+    cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw
+    cdef const floating* src
+    cdef floating* out
+    for p in range(p_start, p_stop):
+        oh = p // g.out_w
+        ow = p - oh * g.out_w
+        out = dst + (p - p_start) * ld_dst
+        for i in range(g.kernel_h):
+            ih = pad_index(oh * g.stride_h - g.pad_h + i * g.dilation_h, g.in_h, g.pad_mode)
+            for j in range(g.kernel_w):
+                iw = pad_index(ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                               g.pad_mode)
+                src = x + ih * s_h + iw * s_w + c_start * s_c
+                for c in range(n_channels):
+                    out[c] = src[c * s_c]
+                out += n_channels
+
+
+cdef inline void fold_plane_nchw_mapped(const floating* cols, Py_ssize_t k_stride,
+                                        Py_ssize_t p_stride, Py_ssize_t n_channels,
+                                        const Geometry* g, Py_ssize_t p_start,
+                                        Py_ssize_t p_stop, floating* img) noexcept nogil:
+    # unroll_plane_nchw_mapped's adjoint: a padded element's column adds into
+    # the input element it read
+    cdef Py_ssize_t c, i, j, p, oh, ow, ow0, ow1, ih, iw
+    cdef const floating* row
+    cdef floating* dst
+    for c in range(n_channels):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * k_stride
+                p = p_start
+                while p < p_stop:
+                    oh = p // g.out_w
+                    ow0 = p - oh * g.out_w
+                    ow1 = min(g.out_w, ow0 + p_stop - p)
+                    ih = pad_index(oh * g.stride_h - g.pad_h + i * g.dilation_h, g.in_h,
+                                   g.pad_mode)
+                    dst = img + (c * g.in_h + ih) * g.in_w
+                    for ow in range(ow0, ow1):
+                        iw = pad_index(ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                                       g.pad_mode)
+                        dst[iw] += row[(p - p_start + ow - ow0) * p_stride]
+                    p += ow1 - ow0
+
+
+cdef inline void fold_plane_nhwc_mapped(const floating* cols, Py_ssize_t ld_cols,
+                                        Py_ssize_t n_img_channels, Py_ssize_t c_start,
+                                        Py_ssize_t n_channels, const Geometry* g,
+                                        Py_ssize_t p_start, Py_ssize_t p_stop,
+                                        floating* img) noexcept nogil:
+    cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw
+    cdef const floating* src
+    cdef floating* out
+    for p in range(p_start, p_stop):
+        oh = p // g.out_w
+        ow = p - oh * g.out_w
+        src = cols + (p - p_start) * ld_cols
+        for i in range(g.kernel_h):
+            ih = pad_index(oh * g.stride_h - g.pad_h + i * g.dilation_h, g.in_h, g.pad_mode)
+            for j in range(g.kernel_w):
+                iw = pad_index(ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                               g.pad_mode)
+                out = img + (ih * g.in_w + iw) * n_img_channels + c_start
+                for c in range(n_channels):
+                    out[c] += src[c]
+                src += n_channels
+
+
 cdef inline void unroll_run(const floating* x_c, Py_ssize_t s_h, const Geometry* g,
                             Py_ssize_t i, Py_ssize_t j, ColRange rows_ok, ColRange cols_ok,
                             Py_ssize_t oh_first, Py_ssize_t oh_last,
@@ -206,6 +348,10 @@ cdef inline void unroll_plane_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t
     x points at channel 0 of one image; output positions p = oh*out_w + ow run
     over [p_start, p_stop); rows of dst are ld_dst apart.
     """
+    if g.pad_mode != PAD_ZEROS:
+        unroll_plane_nchw_mapped(x, s_c, s_h, s_w, n_channels, g, p_start, p_stop, dst,
+                                 ld_dst)
+        return
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
     cdef Py_ssize_t oh_first = p_start // g.out_w, oh_last = p_stop // g.out_w
     cdef ColRange cols_ok, rows_ok
@@ -295,6 +441,10 @@ cdef inline void unroll_plane_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t
 
     x points at one image (H, W, C); channel runs are copied whole.
     """
+    if g.pad_mode != PAD_ZEROS:
+        unroll_plane_nhwc_mapped(x, s_h, s_w, s_c, c_start, n_channels, g, p_start, p_stop,
+                                 dst, ld_dst)
+        return
     cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw
     cdef Py_ssize_t run = n_channels * sizeof(floating)
     cdef floating* out
@@ -377,6 +527,9 @@ cdef inline void fold_plane_nchw(const floating* cols, Py_ssize_t k_stride,
     (n_channels, in_h, in_w). cols_scratch: cols is the caller's scratch,
     which fold_run may write its padding columns in.
     """
+    if g.pad_mode != PAD_ZEROS:
+        fold_plane_nchw_mapped(cols, k_stride, p_stride, n_channels, g, p_start, p_stop, img)
+        return
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
     cdef Py_ssize_t oh_first = p_start // g.out_w, oh_lo, oh_hi
     cdef ColRange cols_ok, rows_ok
@@ -467,6 +620,10 @@ cdef inline void fold_plane_nhwc(const floating* cols, Py_ssize_t ld_cols,
 
     img is C-contiguous (in_h, in_w, n_img_channels).
     """
+    if g.pad_mode != PAD_ZEROS:
+        fold_plane_nhwc_mapped(cols, ld_cols, n_img_channels, c_start, n_channels, g, p_start,
+                               p_stop, img)
+        return
     cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw, iw0
     cdef const floating* src
     cdef floating* out
@@ -536,8 +693,9 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_d,
                 od = p // plane
                 q0 = p - od * plane
                 q1 = min(plane, q0 + p_stop - p)
-                id_ = od * g.stride_d - g.pad_d + d * g.dilation_d
-                if 0 <= id_ < g.in_d:
+                id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
+                                g.pad_mode)
+                if id_ >= 0:
                     unroll_plane_nchw(x + c * s_c + id_ * s_d, s_c, s_h, s_w, 1, g, q0, q1,
                                       rows + p - p_start, ld_dst)
                 else:
@@ -565,8 +723,9 @@ cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_d, Py_ssize_t s_h,
             od = p // plane
             q0 = p - od * plane
             q1 = min(plane, q0 + p_stop - p)
-            id_ = od * g.stride_d - g.pad_d + d * g.dilation_d
-            if 0 <= id_ < g.in_d:
+            id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
+                            g.pad_mode)
+            if id_ >= 0:
                 unroll_plane_nhwc(x + id_ * s_d, s_h, s_w, s_c, c_start, n_channels, g, q0, q1,
                                   dst + (p - p_start) * ld_dst + d * per_depth, ld_dst)
             else:
@@ -596,8 +755,9 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
                 od = p // plane
                 q0 = p - od * plane
                 q1 = min(plane, q0 + p_stop - p)
-                id_ = od * g.stride_d - g.pad_d + d * g.dilation_d
-                if 0 <= id_ < g.in_d:
+                id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
+                                g.pad_mode)
+                if id_ >= 0:
                     fold_plane_nchw(cols + (c * g.kernel_d + d) * taps2 * k_stride
                                     + (p - p_start) * p_stride, k_stride, p_stride, 1, g, q0,
                                     q1, img + (c * g.in_d + id_) * in_plane, cols_scratch)
@@ -626,8 +786,9 @@ cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
             od = p // plane
             q0 = p - od * plane
             q1 = min(plane, q0 + p_stop - p)
-            id_ = od * g.stride_d - g.pad_d + d * g.dilation_d
-            if 0 <= id_ < g.in_d:
+            id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
+                            g.pad_mode)
+            if id_ >= 0:
                 fold_plane_nhwc(cols + (p - p_start) * ld_cols + d * per_depth, ld_cols,
                                 n_img_channels, c_start, n_channels, g, q0, q1,
                                 img + id_ * in_plane)
