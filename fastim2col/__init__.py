@@ -16,8 +16,8 @@ except ImportError as exc:  # pragma: no cover - depends on how it was imported
         "`python -P -m fastim2col`, or build in place with "
         "`python setup.py build_ext --inplace`."
     ) from exc
-from .functional import (col2im, conv1d, conv2d, conv_transpose1d, conv_transpose2d,
-                         im2col)
+from .functional import (col2im, conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
+                         conv_transpose3d, im2col)
 from ._kernels import Plan, kernels, use_kernel
 from ._explain import explain
 from ._threads import get_num_threads, set_num_threads
@@ -30,8 +30,10 @@ __all__ = [
     "col2im",
     "conv1d",
     "conv2d",
+    "conv3d",
     "conv_transpose1d",
     "conv_transpose2d",
+    "conv_transpose3d",
     "grad",
     "explain",
     "kernels",

@@ -21,7 +21,11 @@ Layout = Literal["NCHW", "NHWC"]
 Int1 = Union[int, Tuple[int]]
 Padding1 = Union[int, Tuple[int], Literal["valid", "same"]]
 Layout1 = Literal["NCL", "NLC"]
-AnyLayout = Literal["NCHW", "NHWC", "NCL", "NLC"]
+Layout3 = Literal["NCDHW", "NDHWC"]
+Int3 = Union[int, Tuple[int], Tuple[int, int, int]]
+Padding3 = Union[int, Tuple[int], Tuple[int, int, int], Literal["valid", "same"]]
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+AnyLayout = Literal["NCHW", "NHWC", "NCL", "NLC", "NCDHW", "NDHWC"]
 
 LAYOUTS = ("NCHW", "NHWC")
 # Window parameters and sizes stay far below this: index arithmetic in the
@@ -79,7 +83,7 @@ def check_layout(layout) -> bool:
 
 
 # Layouts by number of spatial dimensions: (channels first, channels last).
-LAYOUTS_BY_DIMS = {1: ("NCL", "NLC"), 2: LAYOUTS}
+LAYOUTS_BY_DIMS = {1: ("NCL", "NLC"), 2: LAYOUTS, 3: ("NCDHW", "NDHWC")}
 
 
 def check_layout_dims(layout, dims: int) -> bool:
@@ -161,36 +165,33 @@ def line_aligned_copy(arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def batched(arr: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
-    """(arr with a batch axis, whether it had none) for 3-d or 4-d arrays."""
-    if arr.ndim == 4:
+def batched(arr: np.ndarray, name: str, spatial: int = 2) -> tuple[np.ndarray, bool]:
+    """(arr with a batch axis, whether it had none) for arrays of `spatial`
+    dimensions, a channel axis and an optional batch axis."""
+    if arr.ndim == spatial + 2:
         return arr, False
-    if arr.ndim == 3:
+    if arr.ndim == spatial + 1:
         return arr[None], True
-    raise ValueError(f"{name} must be 4-d (batched) or 3-d (unbatched), got {arr.ndim}-d "
-                     f"with shape {arr.shape}")
+    raise ValueError(f"{name} must be {spatial + 2}-d (batched) or {spatial + 1}-d "
+                     f"(unbatched), got {arr.ndim}-d with shape {arr.shape}")
 
 
-def image_dims(shape, nhwc: bool) -> tuple[int, int, int, int]:
-    """(N, C, H, W) of a batched image shape in either layout."""
+def dims_nd(shape, nhwc: bool) -> tuple[int, int, tuple[int, ...]]:
+    """(N, C, spatial sizes) of a batched shape, channels first or last."""
     if nhwc:
-        n, h, w, c = shape
-    else:
-        n, c, h, w = shape
-    return n, c, h, w
+        return shape[0], shape[-1], tuple(shape[1:-1])
+    return shape[0], shape[1], tuple(shape[2:])
 
 
-def image_shape(n, c, h, w, nhwc: bool) -> tuple[int, int, int, int]:
-    return (n, h, w, c) if nhwc else (n, c, h, w)
+def shape_nd(n: int, c: int, sizes, nhwc: bool) -> tuple[int, ...]:
+    return (n, *sizes, c) if nhwc else (n, c, *sizes)
 
 
-def weight_dims(shape, nhwc: bool) -> tuple[int, int, int, int]:
-    """(rows, channels per group, kh, kw) of a weight in either layout."""
+def weight_dims_nd(shape, nhwc: bool) -> tuple[int, int, tuple[int, ...]]:
+    """(rows, channels per group, kernel sizes) of a weight, channels first or last."""
     if nhwc:
-        rows, kh, kw, cg = shape
-    else:
-        rows, cg, kh, kw = shape
-    return rows, cg, kh, kw
+        return shape[0], shape[-1], tuple(shape[1:-1])
+    return shape[0], shape[1], tuple(shape[2:])
 
 
 def positive_int(value, name: str) -> int:
@@ -221,6 +222,29 @@ class Window(NamedTuple):
     pad_w: int      # left
     dilation_h: int
     dilation_w: int
+    # volumes' depth (images: one plane, the defaults)
+    in_d: int = 1
+    out_d: int = 1
+    kernel_d: int = 1
+    stride_d: int = 1
+    pad_d: int = 0      # front
+    dilation_d: int = 1
+    pad_mode: int = 0   # PAD_MODES' index: what the padding reads
+
+    @property
+    def n_out(self) -> int:
+        """Output positions."""
+        return self.out_d * self.out_h * self.out_w
+
+    @property
+    def n_in(self) -> int:
+        """Input positions."""
+        return self.in_d * self.in_h * self.in_w
+
+    @property
+    def n_taps(self) -> int:
+        """Window taps."""
+        return self.kernel_d * self.kernel_h * self.kernel_w
 
 
 def window(in_hw, kernel_size, stride, padding, dilation, *, allow_strings: bool,
@@ -262,6 +286,88 @@ def window(in_hw, kernel_size, stride, padding, dilation, *, allow_strings: bool
     else:
         out_h, out_w = out_hw
     return Window(h, w, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+def triple(value, name: str, minimum: int) -> tuple[int, int, int]:
+    """A 3-d window parameter: an int, a one-element or a three-element
+    sequence of ints, each >= minimum."""
+    if isinstance(value, (tuple, list, np.ndarray)) and np.ndim(value) == 1 and len(value) == 3:
+        depth = pair(value[0], name, minimum)[0]
+        return (depth,) + pair(tuple(value[1:]), name, minimum)
+    if isinstance(value, (tuple, list)) and len(value) not in (1,):
+        raise TypeError(f"{name} must be an int or a tuple of 3 ints, got {value!r}")
+    v = pair(value, name, minimum)[0]
+    return (v, v, v)
+
+
+def window3(in_dhw, kernel_size, stride, padding, dilation, *, allow_strings: bool,
+            out_dhw=None) -> Window:
+    """window() for volumes: the (h, w) part as for images, the depth by the
+    same rules."""
+    kd, kh, kw = triple(kernel_size, "kernel_size", 1)
+    sd, sh, sw = triple(stride, "stride", 1)
+    dd, dh, dw = triple(dilation, "dilation", 1)
+    if isinstance(padding, str):
+        if padding not in ("valid", "same") or not allow_strings:
+            window(in_dhw[1:], (kh, kw), (sh, sw), padding, (dh, dw),
+                   allow_strings=allow_strings)   # (raises its error)
+        if padding == "same" and sd != 1:
+            raise ValueError("padding='same' is not supported for strided convolutions "
+                             f"(stride={stride!r}); use an explicit padding")
+        pd = dd * (kd - 1) // 2 if padding == "same" else 0
+        total_d = dd * (kd - 1) if padding == "same" else 0
+        plane_padding: Union[str, tuple[int, int]] = padding
+    else:
+        pd, ph, pw = triple(padding, "padding", 0)
+        total_d = 2 * pd
+        plane_padding = (ph, pw)
+    plane = window(in_dhw[1:], (kh, kw), (sh, sw), plane_padding, (dh, dw),
+                   allow_strings=allow_strings,
+                   out_hw=None if out_dhw is None else out_dhw[1:])
+    d = in_dhw[0]
+    if out_dhw is None:
+        out_d = out_size(d, total_d, kd, sd, dd)
+        if out_d < 1:
+            raise ValueError(
+                f"kernel_size {(kd, kh, kw)} with dilation {(dd, dh, dw)} is larger than the "
+                f"padded input depth {d + total_d}: the output would be empty")
+    else:
+        out_d = out_dhw[0]
+    return plane._replace(in_d=d, out_d=out_d, kernel_d=kd, stride_d=sd, pad_d=pd,
+                          dilation_d=dd)
+
+
+# torch's padding_mode names, in the order of src/_unroll.pxd's PadMode.
+PAD_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def with_padding_mode(win: Window, padding_mode, padding_totals=None) -> Window:
+    """win reading its padding as padding_mode says. reflect needs each
+    padding smaller than its input size, circular at most it (one
+    reflection or wrap, as torch.nn.functional.pad)."""
+    if not isinstance(padding_mode, str) or padding_mode not in PAD_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(map(repr, PAD_MODES))}, "
+                         f"got {padding_mode!r}")
+    mode = PAD_MODES.index(padding_mode)
+    if mode == 0:
+        return win
+    dims = [("depth", win.in_d, win.pad_d, win.out_d, win.kernel_d, win.stride_d,
+             win.dilation_d),
+            ("height", win.in_h, win.pad_h, win.out_h, win.kernel_h, win.stride_h,
+             win.dilation_h),
+            ("width", win.in_w, win.pad_w, win.out_w, win.kernel_w, win.stride_w,
+             win.dilation_w)]
+    padded = False
+    for name, size, before, n_out, k, stride, dilation in dims:
+        after = max(0, (n_out - 1) * stride + dilation * (k - 1) - before - size + 1)
+        most = max(before, after)
+        padded = padded or most > 0
+        if (mode == 1 and most >= size) or (mode == 3 and most > size):
+            rule = "smaller than" if mode == 1 else "at most"
+            raise ValueError(f"padding_mode={padding_mode!r} needs the padding ({most}) "
+                             f"{rule} the input {name} ({size})")
+    # (no padding read: the zero-padding kernels run it, whatever the mode)
+    return win._replace(pad_mode=mode) if padded else win
 
 
 def check_size(shape, itemsize: int, name: str) -> None:

@@ -224,16 +224,117 @@ def _print_table(headers, rows):
         print("  ".join(str(v).rjust(w) for v, w in zip(r, widths)))
 
 
-def _common_args(p: argparse.ArgumentParser, default_layers):
+STABLE_TIPS = ("for stable numbers: close other programs (or wait for them), use --threads "
+               "no more than the idle cores, raise --rounds, and with other work sharing "
+               "the cores set OMP_WAIT_POLICY=passive")
+
+# A layer whose rounds' block medians differ by more than this factor was
+# timed while the machine's speed moved (another program, frequency scaling).
+BUSY_SPREAD = 1.25
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks (the subcommand list) and wraps option help."""
+
+
+def _wrap(text: str) -> str:
+    import textwrap
+    return "\n".join(textwrap.fill(part, 79) for part in text.split("\n\n"))
+
+
+def _common_args(p: argparse.ArgumentParser, default_layers, layers_default_help: str):
     p.add_argument("--threads", type=int, default=None,
-                   help="threads for fastim2col and every peer (default: fastim2col's default)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--batch", default="1", help="batch size(s), comma separated (default 1)")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
+                   help="threads for fastim2col and every peer (default: fastim2col's "
+                        "default, i.e. OMP_NUM_THREADS, else the usable cores)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="element type of inputs, weights and results (default: %(default)s)")
+    p.add_argument("--batch", default="1",
+                   help="batch size(s), comma separated, e.g. 1,8 (default: %(default)s)")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW",
+                   help="memory layout of the arrays (default: %(default)s)")
     p.add_argument("--layers", default=",".join(default_layers),
-                   help=f"comma-separated layer names from: {', '.join(LAYERS)}")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of blocks")
-    p.add_argument("--repeat", type=int, default=3, help="timed calls per block")
+                   help=f"comma-separated layer names from: {', '.join(LAYERS)} "
+                        f"(default: {layers_default_help})")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds of timed blocks; more rounds, steadier medians "
+                        "(default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="timed calls per block (default: %(default)s)")
+
+
+class _RowPrinter:
+    """Prints a table's header at once and each row as it is added, with
+    column widths fixed up front (from the headers and the longest layer
+    name), so that a long run shows its progress."""
+
+    def __init__(self, headers, first_width: int, width: int = 8):
+        self.widths = [max(len(headers[0]), first_width)] + [max(len(h), width)
+                                                             for h in headers[1:]]
+        self._line(headers)
+        print("  ".join("-" * w for w in self.widths), flush=True)
+
+    def _line(self, row):
+        print("  ".join(str(v).rjust(w) for v, w in zip(row, self.widths)), flush=True)
+
+    def add(self, row):
+        self._line(row)
+
+
+def _spread(values) -> float:
+    """The most over the least of a function's per-round block medians."""
+    return max(values) / min(values) if values and min(values) > 0 else 1.0
+
+
+def _load_warning(threads: int) -> str | None:
+    """A warning when the 1-minute load average (other programs: this one
+    has not started timing yet) leaves fewer idle cores than threads."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    cores = os.cpu_count() or 1
+    if load > cores - threads + 0.5:
+        return (f"the 1-minute load average is {load:.1f} on {cores} core(s) before the run: "
+                f"other programs are using the cores that {threads} thread(s) need")
+    return None
+
+
+def _threads_probe(fastim2col, layers, batch, dtype, layout, threads, restore) -> str | None:
+    """Time the suite's cheapest layer on 1 thread and on `threads`: when
+    more threads are not faster, other work holds the cores. Returns the
+    warning, or None. `restore` is what set_num_threads gets afterwards."""
+    if threads < 2 or not layers:
+        return None
+    layer = min(layers, key=lambda lay: lay.flops(1))
+    x, w = make_inputs(layer, batch, dtype, layout)
+
+    def call():
+        fastim2col.conv2d(x, w, None, layer.stride, layer.padding, 1, layer.groups, layout=layout)
+
+    def on(n):
+        def fn():
+            fastim2col.set_num_threads(n)
+            call()
+        return fn
+    try:
+        t = timed_blocks({"1": on(1), "n": on(threads)}, 2, 3, warmup_s=0.05)
+    finally:
+        fastim2col.set_num_threads(restore)
+    if t["n"] >= 0.95 * t["1"]:
+        return (f"{threads} threads were no faster than 1 on {layer.name} "
+                f"({t['n'] * 1e3:.2f} ms vs {t['1'] * 1e3:.2f} ms): other work is "
+                f"using the cores")
+    return None
+
+
+def _report_busy(warnings: list[str]) -> None:
+    if not warnings:
+        return
+    import textwrap
+    print("warning: the machine looks busy; these timings may be off:")
+    for w in warnings:
+        print(textwrap.fill(w, 79, initial_indent="  - ", subsequent_indent="    "))
+    print(textwrap.fill(STABLE_TIPS, 79, initial_indent="  ", subsequent_indent="  "))
 
 
 def _setup(args):
@@ -246,19 +347,45 @@ def _setup(args):
     return fastim2col, threads, layers, batches, np.dtype(args.dtype)
 
 
-def run_main(argv=None) -> int:
+SUBCOMMANDS = """subcommands:
+  (none)   the layer suite: conv2d on ResNet-50-like layers, each result checked
+           against a NumPy im2col + matmul baseline, both timed (the options above)
+  bench    fastim2col against the bare BLAS GEMM of each layer and, with --compare,
+           PyTorch and NumPy, for conv2d, its gradients, im2col or col2im:
+           python -m fastim2col bench --help
+  bench-nd the 1-D (signals) or 3-D (volumes) layer suite, forward and gradients,
+           with --compare torch against PyTorch: python -m fastim2col bench-nd --help
+
+Timing: alternating warmed-up blocks, medians of all timed calls. A warning
+follows the table when the machine looked busy (a wide spread between rounds,
+a high load average, more threads no faster than one)."""
+
+
+def main_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastim2col",
-        description="Run the default layer suite through fastim2col.conv2d, check every "
-                    "result against a NumPy im2col + matmul baseline and time both. "
-                    "Subcommand `bench` compares against bare GEMM, PyTorch and NumPy.")
-    _common_args(p, MAIN_SUITE)
-    args = p.parse_args(argv)
+        usage="python -m fastim2col [bench | bench-nd] [options]",
+        description=_wrap("Run the default layer suite through fastim2col.conv2d, check "
+                          "every result against a NumPy im2col + matmul baseline and time "
+                          "both, printing each layer's row as it finishes."),
+        epilog=SUBCOMMANDS + "\n\n" + _wrap(STABLE_TIPS[0].upper() + STABLE_TIPS[1:] + "."),
+        formatter_class=_HelpFormatter)
+    _common_args(p, MAIN_SUITE, "the ResNet-50 stem, 3x3 and 1x1 layers: "
+                                + ", ".join(MAIN_SUITE))
+    return p
+
+
+def run_main(argv=None) -> int:
+    args = main_parser().parse_args(argv)
     fastim2col, threads, layers, batches, dtype = _setup(args)
     print(f"fastim2col {fastim2col.__version__}: conv2d, {dtype.name}, {args.layout}, "
-          f"{threads} thread(s); baseline: NumPy sliding_window_view + matmul")
-    rows, failures = [], 0
+          f"{threads} thread(s); baseline: NumPy sliding_window_view + matmul", flush=True)
+    busy = [w for w in [_load_warning(threads)] if w]
+    failures = 0
+    spread_layers = []
     tol = 1e-3 if dtype == np.float32 else 1e-10
+    table = _RowPrinter(["layer", "batch", "ms", "GFLOP/s", "numpy ms", "speedup", "rel err",
+                         "check"], max((len(lay.name) for lay in layers), default=5))
     with _limits(threads):
         for batch in batches:
             for layer in layers:
@@ -278,26 +405,49 @@ def run_main(argv=None) -> int:
                 err = float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
                 ok = err < tol
                 failures += not ok
-                t = timed_blocks({"ours": ours, "numpy": base}, args.rounds, args.repeat)
+                per_round: dict = {}
+                t = timed_blocks({"ours": ours, "numpy": base}, args.rounds, args.repeat,
+                                 per_round=per_round)
+                if args.rounds > 1 and _spread(per_round["ours"]) > BUSY_SPREAD:
+                    spread_layers.append(f"{layer.name} (batch {batch}): "
+                                         f"{_spread(per_round['ours']):.2f}x")
                 gf = layer.flops(batch) / 1e9
-                rows.append([layer.name, batch, f"{t['ours'] * 1e3:.2f}", f"{gf / t['ours']:.1f}",
-                             f"{t['numpy'] * 1e3:.2f}", f"{t['numpy'] / t['ours']:.1f}x",
-                             f"{err:.1e}", "ok" if ok else "MISMATCH"])
-    _print_table(["layer", "batch", "ms", "GFLOP/s", "numpy ms", "speedup", "rel err", "check"],
-                 rows)
+                table.add([layer.name, batch, f"{t['ours'] * 1e3:.2f}", f"{gf / t['ours']:.1f}",
+                           f"{t['numpy'] * 1e3:.2f}", f"{t['numpy'] / t['ours']:.1f}x",
+                           f"{err:.1e}", "ok" if ok else "MISMATCH"])
+        if spread_layers:
+            busy.append("the rounds' own medians differ by more than "
+                        f"{BUSY_SPREAD:.2f}x on: " + ", ".join(spread_layers))
+        probe = _threads_probe(fastim2col, layers, batches[0], dtype, args.layout, threads,
+                               args.threads)
+        if probe:
+            busy.append(probe)
+    _report_busy(busy)
     return 1 if failures else 0
 
 
-def run_bench(argv=None) -> int:
+def bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastim2col bench",
-        description="Time fastim2col against the bare BLAS GEMM of each layer and, with "
-                    "--compare, against PyTorch and a NumPy im2col baseline.")
-    _common_args(p, list(LAYERS))
+        description=_wrap("Time fastim2col against the bare BLAS GEMM of each layer and, "
+                          "with --compare, against PyTorch and a NumPy im2col baseline. A "
+                          "progress line (stderr) follows each layer; the table, with peak "
+                          "memory, comes at the end."),
+        epilog=_wrap(STABLE_TIPS[0].upper() + STABLE_TIPS[1:] + "."),
+        formatter_class=_HelpFormatter)
+    _common_args(p, list(LAYERS), "all of them")
     p.add_argument("--op", choices=["conv2d", "conv2d_input", "conv2d_weight", "im2col",
-                                    "col2im"], default="conv2d")
-    p.add_argument("--compare", default="", help="peers: comma separated from torch,numpy")
-    args = p.parse_args(argv)
+                                    "col2im"], default="conv2d",
+                   help="the operation timed: conv2d, its input or weight gradient, or the "
+                        "im2col/col2im copies (default: %(default)s)")
+    p.add_argument("--compare", default="",
+                   help="peers, comma separated from torch,numpy (default: none, only the "
+                        "bare GEMM)")
+    return p
+
+
+def run_bench(argv=None) -> int:
+    args = bench_parser().parse_args(argv)
     fastim2col, threads, layers, batches, dtype = _setup(args)
     peers = [s for s in args.compare.split(",") if s]
     torch: Any = None
@@ -311,7 +461,11 @@ def run_bench(argv=None) -> int:
             peers.remove("torch")
     print(f"fastim2col {fastim2col.__version__} {args.op}: {dtype.name}, {args.layout}, "
           f"{threads} thread(s), medians of {args.rounds} alternating rounds x {args.repeat} "
-          f"calls" + (f"; torch {torch.__version__}" if torch is not None else ""))
+          f"calls" + (f"; torch {torch.__version__}" if torch is not None else ""),
+          flush=True)
+    busy = [w for w in [_load_warning(threads)] if w]
+    spread_layers = []
+    n_cases, done = len(batches) * len(layers), 0
     copy_op = args.op in ("im2col", "col2im")
     headers = ["layer", "batch", "ms", "GB/s" if copy_op else "GFLOP/s", "/gemm",
                "rounds"] + [f"/{p}" for p in peers] + ["extra MiB"] + [f"{p} MiB" for p in peers]
@@ -329,6 +483,9 @@ def run_bench(argv=None) -> int:
                     t["gemm"] = min(t.pop("gemm_ab"), t.pop("gemm_ba"))
                     by_round = round_ratios(per_round, "ours", ["gemm_ab", "gemm_ba"])
                     spread = f"{min(by_round):.2f}-{max(by_round):.2f}"
+                if args.rounds > 1 and _spread(per_round["ours"]) > BUSY_SPREAD:
+                    spread_layers.append(f"{layer.name} (batch {batch}): "
+                                         f"{_spread(per_round['ours']):.2f}x")
                 # im2col/col2im: GB of output written per second; else GFLOP/s
                 work = (out_bytes if copy_op else layer.flops(batch)) / 1e9
                 row = [layer.name, batch, f"{t['ours'] * 1e3:.2f}", f"{work / t['ours']:.1f}"]
@@ -344,6 +501,12 @@ def run_bench(argv=None) -> int:
                         row.append(spread)
                 rows.append(row)
                 cases.append((fns, out_bytes))
+                done += 1
+                # the table waits for the peak-memory pass: say how far the run is
+                print(f"[{done}/{n_cases}] {layer.name} batch {batch}: {row[2]} ms, "
+                      f"{row[3]} {headers[3]}"
+                      + (f", {row[4]}x gemm" if row[4] != "-" else ""),
+                      file=sys.stderr, flush=True)
         # Peak memory last: measuring it changes malloc's settings for the rest
         # of the process (see _malloc_for_peaks), which would slow later timings.
         for row, (fns, out_bytes) in zip(rows, cases):
@@ -353,6 +516,14 @@ def run_bench(argv=None) -> int:
                 m = mem.get(k)
                 # peers allocate their result inside the call: count only the extra
                 row.append(f"{max(0.0, m - out_bytes / 2**20):.1f}" if m is not None else "n/a")
+        if spread_layers:
+            busy.append("the rounds' own medians differ by more than "
+                        f"{BUSY_SPREAD:.2f}x on: " + ", ".join(spread_layers))
+        if args.op == "conv2d":
+            probe = _threads_probe(fastim2col, layers, batches[0], dtype, args.layout,
+                                   threads, args.threads)
+            if probe:
+                busy.append(probe)
     _print_table(headers, rows)
     if any(r[headers.index("rounds")] != "-" for r in rows):
         print("rounds: the least and the most of the rounds' own ratios to the GEMM (each "
@@ -363,6 +534,7 @@ def run_bench(argv=None) -> int:
             continue
         note = " (groups=1 layers)" if k == "gemm" else ""
         print(f"  vs {k}{note}: {_geomean(v):.3f}   worst {max(v) if v else float('nan'):.3f}")
+    _report_busy(busy)
     return 0
 
 
@@ -449,4 +621,14 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return run_bench(argv[1:])
+    if argv and argv[0] == "bench-nd":
+        from . import _bench_nd
+        return _bench_nd.run(argv[1:])
+    if argv and argv[0] == "help":       # `python -m fastim2col help [bench | bench-nd]`
+        if argv[1:2] == ["bench-nd"]:
+            from . import _bench_nd
+            _bench_nd.parser().print_help()
+        else:
+            (bench_parser() if argv[1:2] == ["bench"] else main_parser()).print_help()
+        return 0
     return run_main(argv)

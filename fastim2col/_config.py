@@ -29,9 +29,30 @@ def _build_info() -> dict:
 
 
 def show_config(mode: str = "stdout"):
-    """Print (mode='stdout') or return (mode='dicts') the version, the BLAS
-    library SciPy uses and its threads, the OpenMP runtime and its threads, and
-    the compiler and flags this build used."""
+    """Print or return the build and runtime configuration.
+
+    The version, the BLAS library SciPy uses and its threads, the OpenMP
+    runtime and its threads, and the compiler and flags this build used.
+
+    Parameters
+    ----------
+    mode : {"stdout", "dicts"}, optional
+        ``"stdout"`` (the default) prints it; ``"dicts"`` returns it.
+
+    Returns
+    -------
+    dict or None
+        With ``mode="dicts"``, the configuration as nested dicts.
+
+    Examples
+    --------
+    >>> import fastim2col
+    >>> info = fastim2col.show_config(mode="dicts")
+    >>> info["fastim2col"]["version"] == fastim2col.__version__
+    True
+    >>> sorted(info)[:3]
+    ['build', 'fastim2col', 'numpy']
+    """
     import numpy
     import scipy
 

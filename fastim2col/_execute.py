@@ -39,7 +39,7 @@ def _fill(call: Call, plan: Plan, res: np.ndarray) -> None:
     if call.bias is None or call.op not in ("conv2d", "conv_transpose2d"):
         res.fill(0)
     else:
-        res[...] = call.bias if call.nhwc else call.bias[:, None, None]
+        res[...] = call.bias if call.nhwc else call.bias.reshape((-1,) + (1,) * (res.ndim - 2))
 
 
 def _unroll(call: Call, plan: Plan, res: np.ndarray) -> None:

@@ -29,7 +29,23 @@ KERNELS: dict[str, str] = {
 
 
 def kernels() -> tuple[str, ...]:
-    """The names of fastim2col's kernels (what :func:`use_kernel` takes)."""
+    """The names of fastim2col's kernels (what :func:`use_kernel` takes).
+
+    Returns
+    -------
+    tuple of str
+        ``unroll`` (the im2col copy), ``fold`` (the col2im sum), ``gemm``
+        (unrolled tiles and BLAS), ``thin_gemm`` (the same tiles through
+        fastim2col's own vector GEMM), ``direct`` (band-packed direct
+        kernels), ``depthwise``, ``taps``, ``elementwise`` (NHWC kernels) and
+        ``fill`` (nothing to multiply).
+
+    Examples
+    --------
+    >>> import fastim2col
+    >>> fastim2col.kernels()
+    ('unroll', 'fold', 'gemm', 'thin_gemm', 'direct', 'depthwise', 'taps', 'elementwise', 'fill')
+    """
     return tuple(KERNELS)
 
 
@@ -70,10 +86,32 @@ def use_kernel(name: str, *, strict: bool = True) -> Iterator[None]:
     """Force kernel ``name`` for the calls inside the ``with`` block.
 
     Context-local (a :mod:`contextvars` variable): other threads and asyncio
-    tasks keep planning as usual. A call inside that the kernel cannot run
-    raises ``ValueError`` saying why; with ``strict=False`` it runs the
-    planner's own choice instead (for sweeping one kernel over calls of every
-    kind). Calls with nothing to compute (an empty size) still run ``"fill"``.
+    tasks keep planning as usual. Calls with nothing to compute (an empty
+    size) still run ``"fill"``.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`kernels` except ``"fill"``.
+    strict : bool, optional
+        If True (the default), a call inside that the kernel cannot run raises
+        ``ValueError`` saying why; if False it runs the planner's own choice
+        instead (for sweeping one kernel over calls of every kind).
+
+    Examples
+    --------
+    >>> import numpy as np, fastim2col
+    >>> x = np.ones((1, 8, 10, 10))
+    >>> w = np.ones((4, 8, 3, 3))
+    >>> with fastim2col.use_kernel("gemm"):
+    ...     print(fastim2col.explain(fastim2col.conv2d, x, w).kernel)
+    ...     y = fastim2col.conv2d(x, w)
+    gemm
+    >>> bool(np.all(y == 72.0))
+    True
+    >>> with fastim2col.use_kernel("depthwise", strict=False):   # NCHW: not possible
+    ...     fastim2col.explain(fastim2col.conv2d, x, w).kernel != "depthwise"
+    True
     """
     if name not in kernels() or name == "fill":
         choices = ", ".join(repr(k) for k in KERNELS if k != "fill")
@@ -95,12 +133,35 @@ def _fmt_bytes(n: int) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one call runs: a kernel from :func:`kernels`, on ``threads``
-    OpenMP threads, with ``scratch_bytes`` of per-call scratch (all threads'
-    buffers), ``params`` (the numbers the compiled kernel takes: its work
-    split) and ``reason`` (why this kernel). ``fallback``: the plan run
-    instead if the kernel declines at run time (the direct weight gradient of
-    an input holding NaN or infinity)."""
+    """What one call runs, as :func:`explain` returns it.
+
+    Attributes
+    ----------
+    op : str
+        The function, e.g. ``"conv2d"`` or ``"conv2d_weight"``.
+    kernel : str
+        A kernel from :func:`kernels`.
+    threads : int
+        OpenMP threads the call uses.
+    scratch_bytes : int
+        Per-call scratch memory, all threads' buffers together.
+    reason : str
+        Why the planner chose this kernel.
+    params : mapping
+        The numbers the compiled kernel takes: its work split.
+    fallback : Plan or None
+        The plan run instead if the kernel declines at run time (the direct
+        weight gradient of an input holding NaN or infinity).
+
+    Examples
+    --------
+    >>> import numpy as np, fastim2col
+    >>> plan = fastim2col.explain(fastim2col.im2col, np.ones((1, 3, 8, 8)), 3)
+    >>> plan.op, plan.kernel, plan.fallback
+    ('im2col', 'unroll', None)
+    >>> str(plan).startswith("im2col: unroll, ")
+    True
+    """
     op: str
     kernel: str
     threads: int

@@ -22,6 +22,9 @@ from ._calls import Call
 from ._kernels import KernelRefused, Plan, forced_kernel
 from ._machine import machine
 
+# The kernels that run images only (the GEMM kernels run volumes too).
+_PLANE_KERNELS = ("direct", "depthwise", "taps", "elementwise")
+
 # What each kernel runs, for the refusals of use_kernel.
 _RUNS = {
     "unroll": "im2col only",
@@ -40,6 +43,17 @@ def _refuse(call: Call, kernel: str, why: str) -> KernelRefused:
     return KernelRefused(f"use_kernel({kernel!r}) cannot run this {call.op} call: {why}")
 
 
+def _gemm_only(call: Call, forced: str | None) -> bool:
+    """Volumes and padding modes other than zeros run on the GEMM kernels
+    (the image kernels read 4-d arrays and zero padding): refuse the others."""
+    if not (call.volume or call.win.pad_mode):
+        return False
+    if forced in _PLANE_KERNELS:
+        raise _refuse(call, forced, "it runs images (2-d), not volumes" if call.volume
+                      else "it reads zero padding only")
+    return True
+
+
 def _check_forced(call: Call, forced: str | None, kernels: tuple[str, ...]) -> None:
     if forced is not None and forced not in kernels:
         raise _refuse(call, forced, f"it runs {_RUNS[forced]}")
@@ -55,19 +69,29 @@ def _empty(call: Call, why: str = "empty result") -> Plan:
     return Plan(call.op, "fill", 1, 0, why)
 
 
+def unit_window(win: Window) -> bool:
+    """1x1 (1x1x1), stride 1, unpadded: output and input positions coincide."""
+    return (win.n_taps, win.stride_h, win.stride_w, win.stride_d, win.pad_h, win.pad_w,
+            win.pad_d, win.n_out) == (1, 1, 1, 1, 0, 0, 0, win.n_in)
+
+
 def in_place_1x1(x, win: Window, nhwc: bool, cg: int) -> bool:
-    """1x1, stride 1, unpadded: the input already is the GEMM operand, if its
-    strides let BLAS read it as a matrix with a valid leading dimension."""
-    if (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w) != (
-            1, 1, 1, 1, 0, 0) or (win.out_h, win.out_w) != (win.in_h, win.in_w):
+    """A unit window: the input already is the GEMM operand, if its strides
+    let BLAS read it as a matrix with a valid leading dimension (positions
+    evenly strided, channels apart)."""
+    if not unit_window(win):
         return False
     item = x.itemsize
     if nhwc:
-        s_h, s_w, s_c = (s // item for s in x.strides[1:])
-        return s_c == 1 and s_h == win.in_w * s_w and max(1, cg) <= s_w <= BLAS_INT_MAX
-    s_c, s_h, s_w = (s // item for s in x.strides[1:])
-    n_pos = win.in_h * win.in_w
-    return s_w == 1 and s_h == win.in_w and n_pos <= s_c <= BLAS_INT_MAX
+        *s_dhw, s_c = (s // item for s in x.strides[1:])
+        s_w = s_dhw[-1]
+        rows_ok = s_dhw[-2] == win.in_w * s_w and (len(s_dhw) == 2
+                                                   or s_dhw[0] == win.in_h * s_dhw[-2])
+        return s_c == 1 and rows_ok and max(1, cg) <= s_w <= BLAS_INT_MAX
+    s_c, *s_dhw = (s // item for s in x.strides[1:])
+    rows_ok = s_dhw[-1] == 1 and s_dhw[-2] == win.in_w and (len(s_dhw) == 2
+                                                            or s_dhw[0] == win.in_h * win.in_w)
+    return rows_ok and win.n_in <= s_c <= BLAS_INT_MAX
 
 
 # ---------------------------------------------------------------- im2col, col2im
@@ -78,7 +102,7 @@ def plan_im2col(call: Call) -> Plan:
     if size == 0:
         return _empty(call)
     n_threads = PC.copy_threads(size * call.itemsize)
-    n_pos = call.win.out_h * call.win.out_w
+    n_pos = call.win.n_out
     if call.nhwc:
         tile = PC.im2col_tile(call.n, n_pos, n_threads)
     else:
@@ -93,6 +117,8 @@ def plan_col2im(call: Call) -> Plan:
         return _empty(call)
     n_threads = PC.copy_threads(call.x.nbytes)
     rows = PC.col2im_rows(call.n, call.win, n_threads)
+    if call.win.pad_mode:   # (one band an image, as the input gradient's)
+        rows = call.win.out_d * call.win.out_h
     return Plan(call.op, "fold", n_threads, 0, "adds each column into its window",
                 {"rows_per_band": rows})
 
@@ -111,8 +137,9 @@ def plan_conv2d(call: Call) -> Plan:
     n, groups, cg, og = call.n, call.groups, call.cg, call.og
     n_threads = PC.conv_threads(2.0 * size * kg)
     m = machine()
-    if forced == "direct" or (forced is None and PF.use_direct(groups, cg, og, win, nhwc,
-                                                             itemsize)):
+    volume = _gemm_only(call, forced)
+    if forced == "direct" or (forced is None and not volume and PF.use_direct(
+            groups, cg, og, win, nhwc, itemsize)):
         bands = PB.direct_split(n, groups, cg, og, win, itemsize, n_threads,
                                m.vector_elements(itemsize))
         if bands is not None:
@@ -125,7 +152,7 @@ def plan_conv2d(call: Call) -> Plan:
         if forced:
             raise _refuse(call, forced, "one output row's band exceeds the direct kernels' "
                                         "scratch bound (huge dilations)")
-    depthwise = nhwc and cg == 1 and groups > 1
+    depthwise = nhwc and cg == 1 and groups > 1 and not volume
     if forced == "depthwise" and not depthwise:
         raise _refuse(call, forced, f"it runs {_RUNS['depthwise']}")
     if depthwise and forced in (None, "depthwise"):
@@ -133,7 +160,7 @@ def plan_conv2d(call: Call) -> Plan:
                     * groups * itemsize, "forced" if forced else
                     "NHWC depthwise: along channel vectors", {"multiplier": og})
     in_place = in_place_1x1(call.x, win, nhwc, cg)
-    n_pos = win.out_h * win.out_w
+    n_pos = win.n_out
     if forced == "thin_gemm" and nhwc:
         raise _refuse(call, forced, "the thin GEMM runs NCHW forward tiles only")
     images = None if forced == "thin_gemm" else PF.forward_images(
@@ -193,8 +220,9 @@ def plan_input_gradient(call: Call) -> Plan:
     m = machine()
     vector = m.vector_elements(itemsize)
     n_threads = PC.conv_threads(2.0 * call.grad.size * kg)
-    in_place = (win.kernel_h, win.kernel_w, win.stride_h, win.stride_w, win.pad_h, win.pad_w,
-                win.out_h, win.out_w) == (1, 1, 1, 1, 0, 0, win.in_h, win.in_w)
+    in_place = unit_window(win)
+    if _gemm_only(call, forced):
+        return _gemm_input_gradient(call, forced, n_threads, in_place)
     tap_kernels_ok = nhwc and not in_place
     if forced in ("taps", "elementwise") and not tap_kernels_ok:
         raise _refuse(call, forced, "it runs NHWC input gradients of windows other than an "
@@ -261,7 +289,7 @@ def _gemm_input_gradient(call: Call, forced, n_threads: int, in_place: bool) -> 
     n, groups, cg, og, kg = call.n, call.groups, call.cg, call.og, call.kg
     win, nhwc, itemsize = call.win, call.nhwc, call.itemsize
     isa_level = machine().isa_level
-    n_pos = win.out_h * win.out_w
+    n_pos = win.n_out
     images = PI.grad_input_images(n, groups, cg, og, kg, n_pos, itemsize, n_threads, nhwc,
                                  in_place)
     per_tile = 1
@@ -271,11 +299,12 @@ def _gemm_input_gradient(call: Call, forced, n_threads: int, in_place: bool) -> 
         tile_elements = (kg + og) * split[0]
     else:
         # (a forced kernel never runs the thin GEMM over grad_output's rows)
-        thin_fold = forced is None and PI.use_thin_positions(nhwc, kg, itemsize, isa_level)
+        thin_fold = (forced is None and not call.volume
+                     and PI.use_thin_positions(nhwc, kg, itemsize, isa_level))
         split = PI.grad_input(n, groups, cg, kg, win, itemsize, n_threads, nhwc, in_place,
                              thin_fold)
         tile_elements = kg * split[0]
-    unit_rows = split[1] * win.kernel_h * win.kernel_w   # a unit's channels x taps
+    unit_rows = split[1] * win.n_taps   # a unit's channels x taps
     if forced is None:
         thin = PI.use_thin_gemm(split[0], itemsize, isa_level)
         thin_positions = not thin and PI.use_thin_positions(nhwc, unit_rows, itemsize,
@@ -306,9 +335,10 @@ def plan_weight_gradient(call: Call) -> Plan:
         return _empty(call, "nothing to sum: zeros")
     groups, cg, og, win, itemsize = call.groups, call.cg, call.og, call.win, call.itemsize
     n_threads = PC.conv_threads(2.0 * call.grad.size * call.kg)
+    volume = _gemm_only(call, forced)
     fallback = _weight_gradient_after_direct(call, None if forced == "direct" else forced,
                                              n_threads)
-    if forced == "direct" or (forced is None and PW.use_direct_weight(
+    if forced == "direct" or (forced is None and not volume and PW.use_direct_weight(
             groups, cg, og, win, itemsize, call.nhwc)):
         vector = machine().vector_elements(itemsize)
         split = PW.direct_weight_split(groups, cg, og, win, itemsize, n_threads, vector)
@@ -329,7 +359,9 @@ def _weight_gradient_after_direct(call: Call, forced, n_threads: int) -> Plan:
     win, nhwc, itemsize, x = call.win, call.nhwc, call.itemsize, call.x
     isa_level = machine().isa_level
     in_place = in_place_1x1(x, win, nhwc, cg)
-    channels_contiguous = x.strides[3] == x.itemsize
+    channels_contiguous = x.strides[-1] == x.itemsize
+    if call.volume or win.pad_mode:
+        return _gemm_weight_gradient(call, forced, n_threads, in_place, isa_level)
     if forced == "taps" and not (nhwc and not in_place and channels_contiguous):
         raise _refuse(call, forced, "it runs NHWC weight gradients of windows other than an "
                                     "unpadded 1x1 at stride 1, the input's channels "
@@ -355,7 +387,7 @@ def _gemm_weight_gradient(call: Call, forced, n_threads: int, in_place: bool,
     blocks of output channels."""
     n, groups, cg, og, kg = call.n, call.groups, call.cg, call.og, call.kg
     win, nhwc, itemsize, c_out = call.win, call.nhwc, call.itemsize, call.rows
-    taps, n_pos = win.kernel_h * win.kernel_w, win.out_h * win.out_w
+    taps, n_pos = win.n_taps, win.n_out
     # NCHW: by input channels where they split evenly (no per-thread sums of
     # the whole gradient to reduce, no tile unrolled twice)
     by_channels = None if nhwc else PW.grad_weight_channels(

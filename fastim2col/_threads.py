@@ -26,6 +26,19 @@ def set_num_threads(n: int | None) -> None:
     A lower limit set with ``threadpoolctl.threadpool_limits`` (OpenMP API)
     still applies on top of it. Without OpenMP the kernels always run on one
     thread.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive thread count, or None for the default.
+
+    Examples
+    --------
+    >>> import fastim2col
+    >>> fastim2col.set_num_threads(1)
+    >>> fastim2col.get_num_threads()
+    1
+    >>> fastim2col.set_num_threads(None)      # back to the default
     """
     global _user_threads
     if n is None:
@@ -43,7 +56,20 @@ def set_num_threads(n: int | None) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of OpenMP threads the next kernel call will use."""
+    """The number of OpenMP threads the next kernel call will use.
+
+    Returns
+    -------
+    int
+        What :func:`set_num_threads` set, else the default, lowered by a
+        ``threadpoolctl`` OpenMP limit; 1 in a build without OpenMP.
+
+    Examples
+    --------
+    >>> import fastim2col
+    >>> fastim2col.get_num_threads() >= 1
+    True
+    """
     if not _openmp_info.OPENMP_ENABLED:
         return 1
     omp_now = _openmp_info.max_threads()

@@ -28,7 +28,7 @@ from _conv_input cimport grad_input, grad_input_images
 from _conv_input_taps cimport FEW_MAX_CHANNELS, grad_input_few, grad_input_taps
 from _conv_weight cimport (TapsSplit, grad_weight, grad_weight_channels,
                            grad_weight_channels_images, grad_weight_images, grad_weight_taps)
-from _unroll cimport Geometry, make_geometry
+from _unroll cimport Geometry, make_geometry, planar
 
 cnp.import_array()
 
@@ -46,7 +46,14 @@ cdef Conv make_conv(cnp.ndarray x, tuple shape, tuple split, bint nhwc, bint dir
     cv.nhwc = nhwc
     cv.direct = direct
     cv.s_n = st[0] // item
-    if nhwc:
+    cv.s_d = 0   # (images: one plane)
+    if cnp.PyArray_NDIM(x) == 5 and nhwc:
+        cv.s_d, cv.s_h, cv.s_w, cv.s_c = (st[1] // item, st[2] // item, st[3] // item,
+                                          st[4] // item)
+    elif cnp.PyArray_NDIM(x) == 5:
+        cv.s_c, cv.s_d, cv.s_h, cv.s_w = (st[1] // item, st[2] // item, st[3] // item,
+                                          st[4] // item)
+    elif nhwc:
         cv.s_h, cv.s_w, cv.s_c = st[1] // item, st[2] // item, st[3] // item
     else:
         cv.s_c, cv.s_h, cv.s_w = st[1] // item, st[2] // item, st[3] // item
@@ -198,6 +205,8 @@ def taps_grad_input(cnp.ndarray go, cnp.ndarray w, object bias, cnp.ndarray gx, 
         raise ValueError("taps_grad_input: weights_copy_ld is shorter than a block")
     cdef Conv cv = make_conv(gx, shape, split, True, False)
     cdef Geometry g = make_geometry(geom)
+    if not planar(&g) or cnp.PyArray_NDIM(go) != 4:
+        raise ValueError("taps_grad_input: for images only (4-d arrays, 2-d geometries)")
     cdef void* gop = data(go)
     cdef void* wp = data(w)
     cdef void* bp = data(bias)
@@ -229,6 +238,8 @@ def elementwise_grad_input(cnp.ndarray go, cnp.ndarray w_taps, object bias, cnp.
                          "a group, bands of rows, w_taps as (groups, taps, cg, og)")
     cdef Conv cv = make_conv(gx, shape, (band, shape[1] // shape[3]), True, False)
     cdef Geometry g = make_geometry(geom)
+    if not planar(&g) or cnp.PyArray_NDIM(go) != 4:
+        raise ValueError("elementwise_grad_input: for images only (4-d arrays, 2-d geometries)")
     cdef void* gop = data(go)
     cdef void* wp = data(w_taps)
     cdef void* bp = data(bias)
@@ -318,6 +329,8 @@ def taps_grad_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray gw, *, tuple sha
     bands of one image)."""
     cdef Conv cv = make_conv(x, shape, split, True, False)
     cdef Geometry g = make_geometry(geom)
+    if not planar(&g) or cnp.PyArray_NDIM(x) != 4:
+        raise ValueError("taps_grad_weight: for images only (4-d arrays, 2-d geometries)")
     cdef void* xp = data(x)
     cdef void* gop = data(go)
     cdef void* gwp = data(gw)

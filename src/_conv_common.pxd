@@ -12,13 +12,13 @@ from cython cimport floating
 from libc.stdlib cimport malloc
 
 from _thin_gemm cimport THIN_KC
-from _unroll cimport Geometry, unroll_nchw, unroll_nhwc
+from _unroll cimport Geometry, n_taps, unroll_nchw, unroll_nhwc
 
 
 cdef struct Conv:
     # One convolution's shapes and its work split, chosen by fastim2col._plan.
     Py_ssize_t n_images, n_channels, n_out, groups
-    Py_ssize_t s_n, s_c, s_h, s_w   # element strides of the strided operand
+    Py_ssize_t s_n, s_c, s_d, s_h, s_w   # element strides of the strided operand (s_d: volumes)
     bint nhwc, direct               # direct: 1x1/stride 1/no padding, no unroll
     Py_ssize_t tile                 # output positions per tile
     Py_ssize_t block                # rows (output or input channels) per unit
@@ -39,7 +39,7 @@ cdef inline Py_ssize_t tile_ld(const Conv* cv, const Geometry* g,
     # written through a pointer: inside prange a variable whose address is
     # taken is shared between threads.)
     if cv.nhwc:
-        return cv.s_w if cv.direct else (cv.n_channels // cv.groups) * g.kernel_h * g.kernel_w
+        return cv.s_w if cv.direct else (cv.n_channels // cv.groups) * n_taps(g)
     return cv.s_c if cv.direct else p1 - p0
 
 
@@ -53,16 +53,17 @@ cdef inline const floating* unrolled_tile(const floating* x_img, const Conv* cv,
     # tile_ld(). fill=False: buf already holds this tile (Cython resets
     # prange-private variables every iteration, so the pointer is recomputed).
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
-    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * n_taps(g)
     if cv.nhwc:
         if cv.direct:
             return x_img + p0 * cv.s_w + group * cg
         if fill:
-            unroll_nhwc(x_img, cv.s_h, cv.s_w, cv.s_c, group * cg, cg, g, p0, p1, buf, kg)
+            unroll_nhwc(x_img, cv.s_d, cv.s_h, cv.s_w, cv.s_c, group * cg, cg, g, p0, p1, buf,
+                        kg)
         return buf
     if cv.direct:
         return x_img + group * cg * cv.s_c + p0
     if fill:
-        unroll_nchw(x_img + group * cg * cv.s_c, cv.s_c, cv.s_h, cv.s_w, cg, g, p0, p1,
+        unroll_nchw(x_img + group * cg * cv.s_c, cv.s_c, cv.s_d, cv.s_h, cv.s_w, cg, g, p0, p1,
                     buf, p1 - p0)
     return buf

@@ -17,7 +17,7 @@ from _conv_common cimport Conv, thin_scratch, tile_ld, unrolled_tile
 from _openmp cimport (FastUnitRun, fast_units_claim, new_thread_keys, new_unit_runs,
                       omp_get_thread_num)
 from _thin_gemm cimport thin_gemm
-from _unroll cimport Geometry, unroll_nchw, unroll_nhwc
+from _unroll cimport Geometry, n_taps, out_positions, unroll_nchw, unroll_nhwc
 
 
 cdef inline Py_ssize_t forward(const floating* x, const floating* w, const floating* bias,
@@ -31,10 +31,10 @@ cdef inline Py_ssize_t forward(const floating* x, const floating* w, const float
     # thin (NCHW): the GEMMs are the thin kernel's, the tile's rows (x itself
     # for 1x1) its vectors, the block's weights broadcast
     # (_plan.use_thin_forward).
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t n_pos = out_positions(&g)
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * n_taps(&g)
     cdef Py_ssize_t n_tiles = (n_pos + cv.tile - 1) // cv.tile
     cdef Py_ssize_t n_blocks = (og + cv.block - 1) // cv.block
     cdef Py_ssize_t n_units = cv.n_images * cv.groups * n_tiles * n_blocks
@@ -116,10 +116,10 @@ cdef inline Py_ssize_t forward_images(const floating* x, const floating* w, cons
     # tiles reused per thread as in forward(). NCHW: the GEMM writes a
     # (channels x tile) buffer, copied image by image into the output; NHWC:
     # the images' positions are contiguous in the output, written directly.
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t n_pos = out_positions(&g)
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * n_taps(&g)
     cdef Py_ssize_t tile = per_tile * n_pos
     cdef Py_ssize_t n_sets = (cv.n_images + per_tile - 1) // per_tile
     cdef Py_ssize_t n_blocks = (og + cv.block - 1) // cv.block
@@ -153,11 +153,11 @@ cdef inline Py_ssize_t forward_images(const floating* x, const floating* w, cons
                 if last_key[tid] != tile_key:
                     for i in range(n_in):
                         if cv.nhwc:
-                            unroll_nhwc(x + (n0 + i) * cv.s_n, cv.s_h, cv.s_w, cv.s_c,
+                            unroll_nhwc(x + (n0 + i) * cv.s_n, cv.s_d, cv.s_h, cv.s_w, cv.s_c,
                                         grp * cg, cg, &g, 0, n_pos, buf + i * n_pos * kg, kg)
                         else:
                             unroll_nchw(x + (n0 + i) * cv.s_n + grp * cg * cv.s_c, cv.s_c,
-                                        cv.s_h, cv.s_w, cg, &g, 0, n_pos, buf + i * n_pos,
+                                        cv.s_d, cv.s_h, cv.s_w, cg, &g, 0, n_pos, buf + i * n_pos,
                                         width)
                     last_key[tid] = tile_key
                 m0 = grp * og + b * cv.block

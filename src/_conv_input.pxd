@@ -16,13 +16,14 @@ from libc.stdlib cimport malloc, free
 from _blas cimport gemm_rm
 from _conv_common cimport Conv, thin_scratch
 from _thin_gemm cimport thin_gemm
-from _unroll cimport Geometry, fold_nchw, fold_nhwc
+from _unroll cimport (PAD_ZEROS, Geometry, fold_nchw, fold_nhwc, in_positions, n_taps,
+                     out_positions)
 
 
 cdef inline void seed_with_bias(floating* gx, const floating* bias, const Conv* cv,
                                 const Geometry* g, int n_threads) noexcept nogil:
     # gx = the bias of its channel (or 0), before input gradients are folded in.
-    cdef Py_ssize_t plane = g.in_h * g.in_w
+    cdef Py_ssize_t plane = in_positions(g)
     cdef Py_ssize_t image_size = plane * cv.n_channels
     cdef Py_ssize_t u, n, c, k
     for u in prange(cv.n_images * cv.n_channels, nogil=True, num_threads=n_threads,
@@ -98,15 +99,15 @@ cdef inline Py_ssize_t grad_input(const floating* go, const floating* w, const f
     # (NCHW): the thin kernel the other way round, grad_output's rows read
     # in place as its vectors, the unit's weights broadcast
     # (_plan.use_thin_positions); 1x1 straight into gx.
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t n_pos = out_positions(&g)
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kk = n_taps(&g)
     cdef Py_ssize_t kg = cg * kk
     cdef Py_ssize_t n_tiles = (n_pos + cv.tile - 1) // cv.tile
     cdef Py_ssize_t n_blocks = (cg + cv.block - 1) // cv.block
     cdef Py_ssize_t n_pairs = (n_tiles + 1) // 2
-    cdef Py_ssize_t plane = g.in_h * g.in_w
+    cdef Py_ssize_t plane = in_positions(&g)
     cdef Py_ssize_t image_size = plane * cv.n_channels
     cdef Py_ssize_t n_units, u, n, grp, t, b, p0, p1, c0, c1, k, r, q, c, rows
     cdef Py_ssize_t n_failed = 0
@@ -115,9 +116,19 @@ cdef inline Py_ssize_t grad_input(const floating* go, const floating* w, const f
     cdef floating* gp
     cdef floating* dst
     cdef const floating* src
+    # A reflected or wrapped border folds into input rows far from its band
+    # (circular: the other end of the image): there, a unit folds all of its
+    # image's tiles in turn (one phase; a plan that wants parallel units
+    # gives images or channel blocks).
+    cdef bint whole_images = g.pad_mode != PAD_ZEROS and not cv.direct
+    cdef Py_ssize_t t_first, t_stop
     if cv.direct:
         n_phases = 1   # input and output positions coincide: tiles are disjoint
         n_pairs = n_tiles
+    elif whole_images:
+        n_phases = 1
+        n_pairs = 1
+        seed_with_bias(gx, bias, &cv, &g, n_threads)
     else:
         n_phases = 2
         seed_with_bias(gx, bias, &cv, &g, n_threads)
@@ -132,71 +143,73 @@ cdef inline Py_ssize_t grad_input(const floating* go, const floating* w, const f
             gp = thin_scratch(thin or thin_positions,
                               cv.block * kk if thin_positions else cv.tile, buf)
             for u in prange(n_units, schedule='static'):
-                t = u % n_pairs
+                t_first = u % n_pairs
                 if not cv.direct:
-                    t = 2 * t + parity
+                    t_first = 2 * t_first + parity
+                t_stop = n_tiles if whole_images else t_first + 1
                 b = (u // n_pairs) % n_blocks
                 grp = (u // (n_pairs * n_blocks)) % cv.groups
                 n = u // (n_pairs * n_blocks * cv.groups)
-                if t >= n_tiles:
+                if t_first >= n_tiles:
                     pass
                 elif (((not cv.direct or transposed) and buf == NULL)
                       or ((thin or thin_positions) and gp == NULL)):
                     n_failed += 1
                 else:
-                    p0 = t * cv.tile
-                    p1 = min(n_pos, p0 + cv.tile)
-                    c0 = b * cv.block
-                    c1 = min(cg, c0 + cv.block)
-                    src = go + n * n_pos * cv.n_out
-                    if cv.nhwc:
-                        src = src + p0 * cv.n_out + grp * og
-                        if cv.direct:
-                            dst = gx + n * image_size + p0 * cv.n_channels + grp * cg + c0
-                            nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
-                                      w + grp * og * kg + c0, kg, dst, cv.n_channels, gp)
-                            if bias != NULL:
-                                for r in range(p1 - p0):
-                                    for q in range(c1 - c0):
-                                        dst[r * cv.n_channels + q] += bias[grp * cg + c0 + q]
-                        else:
-                            # NHWC weights are (og, taps, cg): a block of
-                            # channels is a slice of each tap's columns, one
-                            # GEMM per tap into (positions, taps, block); all
-                            # of the group's channels are one GEMM
-                            if c1 - c0 == cg:
-                                nhwc_gemm(p1 - p0, kg, og, src, cv.n_out, w + grp * og * kg,
-                                          kg, buf, kg, gp)
-                            else:
-                                for k in range(kk):
-                                    nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
-                                              w + grp * og * kg + k * cg + c0, kg,
-                                              buf + k * (c1 - c0), kk * (c1 - c0), gp)
-                            fold_nhwc(buf, kk * (c1 - c0), cv.n_channels, grp * cg + c0,
-                                      c1 - c0, &g, p0, p1, gx + n * image_size)
-                    else:
-                        src = src + grp * og * n_pos + p0
-                        rows = (c1 - c0) * kk
-                        dst = gx + n * image_size + (grp * cg + c0) * plane
-                        if cv.direct and thin_positions:   # straight into gx
-                            thin_gemm(p1 - p0, c1 - c0, og, src, n_pos, w + grp * og * kg + c0,
-                                      kg, 1, dst + p0, plane, gp)
-                        elif cv.direct and not transposed:   # straight into gx
-                            gemm_rm(True, False, rows, p1 - p0, og, 1,
-                                    w + grp * og * kg + c0, kg, src, n_pos, 0, dst + p0, plane)
-                        else:
-                            input_grad_gemm(transposed, w + grp * og * kg + c0 * kk, kg, src,
-                                            n_pos, rows, p1 - p0, og, buf, gp)
-                        if cv.direct:
-                            if transposed:
-                                transpose_tile(buf, p1 - p0, rows, dst + p0, plane)
-                            if bias != NULL:
-                                for r in range(c1 - c0):
-                                    for q in range(p0, p1):
-                                        dst[r * plane + q] += bias[grp * cg + c0 + r]
-                        else:   # buf's element (k, p) at k*k_stride + p*p_stride
-                            fold_nchw(buf, 1 if transposed else p1 - p0,
-                                      rows if transposed else 1, c1 - c0, &g, p0, p1, dst, True)
+                  for t in range(t_first, t_stop):
+                      p0 = t * cv.tile
+                      p1 = min(n_pos, p0 + cv.tile)
+                      c0 = b * cv.block
+                      c1 = min(cg, c0 + cv.block)
+                      src = go + n * n_pos * cv.n_out
+                      if cv.nhwc:
+                          src = src + p0 * cv.n_out + grp * og
+                          if cv.direct:
+                              dst = gx + n * image_size + p0 * cv.n_channels + grp * cg + c0
+                              nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
+                                        w + grp * og * kg + c0, kg, dst, cv.n_channels, gp)
+                              if bias != NULL:
+                                  for r in range(p1 - p0):
+                                      for q in range(c1 - c0):
+                                          dst[r * cv.n_channels + q] += bias[grp * cg + c0 + q]
+                          else:
+                              # NHWC weights are (og, taps, cg): a block of
+                              # channels is a slice of each tap's columns, one
+                              # GEMM per tap into (positions, taps, block); all
+                              # of the group's channels are one GEMM
+                              if c1 - c0 == cg:
+                                  nhwc_gemm(p1 - p0, kg, og, src, cv.n_out, w + grp * og * kg,
+                                            kg, buf, kg, gp)
+                              else:
+                                  for k in range(kk):
+                                      nhwc_gemm(p1 - p0, c1 - c0, og, src, cv.n_out,
+                                                w + grp * og * kg + k * cg + c0, kg,
+                                                buf + k * (c1 - c0), kk * (c1 - c0), gp)
+                              fold_nhwc(buf, kk * (c1 - c0), cv.n_channels, grp * cg + c0,
+                                        c1 - c0, &g, p0, p1, gx + n * image_size)
+                      else:
+                          src = src + grp * og * n_pos + p0
+                          rows = (c1 - c0) * kk
+                          dst = gx + n * image_size + (grp * cg + c0) * plane
+                          if cv.direct and thin_positions:   # straight into gx
+                              thin_gemm(p1 - p0, c1 - c0, og, src, n_pos, w + grp * og * kg + c0,
+                                        kg, 1, dst + p0, plane, gp)
+                          elif cv.direct and not transposed:   # straight into gx
+                              gemm_rm(True, False, rows, p1 - p0, og, 1,
+                                      w + grp * og * kg + c0, kg, src, n_pos, 0, dst + p0, plane)
+                          else:
+                              input_grad_gemm(transposed, w + grp * og * kg + c0 * kk, kg, src,
+                                              n_pos, rows, p1 - p0, og, buf, gp)
+                          if cv.direct:
+                              if transposed:
+                                  transpose_tile(buf, p1 - p0, rows, dst + p0, plane)
+                              if bias != NULL:
+                                  for r in range(c1 - c0):
+                                      for q in range(p0, p1):
+                                          dst[r * plane + q] += bias[grp * cg + c0 + r]
+                          else:   # buf's element (k, p) at k*k_stride + p*p_stride
+                              fold_nchw(buf, 1 if transposed else p1 - p0,
+                                        rows if transposed else 1, c1 - c0, &g, p0, p1, dst, True)
             free(buf)
             free(gp)
     return n_failed
@@ -212,16 +225,16 @@ cdef inline Py_ssize_t grad_input_images(const floating* go, const floating* w,
     # columns. Units touch disjoint (image, channel) sets: no phases needed.
     # NCHW gathers the images' grad_output rows into a (og x tile) buffer;
     # transposed, thin and thin_positions as in grad_input().
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t n_pos = out_positions(&g)
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t kk = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kk = n_taps(&g)
     cdef Py_ssize_t kg = cg * kk
     cdef Py_ssize_t tile = per_tile * n_pos
     cdef Py_ssize_t n_sets = (cv.n_images + per_tile - 1) // per_tile
     cdef Py_ssize_t n_blocks = (cg + cv.block - 1) // cv.block
     cdef Py_ssize_t n_units = n_sets * cv.groups * n_blocks
-    cdef Py_ssize_t plane = g.in_h * g.in_w
+    cdef Py_ssize_t plane = in_positions(&g)
     cdef Py_ssize_t image_size = plane * cv.n_channels
     cdef Py_ssize_t u, grp, b, c0, c1, n0, n_in, width, i, r, q, k, c, n, rows
     cdef Py_ssize_t k_stride, p_stride

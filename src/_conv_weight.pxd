@@ -20,7 +20,7 @@ from _blas cimport gemm_rm
 from _conv_common cimport Conv, thin_scratch, tile_ld, unrolled_tile
 from _openmp cimport omp_get_thread_num
 from _thin_gemm cimport THIN_KC, thin_gemm, thin_gemm_terms, thin_gemm_t
-from _unroll cimport Geometry, unroll_nchw, unroll_nhwc
+from _unroll cimport Geometry, n_taps, out_positions, unroll_nchw, unroll_nhwc
 
 
 cdef struct ChannelSplit:
@@ -35,10 +35,10 @@ cdef struct ChannelChunk:
 
 cdef inline ChannelSplit channel_split(const Conv* cv, const Geometry* g) noexcept nogil:
     cdef ChannelSplit cs
-    cs.n_pos = g.out_h * g.out_w
+    cs.n_pos = out_positions(g)
     cs.cg = cv.n_channels // cv.groups
     cs.og = cv.n_out // cv.groups
-    cs.taps = g.kernel_h * g.kernel_w
+    cs.taps = n_taps(g)
     cs.kg = cs.cg * cs.taps
     cs.n_chunks = (cs.cg + cv.block - 1) // cv.block
     cs.n_units = cv.groups * cs.n_chunks
@@ -106,10 +106,10 @@ cdef inline Py_ssize_t grad_weight(const floating* x, const floating* go, floati
     # grad_weight_channels), transposed in the reduction. thin (NHWC): the
     # GEMMs are the thin kernel's, the tile's unrolled rows its vectors, the
     # block's grad_output broadcast (_plan.use_thin_weight).
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t n_pos = out_positions(&g)
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * n_taps(&g)
     cdef Py_ssize_t n_tiles = (n_pos + cv.tile - 1) // cv.tile
     cdef Py_ssize_t n_blocks = (og + cv.block - 1) // cv.block
     cdef Py_ssize_t size = cv.n_out * kg
@@ -196,10 +196,10 @@ cdef inline Py_ssize_t grad_weight_images(const floating* x, const floating* go,
     # order (static schedule: deterministic for a thread count). NCHW gathers
     # the images' grad_output rows into a (og x tile) buffer; in NHWC they are
     # contiguous already.
-    cdef Py_ssize_t n_pos = g.out_h * g.out_w
+    cdef Py_ssize_t n_pos = out_positions(&g)
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t kg = cg * g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * n_taps(&g)
     cdef Py_ssize_t tile = per_tile * n_pos
     cdef Py_ssize_t n_sets = (cv.n_images + per_tile - 1) // per_tile
     cdef Py_ssize_t n_units = n_sets * cv.groups
@@ -229,11 +229,11 @@ cdef inline Py_ssize_t grad_weight_images(const floating* x, const floating* go,
                 dst = sums + omp_get_thread_num() * size + grp * og * kg
                 for i in range(n_in):
                     if cv.nhwc:
-                        unroll_nhwc(x + (n0 + i) * cv.s_n, cv.s_h, cv.s_w, cv.s_c,
+                        unroll_nhwc(x + (n0 + i) * cv.s_n, cv.s_d, cv.s_h, cv.s_w, cv.s_c,
                                     grp * cg, cg, &g, 0, n_pos, buf + i * n_pos * kg, kg)
                     else:
                         unroll_nchw(x + (n0 + i) * cv.s_n + grp * cg * cv.s_c, cv.s_c,
-                                    cv.s_h, cv.s_w, cg, &g, 0, n_pos, buf + i * n_pos, width)
+                                    cv.s_d, cv.s_h, cv.s_w, cg, &g, 0, n_pos, buf + i * n_pos, width)
                         for r in range(og):
                             src = go + ((n0 + i) * cv.n_out + grp * og + r) * n_pos
                             for q in range(n_pos):
@@ -309,8 +309,8 @@ cdef inline Py_ssize_t grad_weight_channels(const floating* x, const floating* g
                             cols = x_chunk + p0
                             ld = cv.s_c
                         else:
-                            unroll_nchw(x_chunk, cv.s_c, cv.s_h, cv.s_w, ch.n_ch, &g, p0, p1,
-                                        buf, p1 - p0)
+                            unroll_nchw(x_chunk, cv.s_c, cv.s_d, cv.s_h, cv.s_w, ch.n_ch, &g,
+                                        p0, p1, buf, p1 - p0)
                             cols = buf
                             ld = p1 - p0
                         src = go + (n0 * cv.n_out + ch.grp * og) * n_pos + p0
@@ -378,8 +378,8 @@ cdef inline Py_ssize_t grad_weight_channels_images(const floating* x, const floa
                     nk = ch.n_ch * taps
                     for i in range(n_in):
                         x_chunk = x + (n0 + i) * cv.s_n + (ch.grp * cs.cg + ch.c0) * cv.s_c
-                        unroll_nchw(x_chunk, cv.s_c, cv.s_h, cv.s_w, ch.n_ch, &g, 0, n_pos,
-                                    buf + i * n_pos, n_in * n_pos)
+                        unroll_nchw(x_chunk, cv.s_c, cv.s_d, cv.s_h, cv.s_w, ch.n_ch, &g, 0,
+                                    n_pos, buf + i * n_pos, n_in * n_pos)
                     gemm_rm(False, True, og, nk, n_in * n_pos, 1,
                             gbuf + ch.grp * og * n_in * n_pos, n_in * n_pos, buf, n_in * n_pos,
                             beta, gw + ch.grp * og * kg + ch.c0 * taps, kg)
@@ -436,11 +436,11 @@ cdef inline Py_ssize_t grad_weight_taps(const floating* x, const floating* go, f
     # for any split and any number of threads; no tile, no per-thread sums.
     cdef Py_ssize_t cg = cv.n_channels // cv.groups
     cdef Py_ssize_t og = cv.n_out // cv.groups
-    cdef Py_ssize_t n_taps = g.kernel_h * g.kernel_w
-    cdef Py_ssize_t kg = cg * n_taps
+    cdef Py_ssize_t taps_2d = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t kg = cg * taps_2d
     cdef Py_ssize_t n_oblocks = (og + sp.out_block - 1) // sp.out_block
     cdef Py_ssize_t n_iblocks = (cg + sp.in_block - 1) // sp.in_block
-    cdef Py_ssize_t n_tblocks = (n_taps + sp.tap_block - 1) // sp.tap_block
+    cdef Py_ssize_t n_tblocks = (taps_2d + sp.tap_block - 1) // sp.tap_block
     cdef Py_ssize_t n_units = cv.groups * n_tblocks * n_oblocks * n_iblocks
     cdef bint by_images = sp.band >= g.out_h
     cdef Py_ssize_t n_bands = (g.out_h + sp.band - 1) // sp.band
@@ -465,7 +465,7 @@ cdef inline Py_ssize_t grad_weight_taps(const floating* x, const floating* go, f
                 grp = u // (n_iblocks * n_oblocks * n_tblocks)
                 c1 = min(cg, c0 + sp.in_block)
                 m1 = min(og, m0 + sp.out_block)
-                t1 = min(n_taps, t0 + sp.tap_block)
+                t1 = min(taps_2d, t0 + sp.tap_block)
                 dst = gw + (grp * og + m0) * kg + c0
                 for q in range(m1 - m0):
                     for t in range(t0, t1):

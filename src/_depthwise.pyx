@@ -12,7 +12,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from _unroll cimport Geometry, make_geometry
+from _unroll cimport Geometry, make_geometry, planar
 
 cnp.import_array()
 
@@ -59,6 +59,8 @@ def depthwise_forward(cnp.ndarray x, cnp.ndarray w_taps, object bias, cnp.ndarra
     """out = depthwise conv2d(x, w) + bias, NHWC. x (N, H, W, C) any strides;
     w_taps C-contiguous (kh*kw, C_out); out C-contiguous (N, Ho, Wo, C_out)."""
     cdef Geometry g = make_geometry(geom)
+    if not planar(&g) or cnp.PyArray_NDIM(x) != 4:
+        raise ValueError("depthwise_forward: for images only (4-d arrays, 2-d geometries)")
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef cnp.npy_intp* st = cnp.PyArray_STRIDES(x)
     cdef Py_ssize_t s0 = st[0] // item, s1 = st[1] // item

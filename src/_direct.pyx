@@ -26,7 +26,7 @@ from _openmp cimport (FastUnitRun, fast_units_claim, new_thread_keys, new_unit_r
                       omp_get_thread_num, omp_get_wtime)
 from _thin_gemm cimport (THIN_KC, THIN_PREFETCH_BYTES as PREFETCH_BYTES,
                          THIN_PREFETCH_C_BYTES as PREFETCH_C_BYTES, thin_gemm_f, thin_gemm_d)
-from _unroll cimport Geometry, make_geometry
+from _unroll cimport Geometry, make_geometry, planar
 
 cnp.import_array()
 
@@ -381,6 +381,8 @@ def direct_forward(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray out, *
     stays an NCHW view: pass the NHWC array transposed)."""
     cdef Py_ssize_t band = split[0], chunk = split[1], per_unit = split[2]
     cdef Geometry g = make_geometry(geom)
+    if not planar(&g) or cnp.PyArray_NDIM(x) != 4:
+        raise ValueError("direct_forward: for images only (4-d arrays, 2-d geometries)")
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef cnp.npy_intp* st = cnp.PyArray_STRIDES(x)
     cdef Py_ssize_t n_images = x.shape[0], cg = x.shape[1] // groups
@@ -588,6 +590,8 @@ def direct_weight(cnp.ndarray x, cnp.ndarray go, cnp.ndarray dw, *, Py_ssize_t g
         raise ValueError(f"direct_weight: split must be (band, ci_chunk, o_block), got {split!r}")
     cdef Py_ssize_t band = split[0], ci_chunk = split[1], o_block = split[2]
     cdef Geometry g = make_geometry(geom)
+    if not planar(&g) or cnp.PyArray_NDIM(x) != 4:
+        raise ValueError("direct_weight: for images only (4-d arrays, 2-d geometries)")
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef cnp.npy_intp* st = cnp.PyArray_STRIDES(x)
     cdef Py_ssize_t n_images = x.shape[0], cg = x.shape[1] // groups

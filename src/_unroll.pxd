@@ -18,18 +18,63 @@ cdef struct Geometry:
     # Input image size, output size and window parameters of one convolution.
     # pad_h / pad_w are the top / left padding; bottom / right padding is
     # implied by out_h / out_w (which lets 'same' padding be asymmetric).
+    # The depth fields are those of 3-d volumes: 1 (pad_d 0) for images, whose
+    # kernels then see a single plane.
     Py_ssize_t in_h, in_w, out_h, out_w
     Py_ssize_t kernel_h, kernel_w, stride_h, stride_w
     Py_ssize_t pad_h, pad_w, dilation_h, dilation_w
+    Py_ssize_t in_d, out_d, kernel_d, stride_d, pad_d, dilation_d
+    # What the padding reads (PadMode): zeros, or the input reflected,
+    # replicated or wrapped around (torch's padding_mode)
+    Py_ssize_t pad_mode
+
+
+cdef enum PadMode:
+    PAD_ZEROS = 0
+    PAD_REFLECT = 1
+    PAD_REPLICATE = 2
+    PAD_CIRCULAR = 3
 
 
 cdef inline Geometry make_geometry(tuple geom):
-    # geom: the plan's 12 numbers, in the field order above
+    # geom: the plan's 19 numbers, in the field order above
     # (fastim2col._args.Window).
     cdef Geometry g
     (g.in_h, g.in_w, g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h,
-     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) = geom
+     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w,
+     g.in_d, g.out_d, g.kernel_d, g.stride_d, g.pad_d, g.dilation_d, g.pad_mode) = geom
     return g
+
+
+cdef inline Py_ssize_t pad_index(Py_ssize_t t, Py_ssize_t n, Py_ssize_t mode) noexcept nogil:
+    # The input index that index t of the padded axis reads, -1 for a zero.
+    # (Python checks that the padding is within one reflection or wrap.)
+    if 0 <= t < n:
+        return t
+    if mode == PAD_REFLECT:
+        return -t if t < 0 else 2 * (n - 1) - t
+    if mode == PAD_REPLICATE:
+        return 0 if t < 0 else n - 1
+    if mode == PAD_CIRCULAR:
+        return t + n if t < 0 else t - n
+    return -1
+
+
+cdef inline Py_ssize_t out_positions(const Geometry* g) noexcept nogil:
+    return g.out_d * g.out_h * g.out_w
+
+
+cdef inline Py_ssize_t in_positions(const Geometry* g) noexcept nogil:
+    return g.in_d * g.in_h * g.in_w
+
+
+cdef inline Py_ssize_t n_taps(const Geometry* g) noexcept nogil:
+    return g.kernel_d * g.kernel_h * g.kernel_w
+
+
+cdef inline bint planar(const Geometry* g) noexcept nogil:
+    # one input and one output plane: a 2-d image (or a volume of depth 1)
+    return g.in_d == 1 and g.out_d == 1 and g.kernel_d == 1
 
 
 cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -140,11 +185,129 @@ cdef inline ColRange tap_cols(const TapRanges* tr, const Geometry* g,
     return tr.cols[j] if tr.cached else valid_out_cols(g, j)
 
 
+# ---------------------------------------------------------------- padding modes
+# Reflected, replicated or wrapped padding: each padded row and column reads
+# the input index pad_index() gives. Rows map as a whole; a row's columns
+# inside the image are one strided run, as with zeros, and only the padding
+# columns at its ends are gathered (or, folding, scattered) one by one.
+
+cdef inline void unroll_plane_nchw_mapped(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
+                                          Py_ssize_t s_w, Py_ssize_t n_channels,
+                                          const Geometry* g, Py_ssize_t p_start,
+                                          Py_ssize_t p_stop, floating* dst,
+                                          Py_ssize_t ld_dst) noexcept nogil:
+    cdef Py_ssize_t c, i, j, p, oh, ow, ow0, ow1, ih, a, b
+    cdef ColRange cols_ok
+    cdef const floating* src
+    cdef floating* out
+    for c in range(n_channels):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                cols_ok = valid_out_cols(g, j)
+                out = dst + ((c * g.kernel_h + i) * g.kernel_w + j) * ld_dst - p_start
+                p = p_start
+                while p < p_stop:
+                    oh = p // g.out_w
+                    ow0 = p - oh * g.out_w
+                    ow1 = min(g.out_w, ow0 + p_stop - p)
+                    ih = pad_index(oh * g.stride_h - g.pad_h + i * g.dilation_h, g.in_h,
+                                   g.pad_mode)
+                    src = x + c * s_c + ih * s_h
+                    a = min(max(ow0, cols_ok.lo), ow1)
+                    b = max(a, min(ow1, cols_ok.hi))
+                    for ow in range(ow0, a):
+                        out[p + ow - ow0] = src[pad_index(
+                            ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                            g.pad_mode) * s_w]
+                    copy_run(out + p + a - ow0,
+                             src + (a * g.stride_w - g.pad_w + j * g.dilation_w) * s_w,
+                             g.stride_w * s_w, b - a)
+                    for ow in range(b, ow1):
+                        out[p + ow - ow0] = src[pad_index(
+                            ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                            g.pad_mode) * s_w]
+                    p += ow1 - ow0
+
+
+cdef inline void unroll_plane_nhwc_mapped(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
+                                          Py_ssize_t s_c, Py_ssize_t c_start,
+                                          Py_ssize_t n_channels, const Geometry* g,
+                                          Py_ssize_t p_start, Py_ssize_t p_stop,
+                                          floating* dst, Py_ssize_t ld_dst) noexcept nogil:
+    cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw
+    cdef const floating* src
+    cdef floating* out
+    for p in range(p_start, p_stop):
+        oh = p // g.out_w
+        ow = p - oh * g.out_w
+        out = dst + (p - p_start) * ld_dst
+        for i in range(g.kernel_h):
+            ih = pad_index(oh * g.stride_h - g.pad_h + i * g.dilation_h, g.in_h, g.pad_mode)
+            for j in range(g.kernel_w):
+                iw = pad_index(ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                               g.pad_mode)
+                src = x + ih * s_h + iw * s_w + c_start * s_c
+                for c in range(n_channels):
+                    out[c] = src[c * s_c]
+                out += n_channels
+
+
+cdef inline void fold_plane_nchw_mapped(const floating* cols, Py_ssize_t k_stride,
+                                        Py_ssize_t p_stride, Py_ssize_t n_channels,
+                                        const Geometry* g, Py_ssize_t p_start,
+                                        Py_ssize_t p_stop, floating* img) noexcept nogil:
+    # unroll_plane_nchw_mapped's adjoint: a padded element's column adds into
+    # the input element it read
+    cdef Py_ssize_t c, i, j, p, oh, ow, ow0, ow1, ih, iw
+    cdef const floating* row
+    cdef floating* dst
+    for c in range(n_channels):
+        for i in range(g.kernel_h):
+            for j in range(g.kernel_w):
+                row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * k_stride
+                p = p_start
+                while p < p_stop:
+                    oh = p // g.out_w
+                    ow0 = p - oh * g.out_w
+                    ow1 = min(g.out_w, ow0 + p_stop - p)
+                    ih = pad_index(oh * g.stride_h - g.pad_h + i * g.dilation_h, g.in_h,
+                                   g.pad_mode)
+                    dst = img + (c * g.in_h + ih) * g.in_w
+                    for ow in range(ow0, ow1):
+                        iw = pad_index(ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                                       g.pad_mode)
+                        dst[iw] += row[(p - p_start + ow - ow0) * p_stride]
+                    p += ow1 - ow0
+
+
+cdef inline void fold_plane_nhwc_mapped(const floating* cols, Py_ssize_t ld_cols,
+                                        Py_ssize_t n_img_channels, Py_ssize_t c_start,
+                                        Py_ssize_t n_channels, const Geometry* g,
+                                        Py_ssize_t p_start, Py_ssize_t p_stop,
+                                        floating* img) noexcept nogil:
+    cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw
+    cdef const floating* src
+    cdef floating* out
+    for p in range(p_start, p_stop):
+        oh = p // g.out_w
+        ow = p - oh * g.out_w
+        src = cols + (p - p_start) * ld_cols
+        for i in range(g.kernel_h):
+            ih = pad_index(oh * g.stride_h - g.pad_h + i * g.dilation_h, g.in_h, g.pad_mode)
+            for j in range(g.kernel_w):
+                iw = pad_index(ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                               g.pad_mode)
+                out = img + (ih * g.in_w + iw) * n_img_channels + c_start
+                for c in range(n_channels):
+                    out[c] += src[c]
+                src += n_channels
+
+
 cdef inline void unroll_run(const floating* x_c, Py_ssize_t s_h, const Geometry* g,
                             Py_ssize_t i, Py_ssize_t j, ColRange rows_ok, ColRange cols_ok,
                             Py_ssize_t oh_first, Py_ssize_t oh_last,
                             floating* row) noexcept nogil:
-    """unroll_nchw's rows for tap (i, j) of one channel x_c, output rows
+    """unroll_plane_nchw's rows for tap (i, j) of one channel x_c, output rows
     [oh_first, oh_last), where x's columns are unit strided and an output
     row's input row is g.out_w elements past the previous one's (stride_h *
     s_h == out_w): the valid part is then a single run of x. One memcpy
@@ -175,7 +338,7 @@ cdef inline void unroll_run(const floating* x_c, Py_ssize_t s_h, const Geometry*
                 out[ow] = 0
 
 
-cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
+cdef inline void unroll_plane_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
                              Py_ssize_t s_w, Py_ssize_t n_channels,
                              const Geometry* g, Py_ssize_t p_start,
                              Py_ssize_t p_stop, floating* dst,
@@ -185,6 +348,10 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
     x points at channel 0 of one image; output positions p = oh*out_w + ow run
     over [p_start, p_stop); rows of dst are ld_dst apart.
     """
+    if g.pad_mode != PAD_ZEROS:
+        unroll_plane_nchw_mapped(x, s_c, s_h, s_w, n_channels, g, p_start, p_stop, dst,
+                                 ld_dst)
+        return
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
     cdef Py_ssize_t oh_first = p_start // g.out_w, oh_last = p_stop // g.out_w
     cdef ColRange cols_ok, rows_ok
@@ -265,7 +432,7 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_h,
                     oh += 1
 
 
-cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
+cdef inline void unroll_plane_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
                              Py_ssize_t s_c, Py_ssize_t c_start,
                              Py_ssize_t n_channels, const Geometry* g,
                              Py_ssize_t p_start, Py_ssize_t p_stop,
@@ -274,6 +441,10 @@ cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
 
     x points at one image (H, W, C); channel runs are copied whole.
     """
+    if g.pad_mode != PAD_ZEROS:
+        unroll_plane_nhwc_mapped(x, s_h, s_w, s_c, c_start, n_channels, g, p_start, p_stop,
+                                 dst, ld_dst)
+        return
     cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw
     cdef Py_ssize_t run = n_channels * sizeof(floating)
     cdef floating* out
@@ -313,7 +484,7 @@ cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t s_w,
 cdef inline void fold_run(floating* row, const Geometry* g, Py_ssize_t i, Py_ssize_t j,
                           Py_ssize_t oh_lo, Py_ssize_t oh_hi, Py_ssize_t oh_first,
                           ColRange cols_ok, floating* img_c) noexcept nogil:
-    """fold_nchw's tap (i, j) of one channel, output rows [oh_lo, oh_hi)
+    """fold_plane_nchw's tap (i, j) of one channel, output rows [oh_lo, oh_hi)
     (the valid ones), where they add to one run of the image: row holds the
     tap's unrolled row from output row oh_first on, positions contiguous,
     and an output row's image row is g.out_w elements past the previous
@@ -342,7 +513,7 @@ cdef inline void fold_run(floating* row, const Geometry* g, Py_ssize_t i, Py_ssi
             row + (oh_lo - oh_first) * out_w + lo, 1, (oh_hi - oh_lo - 1) * out_w + hi - lo)
 
 
-cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
+cdef inline void fold_plane_nchw(const floating* cols, Py_ssize_t k_stride,
                            Py_ssize_t p_stride, Py_ssize_t n_channels,
                            const Geometry* g, Py_ssize_t p_start, Py_ssize_t p_stop,
                            floating* img, bint cols_scratch=False) noexcept nogil:
@@ -356,6 +527,9 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
     (n_channels, in_h, in_w). cols_scratch: cols is the caller's scratch,
     which fold_run may write its padding columns in.
     """
+    if g.pad_mode != PAD_ZEROS:
+        fold_plane_nchw_mapped(cols, k_stride, p_stride, n_channels, g, p_start, p_stop, img)
+        return
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
     cdef Py_ssize_t oh_first = p_start // g.out_w, oh_lo, oh_hi
     cdef ColRange cols_ok, rows_ok
@@ -437,7 +611,7 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
                     oh += 1
 
 
-cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
+cdef inline void fold_plane_nhwc(const floating* cols, Py_ssize_t ld_cols,
                            Py_ssize_t n_img_channels, Py_ssize_t c_start,
                            Py_ssize_t n_channels, const Geometry* g,
                            Py_ssize_t p_start, Py_ssize_t p_stop,
@@ -446,6 +620,10 @@ cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
 
     img is C-contiguous (in_h, in_w, n_img_channels).
     """
+    if g.pad_mode != PAD_ZEROS:
+        fold_plane_nhwc_mapped(cols, ld_cols, n_img_channels, c_start, n_channels, g, p_start,
+                               p_stop, img)
+        return
     cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw, iw0
     cdef const floating* src
     cdef floating* out
@@ -480,3 +658,138 @@ cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
         if ow == g.out_w:
             ow = 0
             oh += 1
+
+
+# ---------------------------------------------------------------- volumes
+# Output positions p = (od*out_h + oh)*out_w + ow and taps (kd, i, j): the
+# plane functions above run each output plane's part of [p_start, p_stop)
+# against input plane id = od*stride_d - pad_d + kd*dilation_d (zeros, or
+# nothing folded, where id lies in the padding). A 2-d geometry is one plane.
+
+cdef inline void zero_rows(floating* dst, Py_ssize_t n_rows, Py_ssize_t ld_dst,
+                           Py_ssize_t n_cols) noexcept nogil:
+    cdef Py_ssize_t r
+    for r in range(n_rows):
+        memset(dst + r * ld_dst, 0, n_cols * sizeof(floating))
+
+
+cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_d,
+                             Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t n_channels,
+                             const Geometry* g, Py_ssize_t p_start, Py_ssize_t p_stop,
+                             floating* dst, Py_ssize_t ld_dst) noexcept nogil:
+    """dst[((c*kd + d)*kh + i)*kw + j, p - p_start] = x[c, id, ih, iw] (0 in
+    the padding); x points at channel 0 of one image or volume."""
+    if planar(g):
+        unroll_plane_nchw(x, s_c, s_h, s_w, n_channels, g, p_start, p_stop, dst, ld_dst)
+        return
+    cdef Py_ssize_t plane = g.out_h * g.out_w, taps2 = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t c, d, p, od, q0, q1, id_
+    cdef floating* rows
+    for c in range(n_channels):
+        for d in range(g.kernel_d):
+            rows = dst + (c * g.kernel_d + d) * taps2 * ld_dst
+            p = p_start
+            while p < p_stop:
+                od = p // plane
+                q0 = p - od * plane
+                q1 = min(plane, q0 + p_stop - p)
+                id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
+                                g.pad_mode)
+                if id_ >= 0:
+                    unroll_plane_nchw(x + c * s_c + id_ * s_d, s_c, s_h, s_w, 1, g, q0, q1,
+                                      rows + p - p_start, ld_dst)
+                else:
+                    zero_rows(rows + p - p_start, taps2, ld_dst, q1 - q0)
+                p += q1 - q0
+
+
+cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_d, Py_ssize_t s_h,
+                             Py_ssize_t s_w, Py_ssize_t s_c, Py_ssize_t c_start,
+                             Py_ssize_t n_channels, const Geometry* g,
+                             Py_ssize_t p_start, Py_ssize_t p_stop,
+                             floating* dst, Py_ssize_t ld_dst) noexcept nogil:
+    """dst[p - p_start, ((d*kh + i)*kw + j)*n_channels + c] = x[id, ih, iw,
+    c_start + c]; x points at one image or volume."""
+    if planar(g):
+        unroll_plane_nhwc(x, s_h, s_w, s_c, c_start, n_channels, g, p_start, p_stop, dst,
+                          ld_dst)
+        return
+    cdef Py_ssize_t plane = g.out_h * g.out_w
+    cdef Py_ssize_t per_depth = g.kernel_h * g.kernel_w * n_channels
+    cdef Py_ssize_t d, p, od, q0, q1, id_
+    for d in range(g.kernel_d):
+        p = p_start
+        while p < p_stop:
+            od = p // plane
+            q0 = p - od * plane
+            q1 = min(plane, q0 + p_stop - p)
+            id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
+                            g.pad_mode)
+            if id_ >= 0:
+                unroll_plane_nhwc(x + id_ * s_d, s_h, s_w, s_c, c_start, n_channels, g, q0, q1,
+                                  dst + (p - p_start) * ld_dst + d * per_depth, ld_dst)
+            else:
+                zero_rows(dst + (p - p_start) * ld_dst + d * per_depth, q1 - q0, ld_dst,
+                          per_depth)
+            p += q1 - q0
+
+
+cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
+                           Py_ssize_t p_stride, Py_ssize_t n_channels,
+                           const Geometry* g, Py_ssize_t p_start, Py_ssize_t p_stop,
+                           floating* img, bint cols_scratch=False) noexcept nogil:
+    """unroll_nchw's adjoint: img[c, id, ih, iw] += cols[k*k_stride + (p -
+    p_start)*p_stride], k = ((c*kd + d)*kh + i)*kw + j; img C-contiguous
+    (n_channels, in_d, in_h, in_w). See fold_plane_nchw."""
+    if planar(g):
+        fold_plane_nchw(cols, k_stride, p_stride, n_channels, g, p_start, p_stop, img,
+                        cols_scratch)
+        return
+    cdef Py_ssize_t plane = g.out_h * g.out_w, taps2 = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t in_plane = g.in_h * g.in_w
+    cdef Py_ssize_t c, d, p, od, q0, q1, id_
+    for c in range(n_channels):
+        for d in range(g.kernel_d):
+            p = p_start
+            while p < p_stop:
+                od = p // plane
+                q0 = p - od * plane
+                q1 = min(plane, q0 + p_stop - p)
+                id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
+                                g.pad_mode)
+                if id_ >= 0:
+                    fold_plane_nchw(cols + (c * g.kernel_d + d) * taps2 * k_stride
+                                    + (p - p_start) * p_stride, k_stride, p_stride, 1, g, q0,
+                                    q1, img + (c * g.in_d + id_) * in_plane, cols_scratch)
+                p += q1 - q0
+
+
+cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
+                           Py_ssize_t n_img_channels, Py_ssize_t c_start,
+                           Py_ssize_t n_channels, const Geometry* g,
+                           Py_ssize_t p_start, Py_ssize_t p_stop,
+                           floating* img) noexcept nogil:
+    """unroll_nhwc's adjoint: img[id, ih, iw, c_start + c] += cols[p - p_start,
+    ((d*kh + i)*kw + j)*n_channels + c]; img C-contiguous (in_d, in_h, in_w,
+    n_img_channels)."""
+    if planar(g):
+        fold_plane_nhwc(cols, ld_cols, n_img_channels, c_start, n_channels, g, p_start,
+                        p_stop, img)
+        return
+    cdef Py_ssize_t plane = g.out_h * g.out_w
+    cdef Py_ssize_t per_depth = g.kernel_h * g.kernel_w * n_channels
+    cdef Py_ssize_t in_plane = g.in_h * g.in_w * n_img_channels
+    cdef Py_ssize_t d, p, od, q0, q1, id_
+    for d in range(g.kernel_d):
+        p = p_start
+        while p < p_stop:
+            od = p // plane
+            q0 = p - od * plane
+            q1 = min(plane, q0 + p_stop - p)
+            id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
+                            g.pad_mode)
+            if id_ >= 0:
+                fold_plane_nhwc(cols + (p - p_start) * ld_cols + d * per_depth, ld_cols,
+                                n_img_channels, c_start, n_channels, g, q0, q1,
+                                img + id_ * in_plane)
+            p += q1 - q0

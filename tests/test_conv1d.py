@@ -239,7 +239,7 @@ def test_conv_transpose2d_output_size():
      "stride must be an int or a one-element tuple"),
     (lambda: fastim2col.im2col(np.zeros((1, 2, 8)), (3,), layout="NHWC"),
      "layout must be 'NCL' or 'NLC'"),
-    (lambda: fastim2col.im2col(np.zeros((1, 2, 8, 8, 8)), (3, 3, 3)), "3-d windows"),
+    (lambda: fastim2col.im2col(np.zeros((1, 2, 8, 8, 8)), (3, 3, 3, 3)), "1, 2 or 3 ints"),
     (lambda: fastim2col.conv_transpose1d(np.zeros((1, 2, 8)), np.zeros((2, 1, 3)),
                                          output_size=(30,)), "output_size"),
 ])

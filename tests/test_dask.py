@@ -233,10 +233,17 @@ def test_conv3d_matches_in_memory(layout):
     w = rng.standard_normal((3, 2, 3, 2, 3))
     if layout == "NDHWC":
         x, w = nhwc(x), wt_nhwc(w)
-    chunks = (1,) + tuple((2, 3) + (1,) * (n - 5) for n in x.shape[1:])
+    chunks = tuple((1, 2, 3) + (1,) * (n - 6) if n > 5 else 1 for n in x.shape)
     params = dict(stride=(2, 1, 2), padding=1, dilation=(1, 2, 1))
-    close(fd.conv3d(da.from_array(x, chunks=chunks), w, layout=layout, **params).compute(),
-          fastim2col.conv3d(x, w, layout=layout, **params))
+    x_d = da.from_array(x, chunks=chunks)
+    y = fastim2col.conv3d(x, w, layout=layout, **params)
+    close(fd.conv3d(x_d, w, layout=layout, **params).compute(), y)
+    if hasattr(fastim2col.grad, "conv3d_weight"):
+        g = da.from_array(y, chunks=2)
+        close(fd.grad.conv3d_weight(x_d, w.shape, g, layout=layout, **params).compute(),
+              fastim2col.grad.conv3d_weight(x, w.shape, y, layout=layout, **params), 1e-9)
+        close(fd.grad.conv3d_input(x.shape, w, g, layout=layout, **params).compute(),
+              fastim2col.grad.conv3d_input(x.shape, w, y, layout=layout, **params))
 
 
 def naive_conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,

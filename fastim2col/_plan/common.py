@@ -118,7 +118,15 @@ def im2col_tile(n_units_outer, n_pos, n_threads, row: int = 1) -> int:
 
 
 def col2im_rows(n_images, win, n_threads) -> int:
-    """Output rows per band for the NHWC col2im (bands alternate by parity)."""
+    """Output rows per band for the NHWC col2im (bands alternate by parity;
+    volumes: rows of every output plane in turn, whole planes where the
+    kernel is deeper than one)."""
     rows_min = band_rows(win.kernel_h, win.stride_h, win.dilation_h)
     bands_wanted = 2 * ceil_div(2 * n_threads, max(1, n_images))
-    return min(win.out_h, max(rows_min, win.out_h // bands_wanted))
+    n_rows = win.out_d * win.out_h
+    rows = min(n_rows, max(rows_min, n_rows // bands_wanted))
+    if win.kernel_d > 1:
+        planes = max(band_rows(win.kernel_d, win.stride_d, win.dilation_d),
+                     ceil_div(rows, win.out_h))
+        rows = min(planes, win.out_d) * win.out_h
+    return rows

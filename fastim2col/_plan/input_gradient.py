@@ -87,7 +87,7 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct,
     gradient. thin_fold: the tiles' GEMMs will likely be the thin kernel's
     (see THIN_FOLD_BANDS_PER_THREAD)."""
     t = current()
-    n_pos = win.out_h * win.out_w
+    n_pos = win.n_out
     if direct:
         tile = n_pos
         units = n_images * groups
@@ -99,11 +99,19 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct,
             if finer is not None:
                 return finer, cg
     else:
+        # (volumes: the rows of every output plane in turn)
+        n_rows = win.out_d * win.out_h
         rows = max(_common.band_rows(win.kernel_h, win.stride_h, win.dilation_h),
                    t.TILE_BYTES // max(1, kg * win.out_w * itemsize),
                    t.MIN_GEMM_TILE // win.out_w)
-        rows = min(rows, win.out_h)
-        if (thin_fold and cg <= t.THIN_FOLD_MAX_CHANNELS
+        rows = min(rows, n_rows)
+        if win.kernel_d > 1:
+            # planes two bands apart must not reach one input plane: bands of
+            # whole output planes, as many as rows of an image's band
+            planes = max(_common.band_rows(win.kernel_d, win.stride_d, win.dilation_d),
+                         ceil_div(rows, win.out_h))
+            rows = min(planes, win.out_d) * win.out_h
+        elif (thin_fold and cg <= t.THIN_FOLD_MAX_CHANNELS
                 and rows * win.out_w > t.THIN_MAX_POSITIONS):   # (else use_thin_gemm's)
             bands = max(ceil_div(win.out_h, rows), ceil_div(
                 2 * t.THIN_FOLD_BANDS_PER_THREAD * n_threads, n_images * groups))
@@ -112,7 +120,7 @@ def grad_input(n_images, groups, cg, kg, win, itemsize, n_threads, nhwc, direct,
                        win.out_h // bands)
             rows = ceil_div(win.out_h, ceil_div(win.out_h, min(rows, win.out_h)))   # even
         tile = rows * win.out_w
-        units = n_images * groups * ceil_div(ceil_div(win.out_h, rows), 2)
+        units = n_images * groups * ceil_div(ceil_div(n_rows, rows), 2)
     block = cg
     if n_threads > 1 and units < 2 * n_threads:
         # NHWC: a block is a slice of every tap's columns (one GEMM per tap,
