@@ -162,6 +162,53 @@ def test_any_chunking_property(problem, transposed):
     close(lazy(x_d, w, *args).compute(), fn(x, w, *args))
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("params", [
+    dict(padding="same"),
+    dict(padding=(3, 1), stride=(2, 3), dilation=(1, 2)),
+    dict(padding=2, stride=1, dilation=2, groups=2),
+])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_padding_modes(mode, params, layout):
+    """Padding that reads the image (from the far side too, for circular),
+    with chunks thinner than the padding: forward and both gradients."""
+    rng = np.random.default_rng(11)
+    groups = params.get("groups", 1)
+    x = rng.standard_normal((2, 4, 11, 9))
+    w = rng.standard_normal((6, 4 // groups, 3, 4))
+    if layout == "NHWC":
+        x, w = nhwc(x), wt_nhwc(w)
+    chunks = ((1, 1), 4, (2, 1, 5, 3), (1, 5, 3)) if layout == "NCHW" else \
+        ((1, 1), (2, 1, 5, 3), (1, 5, 3), 4)
+    x_d = da.from_array(x, chunks=chunks)
+    kw = dict(params, padding_mode=mode, layout=layout)
+    y = fastim2col.conv2d(x, w, **kw)
+    close(fd.conv2d(x_d, w, **kw).compute(), y)
+    g = rng.standard_normal(y.shape)
+    g_d = da.from_array(g, chunks=3)
+    close(fd.grad.conv2d_input(x.shape, w, g_d, **kw).compute(),
+          fastim2col.grad.conv2d_input(x.shape, w, g, **kw))
+    close(fd.grad.conv2d_weight(x_d, w.shape, g_d, **kw).compute(),
+          fastim2col.grad.conv2d_weight(x, w.shape, g, **kw), 1e-9)
+
+
+def test_padding_mode_1d_and_errors():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 30))
+    w = rng.standard_normal((2, 3, 5))
+    x_d = da.from_array(x, chunks=(1, 3, (1, 2, 20, 7)))
+    for mode in ("reflect", "replicate", "circular"):
+        close(fd.conv1d(x_d, w, padding=4, stride=3, padding_mode=mode).compute(),
+              fastim2col.conv1d(x, w, padding=4, stride=3, padding_mode=mode))
+    small = da.zeros((1, 3, 4), chunks=2)
+    with pytest.raises(ValueError, match="padding_mode"):
+        fd.conv1d(small, w, padding=4, padding_mode="reflect")
+    with pytest.raises(ValueError, match="padding_mode"):
+        fd.conv1d(small, w, padding=1, padding_mode="mirror")
+    with pytest.raises(ValueError, match="padding_mode"):
+        fd.conv_transpose1d(small, rng.standard_normal((3, 2, 2)), padding_mode="reflect")
+
+
 def test_independent_references():
     """Against tests/reference.py (sliding windows + einsum), not fastim2col."""
     rng = np.random.default_rng(3)
@@ -247,9 +294,10 @@ def test_conv3d_matches_in_memory(layout):
 
 
 def naive_conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-                 layout="NCDHW"):
-    """conv3d from its definition (sliding windows + einsum): a stand-in that
-    runs fastim2col.dask's 3-d path while fastim2col has no conv3d."""
+                 padding_mode="zeros", layout="NCDHW"):
+    """conv3d from its definition (sliding windows + einsum): an independent
+    reference, and a stand-in for fastim2col.conv3d where it is missing."""
+    assert padding_mode == "zeros"
     from numpy.lib.stride_tricks import sliding_window_view
     triple = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3)
     if layout == "NDHWC":
@@ -272,10 +320,9 @@ def naive_conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
 
 
 @pytest.mark.parametrize("layout", ["NCDHW", "NDHWC"])
-def test_conv3d_path_with_a_stand_in(layout, monkeypatch):
-    """The N-d code on 3 spatial axes, with naive_conv3d as fastim2col.conv3d."""
-    if HAS_CONV3D:
-        pytest.skip("fastim2col.conv3d exists: test_conv3d_matches_in_memory runs instead")
+def test_conv3d_against_definition(layout, monkeypatch):
+    """The N-d code on 3 spatial axes against naive_conv3d (which stands in
+    for fastim2col.conv3d where that is missing)."""
     rng = np.random.default_rng(10)
     # the stand-in itself, against fastim2col.conv2d slice by slice (depth-1 kernel)
     x2 = rng.standard_normal((2, 4, 3, 9, 8))
@@ -283,7 +330,8 @@ def test_conv3d_path_with_a_stand_in(layout, monkeypatch):
     for z in range(3):
         close(naive_conv3d(x2, w2, None, (1, 2, 1), (0, 1, 2), 1, 2)[:, :, z],
               fastim2col.conv2d(x2[:, :, z], w2[:, :, 0], None, (2, 1), (1, 2), 1, 2))
-    monkeypatch.setattr(fastim2col, "conv3d", naive_conv3d, raising=False)
+    if not HAS_CONV3D:
+        monkeypatch.setattr(fastim2col, "conv3d", naive_conv3d, raising=False)
     x = rng.standard_normal((2, 4, 9, 8, 7))
     w = rng.standard_normal((6, 2, 3, 2, 3))
     b = rng.standard_normal(6)

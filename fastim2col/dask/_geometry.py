@@ -43,17 +43,19 @@ def conv_out_size(length: int, pad_lo: int, pad_hi: int, k: int, s: int, d: int)
 
 
 def conv_axis(in_chunks: Sequence[int], k: int, s: int, d: int,
-              pad_lo: int, pad_hi: int) -> AxisBlocks:
+              pad_lo: int, pad_hi: int, shift: int = 0) -> AxisBlocks:
     """A (strided, dilated, padded) convolution along one axis.
 
     Output o reads inputs o*s - pad_lo + t*d (t < k). Any chunking works:
     uneven, or chunks smaller than the window (a block then reads several).
+    shift: where the unpadded input starts in this one (an explicitly padded
+    array), so that the blocks still follow the unpadded input's chunks.
     """
     length = sum(in_chunks)
     n_out = conv_out_size(length, pad_lo, pad_hi, k, s, d)
     # Output blocks follow the input chunks scaled by the stride (with "same"
     # padding the output chunks are the input's): block edges at ceil(b / s).
-    cuts = {-(-b // s) for b in _starts(in_chunks)}
+    cuts = {-(-(b - shift) // s) for b in _starts(in_chunks)}
     blocks = _chunks_from_cuts(cuts, n_out)
     out_chunks, in_ranges, info = [], [], []
     for o0, o1 in blocks:

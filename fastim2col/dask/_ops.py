@@ -13,7 +13,7 @@ import operator
 
 import numpy as np
 
-from . import _blocks
+from . import _blocks, _padmodes
 from ._blocks import BATCH, CHANNELS, SPATIAL, WEIGHT
 from ._geometry import conv_axis, conv_out_size, transpose_axis
 from ._threads import check_threads, host_threads_of_client
@@ -116,8 +116,10 @@ def common(x, weight, bias, layout, nd: int, replacement: str):
     return x, weight, bias, channels_last
 
 
-def conv(nd, x, weight, bias, stride, padding, dilation, groups, layout, threads):
+def conv(nd, x, weight, bias, stride, padding, dilation, groups, layout, threads,
+         padding_mode="zeros"):
     fn = in_memory("conv{nd}d", nd)
+    mode = _padmodes.check_mode(padding_mode)
     x, weight, bias, channels_last = common(x, weight, bias, layout, nd,
                                             f"fastim2col.conv{nd}d")
     threads = check_threads(threads)
@@ -128,8 +130,10 @@ def conv(nd, x, weight, bias, stride, padding, dilation, groups, layout, threads
     c_axis = _blocks.channel_axis(nd, channels_last)
     spatial = _blocks.spatial_axes(nd, channels_last)
     span = [dd * (k - 1) + 1 for k, dd in zip(kernel, d)]
-    tiny = np.zeros(image_shape(1, x.shape[c_axis], span, channels_last), x.dtype)
-    probe = fn(tiny, weight, bias, stride, padding, dilation, groups, layout=layout)
+    tiny = np.zeros(image_shape(1, x.shape[c_axis], _padmodes.tiny_sizes(span, pads, mode),
+                                channels_last), x.dtype)
+    probe = fn(tiny, weight, bias, stride, padding, dilation, groups, padding_mode=mode,
+               layout=layout)
     sizes = [x.shape[a] for a in spatial]
     for axis_size, k, ss, dd, (lo, hi) in zip(sizes, kernel, s, d, pads):
         if conv_out_size(axis_size, lo, hi, k, ss, dd) < 1:
@@ -137,8 +141,10 @@ def conv(nd, x, weight, bias, stride, padding, dilation, groups, layout, threads
                              f"padded input {tuple(sizes)}")
     # Every block needs all input channels: merge channel chunks.
     x = x.rechunk({c_axis: -1})
-    axes = [conv_axis(x.chunks[a], k, ss, dd, lo, hi)
-            for a, k, ss, dd, (lo, hi) in zip(spatial, kernel, s, d, pads)]
+    x, pads, shifts = _explicit_padding(x, f"conv{nd}d", mode, spatial, sizes, pads, kernel,
+                                        s, d)
+    axes = [conv_axis(x.chunks[a], k, ss, dd, lo, hi, shift)
+            for a, k, ss, dd, (lo, hi), shift in zip(spatial, kernel, s, d, pads, shifts)]
     x = _blocks.gather(x, spatial, [b.in_ranges for b in axes])
     index = _blocks.array_index(nd, channels_last)
     adjust: dict[str, tuple[int, ...]] = {CHANNELS: (probe.shape[c_axis],)}
@@ -150,6 +156,19 @@ def conv(nd, x, weight, bias, stride, padding, dilation, groups, layout, threads
     return out[0] if unbatched else out
 
 
+def _explicit_padding(x, name, mode, spatial, sizes, pads, kernel, s, d):
+    """(x, pads, shifts): for a padding_mode other than zeros, x padded
+    lazily with what the windows read, then padding 0 (see _padmodes)."""
+    if mode == "zeros":
+        return x, pads, [0] * len(pads)
+    n_out = [conv_out_size(n, lo, hi, k, ss, dd)
+             for n, (lo, hi), k, ss, dd in zip(sizes, pads, kernel, s, d)]
+    read = _padmodes.read_padding(sizes, pads, n_out, kernel, s, d)
+    _padmodes.check_sizes(mode, sizes, read, name)
+    return (_padmodes.pad(x, spatial, read, mode), [(0, 0)] * len(pads),
+            [lo for lo, _ in read])
+
+
 def _conv_block(block, *infos, fn, weight, bias, stride, dilation, groups, layout, axes,
                 threads, host_threads):
     block, padding = _blocks.pad_block(block, axes, infos)
@@ -158,7 +177,7 @@ def _conv_block(block, *infos, fn, weight, bias, stride, dilation, groups, layou
 
 
 def transposed(nd, x, weight, bias, stride, padding, output_padding, groups, dilation,
-               output_size, layout, threads):
+               output_size, layout, threads, padding_mode="zeros"):
     fn = in_memory("conv_transpose{nd}d", nd)
     x, weight, bias, channels_last = common(x, weight, bias, layout, nd,
                                             f"fastim2col.conv_transpose{nd}d")
@@ -187,7 +206,9 @@ def transposed(nd, x, weight, bias, stride, padding, output_padding, groups, dil
                              f"these arguments the output is from {tuple(base)} to "
                              f"{tuple(b + max(ss, dd) - 1 for b, ss, dd in zip(base, s, d))}")
     tiny = np.zeros(image_shape(1, x.shape[c_axis], (1,) * nd, channels_last), x.dtype)
-    probe = fn(tiny, weight, bias, stride, 0, op, groups, dilation, layout=layout)
+    # (fastim2col's transposed convolutions take padding_mode='zeros' only: its error)
+    probe = fn(tiny, weight, bias, stride, 0, op, groups, dilation, padding_mode=padding_mode,
+               layout=layout)
     n_out = [b + o for b, o in zip(base, op)]
     if min(n_out) < 1:
         raise ValueError(f"conv_transpose{nd}d: padding {p} is too large, the output size "
@@ -252,8 +273,9 @@ def _transposed_block(block, *infos, kind, fn, weight, bias, groups, layout, str
 
 
 def conv_input(nd, input_size, weight, grad_output, stride, padding, dilation, groups,
-               layout, threads):
+               layout, threads, padding_mode="zeros"):
     fn = in_memory("grad.conv{nd}d_input", nd)
+    mode = _padmodes.check_mode(padding_mode)
     channels_last = check_layout(layout, nd)
     go = check_dask_array(grad_output, "grad_output", nd, f"fastim2col.grad.conv{nd}d_input")
     weight = weight_array(weight)
@@ -270,27 +292,40 @@ def conv_input(nd, input_size, weight, grad_output, stride, padding, dilation, g
     c_axis = _blocks.channel_axis(nd, channels_last)
     spatial = _blocks.spatial_axes(nd, channels_last)
     span = [dd * (k - 1) + 1 for k, dd in zip(kernel, d)]
+    tiny = _padmodes.tiny_sizes(span, pads, mode)
     tiny_out = [conv_out_size(n, lo, hi, k, ss, dd)
-                for n, (lo, hi), k, ss, dd in zip(span, pads, kernel, s, d)]
+                for n, (lo, hi), k, ss, dd in zip(tiny, pads, kernel, s, d)]
     tiny_go = np.zeros(image_shape(1, go.shape[c_axis], tiny_out, channels_last), go.dtype)
-    probe = fn(image_shape(1, size[c_axis], span, channels_last), weight, tiny_go, stride,
-               padding, dilation, groups, layout=layout)
+    probe = fn(image_shape(1, size[c_axis], tiny, channels_last), weight, tiny_go, stride,
+               padding, dilation, groups, padding_mode=mode, layout=layout)
     expected = [conv_out_size(size[a], lo, hi, k, ss, dd)
                 for a, (lo, hi), k, ss, dd in zip(spatial, pads, kernel, s, d)]
     if size[0] != go.shape[0] or expected != [go.shape[a] for a in spatial]:
         raise ValueError(f"grad_output has shape {go.shape}, but a conv{nd}d of input_size "
                          f"{tuple(size)} with these arguments gives spatial size "
                          f"{tuple(expected)} and batch {size[0]}")
+    sizes = [size[a] for a in spatial]
+    if mode != "zeros":
+        # The gradient of the explicitly padded input, folded back (_padmodes).
+        read = _padmodes.read_padding(sizes, pads, expected, kernel, s, d)
+        _padmodes.check_sizes(mode, sizes, read, f"grad.conv{nd}d_input")
+        padded = [n + lo + hi for n, (lo, hi) in zip(sizes, read)]
+        g = _transposed_graph(nd, go, False, channels_last, kernel, s, d, [0] * nd, padded,
+                              probe.dtype, size[c_axis], threads, kind="input", fn=fn,
+                              weight=weight, bias=None, groups=groups, layout=layout)
+        g = _padmodes.fold(g, spatial, sizes, read, mode)
+        return g[0] if unbatched else g
     return _transposed_graph(nd, go, unbatched, channels_last, kernel, s, d,
-                             [lo for lo, _ in pads], [size[a] for a in spatial], probe.dtype,
+                             [lo for lo, _ in pads], sizes, probe.dtype,
                              size[c_axis], threads, kind="input", fn=fn, weight=weight,
                              bias=None, groups=groups, layout=layout)
 
 
 def conv_weight(nd, x, weight_size, grad_output, stride, padding, dilation, groups, layout,
-                threads, split_every):
+                threads, split_every, padding_mode="zeros"):
     import dask.array as da
     fn = in_memory("grad.conv{nd}d_weight", nd)
+    mode = _padmodes.check_mode(padding_mode)
     channels_last = check_layout(layout, nd)
     x = check_dask_array(x, "input", nd, f"fastim2col.grad.conv{nd}d_weight")
     threads = check_threads(threads)
@@ -310,20 +345,23 @@ def conv_weight(nd, x, weight_size, grad_output, stride, padding, dilation, grou
     c_axis = _blocks.channel_axis(nd, channels_last)
     spatial = _blocks.spatial_axes(nd, channels_last)
     span = [dd * (k - 1) + 1 for k, dd in zip(kernel, d)]
+    tiny = _padmodes.tiny_sizes(span, pads, mode)
     tiny_out = [conv_out_size(n, lo, hi, k, ss, dd)
-                for n, (lo, hi), k, ss, dd in zip(span, pads, kernel, s, d)]
-    probe = fn(np.zeros(image_shape(1, x.shape[c_axis], span, channels_last), x.dtype),
+                for n, (lo, hi), k, ss, dd in zip(tiny, pads, kernel, s, d)]
+    probe = fn(np.zeros(image_shape(1, x.shape[c_axis], tiny, channels_last), x.dtype),
                weight_size,
                np.zeros(image_shape(1, go.shape[c_axis], tiny_out, channels_last), go.dtype),
-               stride, padding, dilation, groups, layout=layout)
+               stride, padding, dilation, groups, padding_mode=mode, layout=layout)
     expected = [conv_out_size(x.shape[a], lo, hi, k, ss, dd)
                 for a, (lo, hi), k, ss, dd in zip(spatial, pads, kernel, s, d)]
     if go.shape[0] != x.shape[0] or expected != [go.shape[a] for a in spatial]:
         raise ValueError(f"grad_output has shape {grad_output.shape}, but conv{nd}d of input "
                          f"{x.shape} with these arguments gives spatial size {tuple(expected)}")
     x = x.rechunk({c_axis: -1})
-    axes = [conv_axis(x.chunks[a], k, ss, dd, lo, hi)
-            for a, k, ss, dd, (lo, hi) in zip(spatial, kernel, s, d, pads)]
+    x, pads, shifts = _explicit_padding(x, f"grad.conv{nd}d_weight", mode, spatial,
+                                        [x.shape[a] for a in spatial], pads, kernel, s, d)
+    axes = [conv_axis(x.chunks[a], k, ss, dd, lo, hi, shift)
+            for a, k, ss, dd, (lo, hi), shift in zip(spatial, kernel, s, d, pads, shifts)]
     x = _blocks.gather(x, spatial, [b.in_ranges for b in axes])
     go_chunks = {0: x.chunks[0], c_axis: -1}
     go_chunks.update({a: b.out_chunks for a, b in zip(spatial, axes)})
