@@ -45,7 +45,7 @@ def run(args) -> int:
         except ImportError:
             print("note: torch is not installed; skipping the torch comparison")
     peers = ["torch"] if torch is not None else []
-    occurrences = sum(d.count for d in layers)
+    occurrences = sum(d.occurrences for d in layers)
     print(f"fastim2col {fastim2col.__version__} {args.model}: {len(layers)} distinct conv "
           f"layers ({occurrences} convs), forward + input + weight gradient, {dtype.name}, "
           f"{args.layout}, {threads} thread(s), medians of {args.rounds} alternating rounds "
@@ -64,7 +64,7 @@ def run(args) -> int:
             for d in layers:
                 layer = _bench.Layer(_label(d), *d.layer.shape_key())
                 for op in OPS:
-                    count = d.input_count if op == "input" else d.count
+                    count = d.input_occurrences if op == "input" else d.occurrences
                     if count == 0:
                         continue
                     spec = SimpleNamespace(op=_BENCH_OP[op], layout=args.layout)

@@ -3,8 +3,8 @@
 
 Each model is the ordered list of its convolutions at the usual input size
 (224x224 for the torchvision classifiers, 256x256 for the U-Net), one entry
-per distinct layer of a stage with `count`, how many times that exact layer
-occurs there. Names follow torchvision's module names (MobileNetV2's convs of
+per distinct layer of a stage with `occurrences`, how many times that exact
+layer occurs there. Names follow torchvision's module names (MobileNetV2's convs of
 block ``features.i`` are called expand, dw and project); ``a-b`` spans blocks
 a to b. Square inputs and kernels, dilation 1, zero padding, NCHW.
 
@@ -33,7 +33,7 @@ class ModelLayer(NamedTuple):
     stride: int
     padding: int
     groups: int
-    count: int
+    occurrences: int
 
     def out_size(self) -> int:
         return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
@@ -94,7 +94,7 @@ RESNET50 = [
 def _inverted_residuals() -> list[ModelLayer]:
     """MobileNetV2's 17 blocks from torchvision's (t, c, n, s) table: expand
     1x1 to c_in*t (absent when t = 1), depthwise 3x3 with the stride of the
-    group's first block, project 1x1 to c; repeated blocks merged by count."""
+    group's first block, project 1x1 to c; repeated blocks merged."""
     table = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
              (6, 160, 3, 2), (6, 320, 1, 1)]
     layers, c_in, size, block = [], 32, 112, 1
@@ -151,21 +151,21 @@ MODELS: dict[str, list[ModelLayer]] = {
 
 
 def conv_count(model: str) -> int:
-    return sum(layer.count for layer in MODELS[model])
+    return sum(layer.occurrences for layer in MODELS[model])
 
 
 def total_macs(model: str) -> int:
     """Forward multiply-adds of all the model's convolutions at batch 1."""
-    return sum(layer.macs() * layer.count for layer in MODELS[model])
+    return sum(layer.macs() * layer.occurrences for layer in MODELS[model])
 
 
 class DistinctLayer(NamedTuple):
-    """A layer shape timed once: `count` occurrences in the model, of which
-    `input_count` need an input gradient (not the model's first layer: the
+    """A layer shape timed once: its `occurrences` in the model, of which
+    `input_occurrences` need an input gradient (not the model's first layer: the
     image needs no gradient in training)."""
     layer: ModelLayer
-    count: int
-    input_count: int
+    occurrences: int
+    input_occurrences: int
     names: tuple
 
 
@@ -174,14 +174,13 @@ def distinct_layers(model: str) -> list[DistinctLayer]:
     downsample are the same conv), in order of first occurrence."""
     merged: dict[tuple, DistinctLayer] = {}
     for i, layer in enumerate(MODELS[model]):
-        first_layer = 1 if i == 0 else 0
+        with_input = layer.occurrences - (1 if i == 0 else 0)
         key = layer.shape_key()
         if key in merged:
             d = merged[key]
-            merged[key] = d._replace(count=d.count + layer.count,
-                                     input_count=d.input_count + layer.count - first_layer,
+            merged[key] = d._replace(occurrences=d.occurrences + layer.occurrences,
+                                     input_occurrences=d.input_occurrences + with_input,
                                      names=d.names + (layer.name,))
         else:
-            merged[key] = DistinctLayer(layer, layer.count, layer.count - first_layer,
-                                        (layer.name,))
+            merged[key] = DistinctLayer(layer, layer.occurrences, with_input, (layer.name,))
     return list(merged.values())

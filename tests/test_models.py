@@ -47,15 +47,15 @@ def test_strides_and_groups():
     first 3x3 and its 1x1 downsample stride); MobileNetV2 strides in its stem
     and 4 depthwise convs, which have groups = channels (17 of them)."""
     for model in ("resnet18", "resnet50"):
-        strided = [(layer.kernel, layer.count) for layer in _models.MODELS[model]
+        strided = [(layer.kernel, layer.occurrences) for layer in _models.MODELS[model]
                    if layer.stride == 2]
         assert sorted(strided) == [(1, 1)] * 3 + [(3, 1)] * 3 + [(7, 1)]
     mb = _models.MOBILENET_V2
     depthwise = [layer for layer in mb if layer.groups > 1]
-    assert sum(layer.count for layer in depthwise) == 17
+    assert sum(layer.occurrences for layer in depthwise) == 17
     assert all(layer.groups == layer.c_in == layer.c_out and layer.kernel == 3
                for layer in depthwise)
-    assert sum(layer.count for layer in mb if layer.stride == 2) == 5
+    assert sum(layer.occurrences for layer in mb if layer.stride == 2) == 5
     assert [layer.stride for layer in mb if layer.stride == 2 and layer.groups == 1] == [2]
 
 
@@ -66,13 +66,13 @@ def test_distinct_layers_merge_equal_shapes():
     for model in _models.MODELS:
         distinct = _models.distinct_layers(model)
         assert len({d.layer.shape_key() for d in distinct}) == len(distinct)
-        assert sum(d.count for d in distinct) == _models.conv_count(model)
-        assert sum(d.input_count for d in distinct) == _models.conv_count(model) - 1
-        assert distinct[0].input_count == distinct[0].count - 1
+        assert sum(d.occurrences for d in distinct) == _models.conv_count(model)
+        assert sum(d.input_occurrences for d in distinct) == _models.conv_count(model) - 1
+        assert distinct[0].input_occurrences == distinct[0].occurrences - 1
     conv3 = next(d for d in _models.distinct_layers("resnet50")
                  if d.names[0] == "layer1.0.conv3")
     assert conv3.names == ("layer1.0.conv3", "layer1.0.downsample", "layer1.1-2.conv3")
-    assert conv3.count == conv3.input_count == 4
+    assert conv3.occurrences == conv3.input_occurrences == 4
 
 
 @pytest.fixture

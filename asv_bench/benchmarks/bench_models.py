@@ -55,7 +55,7 @@ class ModelStep(_Bench):
         self.calls = []
         self.flops = 0.0
         for d in layers:
-            count = d.input_count if op == "input" else d.count
+            count = d.input_occurrences if op == "input" else d.occurrences
             if count:
                 self.calls.append((_calls(d.layer, op, batch), count))
                 self.flops += 2.0 * batch * d.layer.macs() * count
