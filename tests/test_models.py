@@ -134,9 +134,15 @@ def test_model_bench_rows_and_totals(fake_times, restore_threads):
 
 
 def test_model_bench_against_torch(fake_times, restore_threads):
-    pytest.importorskip("torch")
-    text = _run(["--model", "mobilenet_v2", "--layers-limit", "2", "--threads", "1",
-                 "--compare", "torch"])
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        text = _run(["--model", "mobilenet_v2", "--layers-limit", "2", "--threads", "1",
+                     "--compare", "torch"])
+    finally:
+        # torch.set_num_threads calls omp_set_num_threads in the OpenMP runtime
+        # fastim2col shares, which get_num_threads then reads as a limit
+        torch.set_num_threads(before)
     headers, rows = _table(text, "layer")
     assert headers[-1] == "/torch" and rows[1][-1] == "2.00"
     _, totals = _table(text, "total")
