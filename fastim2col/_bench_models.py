@@ -44,10 +44,12 @@ def run(args) -> int:
             torch.set_num_threads(threads)
         except ImportError:
             print("note: torch is not installed; skipping the torch comparison")
+    if "numpy" in args.compare.split(","):
+        print("note: --model compares with torch only; skipping numpy")
     peers = ["torch"] if torch is not None else []
     occurrences = sum(d.occurrences for d in layers)
-    print(f"fastim2col {fastim2col.__version__} {args.model}: {len(layers)} distinct conv "
-          f"layers ({occurrences} convs), forward + input + weight gradient, {dtype.name}, "
+    print(f"fastim2col {fastim2col.__version__} {args.model}: {occurrences} convs, "
+          f"{len(layers)} distinct, forward + input + weight gradient, {dtype.name}, "
           f"{args.layout}, {threads} thread(s), medians of {args.rounds} alternating rounds "
           f"x {args.repeat} calls" + (f"; torch {torch.__version__}" if torch else ""),
           flush=True)
