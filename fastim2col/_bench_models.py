@@ -11,6 +11,7 @@ their ratios weigh each layer by its share of the step, as training does.
 """
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,6 +36,9 @@ def run(args) -> int:
     fastim2col, threads, _, batches, dtype = _bench._setup(args)
     layers = _models.distinct_layers(args.model)
     if args.layers_limit is not None:
+        if args.layers_limit < 1:
+            print("--layers-limit takes a count of layers, 1 or more", file=sys.stderr)
+            return 2
         layers = layers[:args.layers_limit]
     torch: Any = None
     if "torch" in args.compare.split(","):

@@ -166,3 +166,10 @@ def test_unknown_model():
         _bench.run_bench(["--model", "vgg11"])
     assert exc.value.code == 2
     assert "invalid choice: 'vgg11'" in err.getvalue() and "resnet50" in err.getvalue()
+
+
+def test_layers_limit_below_one():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert _bench.run_bench(["--model", "resnet18", "--layers-limit", "0"]) == 2
+    assert "--layers-limit" in err.getvalue()
