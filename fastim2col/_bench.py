@@ -351,8 +351,9 @@ SUBCOMMANDS = """subcommands:
   (none)   the layer suite: conv2d on ResNet-50-like layers, each result checked
            against a NumPy im2col + matmul baseline, both timed (the options above)
   bench    fastim2col against the bare BLAS GEMM of each layer and, with --compare,
-           PyTorch and NumPy, for conv2d, its gradients, im2col or col2im:
-           python -m fastim2col bench --help
+           PyTorch and NumPy, for conv2d, its gradients, im2col or col2im; with
+           --model resnet18|resnet50|mobilenet_v2|unet, a whole network's training
+           step: python -m fastim2col bench --help
   bench-nd the 1-D (signals) or 3-D (volumes) layer suite, forward and gradients,
            with --compare torch against PyTorch: python -m fastim2col bench-nd --help
 
@@ -443,11 +444,23 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default="",
                    help="peers, comma separated from torch,numpy (default: none, only the "
                         "bare GEMM)")
+    from ._models import MODELS
+    p.add_argument("--model", choices=list(MODELS), default=None,
+                   help="time one training step's convolutions of a whole network instead "
+                        "(every distinct layer forward, input and weight gradient, and "
+                        "totals; --layers and --op do not apply; --compare takes torch) "
+                        "(default: none, the layer suite)")
+    p.add_argument("--layers-limit", type=int, default=None, metavar="K",
+                   help="with --model, only the model's first K distinct layers, for a quick "
+                        "check (default: all)")
     return p
 
 
 def run_bench(argv=None) -> int:
     args = bench_parser().parse_args(argv)
+    if args.model is not None:
+        from . import _bench_models
+        return _bench_models.run(args)
     fastim2col, threads, layers, batches, dtype = _setup(args)
     peers = [s for s in args.compare.split(",") if s]
     torch: Any = None
