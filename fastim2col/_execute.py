@@ -22,6 +22,10 @@ from ._kernels import KernelRefused, Plan, forced_strictly, unforced
 from ._planner import PLANNERS
 from ._threads import blas_single_threaded
 
+# FASTIM2COL_VERBOSE, read once at import (reading the environment costs
+# microseconds a call)
+VERBOSE = os.environ.get("FASTIM2COL_VERBOSE", "") not in ("", "0")
+
 _INPUT_GRADIENT_OPS = ("conv2d_input", "conv_transpose2d")
 
 
@@ -208,7 +212,7 @@ def run(call: Call, the_plan: Optional[Plan] = None) -> np.ndarray:
     res = call.batched_out
     if res is None:
         res = np.empty(call.shape, call.dtype)
-    verbose = os.environ.get("FASTIM2COL_VERBOSE", "") not in ("", "0")
+    verbose = VERBOSE
     start = time.perf_counter() if verbose else 0.0
     EXECUTORS[(call.op, the_plan.kernel)](call, the_plan, res)
     if verbose:

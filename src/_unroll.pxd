@@ -445,19 +445,34 @@ cdef inline void unroll_plane_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t
         unroll_plane_nhwc_mapped(x, s_h, s_w, s_c, c_start, n_channels, g, p_start, p_stop,
                                  dst, ld_dst)
         return
-    cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw
+    cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw, iw0
     cdef Py_ssize_t run = n_channels * sizeof(floating)
     cdef floating* out
     cdef const floating* src
+    # Pixels of exactly the copied channels, no dilation: a kernel row inside
+    # the image is one run of kw * channels elements in x as in dst (the
+    # stem's 3 channels: one loop of 21, not 7 of 3), as fold_plane_nhwc adds it.
+    cdef bint whole_pixels = s_c == 1 and s_w == n_channels and g.dilation_w == 1
+    cdef Py_ssize_t row_run = g.kernel_w * n_channels
     oh = p_start // g.out_w
     ow = p_start - oh * g.out_w
     for p in range(p_stop - p_start):
         out = dst + p * ld_dst
+        iw0 = ow * g.stride_w - g.pad_w   # the window's first column
         for i in range(g.kernel_h):
             ih = oh * g.stride_h - g.pad_h + i * g.dilation_h
             if ih < 0 or ih >= g.in_h:
                 memset(out, 0, g.kernel_w * run)
                 out += g.kernel_w * n_channels
+                continue
+            if whole_pixels and iw0 >= 0 and iw0 + g.kernel_w <= g.in_w:
+                src = x + ih * s_h + iw0 * s_w + c_start
+                if row_run >= 32:
+                    memcpy(out, src, row_run * sizeof(floating))
+                else:
+                    for c in range(row_run):
+                        out[c] = src[c]
+                out += row_run
                 continue
             for j in range(g.kernel_w):
                 iw = ow * g.stride_w - g.pad_w + j * g.dilation_w

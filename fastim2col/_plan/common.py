@@ -18,6 +18,7 @@ the function's.
 """
 from __future__ import annotations
 
+from .._threads import get_num_threads
 from .thresholds import current
 
 
@@ -33,13 +34,11 @@ def threads_for(work: float, n_threads: int, min_work: float) -> int:
 
 def conv_threads(flops: float) -> int:
     t = current()
-    from .._threads import get_num_threads
     return threads_for(flops, get_num_threads(), t.MIN_FLOPS_PER_THREAD)
 
 
 def copy_threads(nbytes: float) -> int:
     t = current()
-    from .._threads import get_num_threads
     return threads_for(nbytes, get_num_threads(), t.MIN_BYTES_PER_THREAD)
 
 
