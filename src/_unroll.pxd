@@ -348,10 +348,6 @@ cdef inline void unroll_plane_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t
     x points at channel 0 of one image; output positions p = oh*out_w + ow run
     over [p_start, p_stop); rows of dst are ld_dst apart.
     """
-    if g.pad_mode != PAD_ZEROS:
-        unroll_plane_nchw_mapped(x, s_c, s_h, s_w, n_channels, g, p_start, p_stop, dst,
-                                 ld_dst)
-        return
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
     cdef Py_ssize_t oh_first = p_start // g.out_w, oh_last = p_stop // g.out_w
     cdef ColRange cols_ok, rows_ok
@@ -441,10 +437,6 @@ cdef inline void unroll_plane_nhwc(const floating* x, Py_ssize_t s_h, Py_ssize_t
 
     x points at one image (H, W, C); channel runs are copied whole.
     """
-    if g.pad_mode != PAD_ZEROS:
-        unroll_plane_nhwc_mapped(x, s_h, s_w, s_c, c_start, n_channels, g, p_start, p_stop,
-                                 dst, ld_dst)
-        return
     cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw, iw0
     cdef Py_ssize_t run = n_channels * sizeof(floating)
     cdef floating* out
@@ -542,9 +534,6 @@ cdef inline void fold_plane_nchw(const floating* cols, Py_ssize_t k_stride,
     (n_channels, in_h, in_w). cols_scratch: cols is the caller's scratch,
     which fold_run may write its padding columns in.
     """
-    if g.pad_mode != PAD_ZEROS:
-        fold_plane_nchw_mapped(cols, k_stride, p_stride, n_channels, g, p_start, p_stop, img)
-        return
     cdef Py_ssize_t c, i, j, ow, oh, ow_first, seg_stop, ih, iw0, lo, hi, a, b, t
     cdef Py_ssize_t oh_first = p_start // g.out_w, oh_lo, oh_hi
     cdef ColRange cols_ok, rows_ok
@@ -635,10 +624,6 @@ cdef inline void fold_plane_nhwc(const floating* cols, Py_ssize_t ld_cols,
 
     img is C-contiguous (in_h, in_w, n_img_channels).
     """
-    if g.pad_mode != PAD_ZEROS:
-        fold_plane_nhwc_mapped(cols, ld_cols, n_img_channels, c_start, n_channels, g, p_start,
-                               p_stop, img)
-        return
     cdef Py_ssize_t p, oh, ow, i, j, c, ih, iw, iw0
     cdef const floating* src
     cdef floating* out
@@ -694,8 +679,12 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_d,
                              floating* dst, Py_ssize_t ld_dst) noexcept nogil:
     """dst[((c*kd + d)*kh + i)*kw + j, p - p_start] = x[c, id, ih, iw] (0 in
     the padding); x points at channel 0 of one image or volume."""
-    if planar(g):
+    if planar(g) and g.pad_mode == PAD_ZEROS:
         unroll_plane_nchw(x, s_c, s_h, s_w, n_channels, g, p_start, p_stop, dst, ld_dst)
+        return
+    if planar(g):
+        unroll_plane_nchw_mapped(x, s_c, s_h, s_w, n_channels, g, p_start, p_stop, dst,
+                                 ld_dst)
         return
     cdef Py_ssize_t plane = g.out_h * g.out_w, taps2 = g.kernel_h * g.kernel_w
     cdef Py_ssize_t c, d, p, od, q0, q1, id_
@@ -710,9 +699,12 @@ cdef inline void unroll_nchw(const floating* x, Py_ssize_t s_c, Py_ssize_t s_d,
                 q1 = min(plane, q0 + p_stop - p)
                 id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
                                 g.pad_mode)
-                if id_ >= 0:
+                if id_ >= 0 and g.pad_mode == PAD_ZEROS:
                     unroll_plane_nchw(x + c * s_c + id_ * s_d, s_c, s_h, s_w, 1, g, q0, q1,
                                       rows + p - p_start, ld_dst)
+                elif id_ >= 0:
+                    unroll_plane_nchw_mapped(x + c * s_c + id_ * s_d, s_c, s_h, s_w, 1, g, q0,
+                                             q1, rows + p - p_start, ld_dst)
                 else:
                     zero_rows(rows + p - p_start, taps2, ld_dst, q1 - q0)
                 p += q1 - q0
@@ -725,9 +717,13 @@ cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_d, Py_ssize_t s_h,
                              floating* dst, Py_ssize_t ld_dst) noexcept nogil:
     """dst[p - p_start, ((d*kh + i)*kw + j)*n_channels + c] = x[id, ih, iw,
     c_start + c]; x points at one image or volume."""
-    if planar(g):
+    if planar(g) and g.pad_mode == PAD_ZEROS:
         unroll_plane_nhwc(x, s_h, s_w, s_c, c_start, n_channels, g, p_start, p_stop, dst,
                           ld_dst)
+        return
+    if planar(g):
+        unroll_plane_nhwc_mapped(x, s_h, s_w, s_c, c_start, n_channels, g, p_start, p_stop,
+                                 dst, ld_dst)
         return
     cdef Py_ssize_t plane = g.out_h * g.out_w
     cdef Py_ssize_t per_depth = g.kernel_h * g.kernel_w * n_channels
@@ -740,9 +736,13 @@ cdef inline void unroll_nhwc(const floating* x, Py_ssize_t s_d, Py_ssize_t s_h,
             q1 = min(plane, q0 + p_stop - p)
             id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
                             g.pad_mode)
-            if id_ >= 0:
+            if id_ >= 0 and g.pad_mode == PAD_ZEROS:
                 unroll_plane_nhwc(x + id_ * s_d, s_h, s_w, s_c, c_start, n_channels, g, q0, q1,
                                   dst + (p - p_start) * ld_dst + d * per_depth, ld_dst)
+            elif id_ >= 0:
+                unroll_plane_nhwc_mapped(x + id_ * s_d, s_h, s_w, s_c, c_start, n_channels, g,
+                                         q0, q1, dst + (p - p_start) * ld_dst + d * per_depth,
+                                         ld_dst)
             else:
                 zero_rows(dst + (p - p_start) * ld_dst + d * per_depth, q1 - q0, ld_dst,
                           per_depth)
@@ -756,9 +756,12 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
     """unroll_nchw's adjoint: img[c, id, ih, iw] += cols[k*k_stride + (p -
     p_start)*p_stride], k = ((c*kd + d)*kh + i)*kw + j; img C-contiguous
     (n_channels, in_d, in_h, in_w). See fold_plane_nchw."""
-    if planar(g):
+    if planar(g) and g.pad_mode == PAD_ZEROS:
         fold_plane_nchw(cols, k_stride, p_stride, n_channels, g, p_start, p_stop, img,
                         cols_scratch)
+        return
+    if planar(g):
+        fold_plane_nchw_mapped(cols, k_stride, p_stride, n_channels, g, p_start, p_stop, img)
         return
     cdef Py_ssize_t plane = g.out_h * g.out_w, taps2 = g.kernel_h * g.kernel_w
     cdef Py_ssize_t in_plane = g.in_h * g.in_w
@@ -772,10 +775,14 @@ cdef inline void fold_nchw(const floating* cols, Py_ssize_t k_stride,
                 q1 = min(plane, q0 + p_stop - p)
                 id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
                                 g.pad_mode)
-                if id_ >= 0:
+                if id_ >= 0 and g.pad_mode == PAD_ZEROS:
                     fold_plane_nchw(cols + (c * g.kernel_d + d) * taps2 * k_stride
                                     + (p - p_start) * p_stride, k_stride, p_stride, 1, g, q0,
                                     q1, img + (c * g.in_d + id_) * in_plane, cols_scratch)
+                elif id_ >= 0:
+                    fold_plane_nchw_mapped(cols + (c * g.kernel_d + d) * taps2 * k_stride
+                                           + (p - p_start) * p_stride, k_stride, p_stride, 1,
+                                           g, q0, q1, img + (c * g.in_d + id_) * in_plane)
                 p += q1 - q0
 
 
@@ -787,9 +794,13 @@ cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
     """unroll_nhwc's adjoint: img[id, ih, iw, c_start + c] += cols[p - p_start,
     ((d*kh + i)*kw + j)*n_channels + c]; img C-contiguous (in_d, in_h, in_w,
     n_img_channels)."""
-    if planar(g):
+    if planar(g) and g.pad_mode == PAD_ZEROS:
         fold_plane_nhwc(cols, ld_cols, n_img_channels, c_start, n_channels, g, p_start,
                         p_stop, img)
+        return
+    if planar(g):
+        fold_plane_nhwc_mapped(cols, ld_cols, n_img_channels, c_start, n_channels, g, p_start,
+                               p_stop, img)
         return
     cdef Py_ssize_t plane = g.out_h * g.out_w
     cdef Py_ssize_t per_depth = g.kernel_h * g.kernel_w * n_channels
@@ -803,8 +814,12 @@ cdef inline void fold_nhwc(const floating* cols, Py_ssize_t ld_cols,
             q1 = min(plane, q0 + p_stop - p)
             id_ = pad_index(od * g.stride_d - g.pad_d + d * g.dilation_d, g.in_d,
                             g.pad_mode)
-            if id_ >= 0:
+            if id_ >= 0 and g.pad_mode == PAD_ZEROS:
                 fold_plane_nhwc(cols + (p - p_start) * ld_cols + d * per_depth, ld_cols,
                                 n_img_channels, c_start, n_channels, g, q0, q1,
                                 img + id_ * in_plane)
+            elif id_ >= 0:
+                fold_plane_nhwc_mapped(cols + (p - p_start) * ld_cols + d * per_depth,
+                                       ld_cols, n_img_channels, c_start, n_channels, g, q0,
+                                       q1, img + id_ * in_plane)
             p += q1 - q0
