@@ -257,14 +257,18 @@ cdef inline void fold_plane_nchw_mapped(const floating* cols, Py_ssize_t k_strid
                                         const Geometry* g, Py_ssize_t p_start,
                                         Py_ssize_t p_stop, floating* img) noexcept nogil:
     # unroll_plane_nchw_mapped's adjoint: a padded element's column adds into
-    # the input element it read
-    cdef Py_ssize_t c, i, j, p, oh, ow, ow0, ow1, ih, iw
+    # the input element it read; the columns inside the image as one strided
+    # run, as with zeros
+    cdef Py_ssize_t c, i, j, p, oh, ow, ow0, ow1, ih, iw, a, b
+    cdef ColRange cols_ok
     cdef const floating* row
+    cdef const floating* src
     cdef floating* dst
     for c in range(n_channels):
         for i in range(g.kernel_h):
             for j in range(g.kernel_w):
                 row = cols + ((c * g.kernel_h + i) * g.kernel_w + j) * k_stride
+                cols_ok = valid_out_cols(g, j)
                 p = p_start
                 while p < p_stop:
                     oh = p // g.out_w
@@ -273,10 +277,19 @@ cdef inline void fold_plane_nchw_mapped(const floating* cols, Py_ssize_t k_strid
                     ih = pad_index(oh * g.stride_h - g.pad_h + i * g.dilation_h, g.in_h,
                                    g.pad_mode)
                     dst = img + (c * g.in_h + ih) * g.in_w
-                    for ow in range(ow0, ow1):
+                    src = row + (p - p_start - ow0) * p_stride   # output column 0's
+                    a = min(max(ow0, cols_ok.lo), ow1)
+                    b = max(a, min(ow1, cols_ok.hi))
+                    for ow in range(ow0, a):
                         iw = pad_index(ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
                                        g.pad_mode)
-                        dst[iw] += row[(p - p_start + ow - ow0) * p_stride]
+                        dst[iw] += src[ow * p_stride]
+                    add_run(dst + a * g.stride_w - g.pad_w + j * g.dilation_w, g.stride_w,
+                            src + a * p_stride, p_stride, b - a)
+                    for ow in range(b, ow1):
+                        iw = pad_index(ow * g.stride_w - g.pad_w + j * g.dilation_w, g.in_w,
+                                       g.pad_mode)
+                        dst[iw] += src[ow * p_stride]
                     p += ow1 - ow0
 
 
