@@ -438,11 +438,15 @@ def test_threaded_scheduler_concurrent_blocks():
         close(y.compute(scheduler="threads"), fastim2col.conv2d(x, w, padding=1))
 
 
-def test_import_fastim2col_needs_no_dask():
+def test_import_fastim2col_needs_no_dask(tmp_path):
     code = ("import sys; sys.modules['dask'] = None; import fastim2col; "
             "assert 'fastim2col.dask' not in sys.modules; print('ok')")
+    # the fastim2col these tests import (an in-place build or the installed
+    # one), from an empty folder: the checkout's uncompiled package must not
+    # shadow an installed build
+    home = os.path.dirname(os.path.dirname(os.path.abspath(fastim2col.__file__)))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": home})
     assert result.stdout.strip() == "ok", result.stderr
 
 
