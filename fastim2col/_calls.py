@@ -101,8 +101,7 @@ class Call:
         name = self.name or self.op
         parts = [f"{arg}={tuple(a.shape)}" for arg, a in zip(_INPUT_NAMES[self.op], self.inputs)
                  if a is not None]
-        shape = self.shape if self.lift is None else self.shape[:self.lift] + \
-            self.shape[self.lift + 1:]
+        shape = _user_shape(self.shape, self.lift, False)
         return f"{name} {' '.join(parts)} -> {shape} {self.dtype} {layout}"
 
 
@@ -365,10 +364,8 @@ def _conv_transpose(name, spatial, x, weight, bias, stride, padding, output_padd
     # The convolution whose input gradient this is: input out_sizes, output sizes.
     win = _window(out_sizes, ks, strides, pads, dils, allow_strings=False, out_sizes=sizes)
     kg = og * win.n_taps
-    n_in = 1
-    for size in sizes:
-        n_in *= size
-    _args.check_blas(name, positions=max(n_in, win.n_in), in_channels=c_in,
+    # (x's positions are the window's outputs)
+    _args.check_blas(name, positions=max(win.n_out, win.n_in), in_channels=c_in,
                      out_channels=c_out, window_size=kg)
     shape = _args.shape_nd(n, c_out, out_sizes, nhwc)
     call = _named(Call(name, nhwc, dtype, shape, out, unbatched, win,
