@@ -139,7 +139,7 @@ def plan_conv2d(call: Call) -> Plan:
     m = machine()
     volume = _gemm_only(call, forced)
     if forced == "direct" or (forced is None and not volume and PF.use_direct(
-            groups, cg, og, win, nhwc, itemsize)):
+            groups, cg, og, win, nhwc, itemsize, m.isa_level)):
         bands = PB.direct_split(n, groups, cg, og, win, itemsize, n_threads,
                                m.vector_elements(itemsize))
         if bands is not None:
@@ -271,7 +271,8 @@ def _direct_input_gradient(call: Call, forced, n_threads: int, vector: int) -> P
     if forced is None and (
             og * cg * flipped.kernel_h * flipped.kernel_w * itemsize
             > current().DIRECT_FLIPPED_WEIGHT_BYTES
-            or not PI.use_direct_input(groups, og, cg, flipped, call.nhwc, itemsize)):
+            or not PI.use_direct_input(groups, og, cg, flipped, call.nhwc, itemsize,
+                                        machine().isa_level)):
         return None
     split = PB.direct_split(call.n, groups, og, cg, flipped, itemsize, n_threads, vector)
     if split is None:
@@ -339,7 +340,7 @@ def plan_weight_gradient(call: Call) -> Plan:
     fallback = _weight_gradient_after_direct(call, None if forced == "direct" else forced,
                                              n_threads)
     if forced == "direct" or (forced is None and not volume and PW.use_direct_weight(
-            groups, cg, og, win, itemsize, call.nhwc)):
+            groups, cg, og, win, itemsize, call.nhwc, machine().isa_level)):
         vector = machine().vector_elements(itemsize)
         split = PW.direct_weight_split(groups, cg, og, win, itemsize, n_threads, vector)
         if split is not None:

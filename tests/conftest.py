@@ -178,6 +178,15 @@ def small_work():
         yield
 
 
+@pytest.fixture
+def avx512_rules():
+    """The test plans by the AVX-512 machine's rules, whatever this CPU is
+    (below AVX-512 ungrouped layers leave the direct kernels sooner:
+    _plan.conv2d.use_direct)."""
+    with _plan.tuned(AVX2_DIRECT_RULE=False):
+        yield
+
+
 @pytest.fixture(params=range(fastim2col._conv.force_isa(-1) + 1), ids=lambda level: f"isa{level}")
 def conv_isa(request):
     """Run the test with _conv's vector kernels (the thin GEMM, the

@@ -296,7 +296,7 @@ def test_direct_split_bands(n_threads, size, channels, n_images):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_nhwc_wide_channels_leave_the_direct_kernels(rng, dtype):
+def test_nhwc_wide_channels_leave_the_direct_kernels(rng, avx512_rules, dtype):
     """NHWC conv2d with more than NHWC_DIRECT_MAX_CHANNELS input channels a
     group runs unroll + GEMM (its band gathers lose there), up to that many
     the direct kernels, NCHW the direct kernels either way; each result
@@ -413,3 +413,41 @@ def test_thin_gemm_kernel(isa_level, rng, dtype):
                                   g_terms=g_terms)
                 assert_close(np.ascontiguousarray(c[:, :n_rows]), expected, dtype)
                 assert np.isnan(c[:, n_rows:]).all()
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avx2_rule_sends_wide_ungrouped_layers_to_gemm(rng, dtype, layout):
+    """Below AVX-512 (the rule forced on here, whatever this CPU is) an
+    ungrouped layer runs its forward, input and weight gradients in the
+    direct kernels only in float32 NCHW with at most DIRECT_AVX2_MAX_CHANNELS
+    channels (the input gradient: of grad_output, in either layout and
+    dtype); grouped layers keep them. Every result against the reference."""
+    from fastim2col import grad
+    limit = _plan.DEFAULTS.DIRECT_AVX2_MAX_CHANNELS
+    dense_ok = dtype == np.float32 and layout == "NCHW"
+    # (input channels, output channels, groups, forward direct?, input direct?)
+    for c, c_out, groups, forward, inputs in [
+            (limit, 8, 1, dense_ok, True), (limit + 1, 8, 1, False, True),
+            (8, limit + 1, 1, dense_ok, False), (16, 16, 4, layout == "NCHW", True)]:
+        x, w = rand(rng, (2, c, 15, 15), dtype), rand(rng, (c_out, c // groups, 3, 3), dtype)
+        g = rand(rng, (2, c_out, 15, 15), dtype)
+        to = (lambda a: R.to_nhwc(a)) if layout == "NHWC" else (lambda a: a)
+        wl = R.weight_to_nhwc(w) if layout == "NHWC" else w
+        kw = dict(padding=1, groups=groups, layout=layout)
+        with _plan.tuned(AVX2_DIRECT_RULE=True), recording() as plans:
+            y = F.conv2d(to(x), wl, **kw)
+            gx = grad.conv2d_input(to(x).shape, wl, to(g), **kw)
+            gw = grad.conv2d_weight(to(x), wl.shape, to(g), **kw)
+        assert_close(y, to(R.conv2d(as64(x), as64(w), padding=1, groups=groups)), dtype)
+        assert_close(gx, to(R.conv2d_input_grad(x.shape, as64(w), as64(g), padding=1,
+                                                groups=groups)), dtype)
+        expected_w = R.conv2d_weight_grad(as64(x), w.shape, as64(g), padding=1, groups=groups)
+        assert_close(gw, R.weight_to_nhwc(expected_w) if layout == "NHWC" else expected_w,
+                     dtype)
+        kinds = [p.kernel == "direct" for p in plans]
+        case = (c, c_out, groups)
+        assert kinds[0] == forward, case
+        if groups == 1:
+            assert kinds[1] == (inputs and (layout == "NCHW" or c_out <= 128)), case
+            assert not kinds[2] or dense_ok, case   # the weight gradient follows the forward

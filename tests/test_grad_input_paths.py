@@ -424,7 +424,7 @@ def test_nhwc_input_gradient_split_for_threads(rng, restore_threads, dtype, kern
 
 
 @pytest.mark.parametrize("extra, direct", [(0, True), (8, False)])
-def test_nhwc_direct_input_gradient_channels(rng, extra, direct):
+def test_nhwc_direct_input_gradient_channels(rng, avx512_rules, extra, direct):
     """NHWC stride-1 input gradients run in the direct kernels with at most
     NHWC_DIRECT_INPUT_CHANNELS channels of grad_output, else GEMM + fold;
     both against the reference."""

@@ -88,7 +88,7 @@ def test_weight_gradient_direct_sums(rng, kernel_threads, dtype, n_images, c_out
 # --------------------------------------------------------------------------- direct kernels
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_direct_weight_gradient_ungrouped_plan(rng, kernel_threads, dtype):
+def test_direct_weight_gradient_ungrouped_plan(rng, avx512_rules, kernel_threads, dtype):
     """Ungrouped layers over 14x14 or more positions with few outputs get
     the direct weight gradient: with 16 input channels or more, up to 64
     outputs in float64, 32 in float32; with fewer input channels, up to 64
@@ -164,7 +164,7 @@ def test_direct_weight_gradient_blocks_same_bits(rng, restore_threads):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_nhwc_direct_weight_gradient(rng, small_work, recorded, restore_threads, dtype,
+def test_nhwc_direct_weight_gradient(rng, avx512_rules, small_work, recorded, restore_threads, dtype,
                                      threads):
     """NHWC weight gradients in the direct kernels (input and grad_output
     read as strided NCHW views, the result through an NCHW-ordered copy):

@@ -168,7 +168,10 @@ def test_no_deadlock_next_to_blas_threaded_numpy_work():
         count = 0
         while not stop.is_set() or count == 0:
             expected = a @ a
-            np.testing.assert_allclose(a @ a, expected, rtol=1e-4)
+            # (atol: BLAS pinned to one thread meanwhile blocks differently,
+            # and sums near zero then differ by more than rtol of themselves)
+            np.testing.assert_allclose(a @ a, expected, rtol=1e-4,
+                                       atol=1e-4 * float(np.abs(expected).max()))
             count += 1
         return count
 
@@ -278,10 +281,13 @@ def test_calls_inside_threadpoolctl_limits():
         # threadpoolctl blocks in worker threads racing fastim2col's BLAS pin
         # may leave BLAS at 1 thread: see the next test; not checked here.
         _set_blas_threads(before)
-    for i in range(3):
-        for reps in results[i]:
-            work.check_reference(i, reps)
-    _assert_same(results[3], sequential[0])
+    # The unlimited worker is checked against the reference, not bit for bit:
+    # OpenBLAS's sums differ with its thread count (Haswell kernels), and the
+    # limits set and undone around it reach its GEMM calls through the
+    # process-wide BLAS setting (bit-identity: the test above).
+    for i, reps_of in enumerate(results):
+        for reps in reps_of:
+            work.check_reference(i % 3, reps)
 
 
 def test_blas_pin_applies_in_worker_threads(blas_state, monkeypatch):

@@ -253,6 +253,12 @@ def test_plans_of_typical_layers():
     f32 = np.float32
     x = np.zeros((1, 64, 56, 56), f32)
     plan = fastim2col.explain(fastim2col.conv2d, x, np.zeros((64, 64, 3, 3), f32), padding=1)
+    if fastim2col._machine.machine().isa_level >= 2:
+        assert plan.kernel == "direct" and len(plan.params["split"]) == 3
+    else:   # below AVX-512, GEMM from 17 input channels on
+        assert plan.kernel in ("gemm", "thin_gemm") and plan.params["in_place"] is False
+    plan = fastim2col.explain(fastim2col.conv2d, x[:, :16], np.zeros((64, 16, 3, 3), f32),
+                              padding=1)
     assert plan.kernel == "direct" and len(plan.params["split"]) == 3
     plan = fastim2col.explain(fastim2col.conv2d, x, np.zeros((256, 64, 1, 1), f32))
     assert plan.kernel in ("gemm", "thin_gemm") and plan.params["in_place"] is True
@@ -377,7 +383,7 @@ def test_tuned_thresholds_are_context_local():
     on leaving (also through an exception), other threads keep the defaults,
     and a name that is no threshold raises TypeError."""
     from fastim2col import _plan
-    x, w = np.zeros((1, 4, 8, 8)), np.zeros((4, 4, 3, 3))
+    x, w = np.zeros((1, 4, 8, 8), np.float32), np.zeros((4, 4, 3, 3), np.float32)
     assert _plan.current() is _plan.DEFAULTS
     assert fastim2col.explain(fastim2col.conv2d, x, w).kernel == "direct"
     with _plan.tuned(DIRECT_MAX_BAND_BYTES=0) as record:
@@ -409,7 +415,7 @@ def test_recording_collects_executed_plans(rng):
     those only explained), in order, the direct weight gradient's fallback
     after its plan when a non-finite input sends it there; nothing outside."""
     from fastim2col import _execute
-    x, w = rand(rng, (2, 20, 16, 16)), rand(rng, (8, 20, 3, 3))
+    x, w = rand(rng, (2, 12, 16, 16), np.float32), rand(rng, (8, 12, 3, 3), np.float32)
     g = fastim2col.conv2d(x, w, padding=1)
     with _execute.recording() as plans:
         fastim2col.explain(fastim2col.conv2d, x, w, padding=1)

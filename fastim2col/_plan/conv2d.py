@@ -83,14 +83,32 @@ def use_thin_forward(nhwc: bool, tile: int, block: int, kg: int, itemsize: int,
             and kg <= t.THIN_FORWARD_MAX_TERMS)
 
 
-def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
-               itemsize: int = 8) -> bool:
-    """Whether a conv2d runs in the direct kernels (see DIRECT_BAND_BYTES):
-    windows wider than 1x1, and depthwise ones. In NHWC, a unit gathers its
-    group's channels from every pixel: only where they fill a cache line
-    (else the NHWC depthwise kernel, or GEMM, read less) and are at most
-    NHWC_DIRECT_MAX_CHANNELS."""
+def direct_window(groups: int, cg: int, win, nhwc: bool = False, itemsize: int = 8) -> bool:
+    """Whether the direct kernels take this window and layout (see
+    DIRECT_BAND_BYTES): windows wider than 1x1, and depthwise ones. In NHWC,
+    a unit gathers its group's channels from every pixel: only where they
+    fill a cache line (else the NHWC depthwise kernel, or GEMM, read less)
+    and are at most NHWC_DIRECT_MAX_CHANNELS."""
     if nhwc and ((groups > 1 and cg * itemsize < 64)
                  or cg > current().NHWC_DIRECT_MAX_CHANNELS):
         return False
     return win.kernel_h * win.kernel_w > 1 or (groups > 1 and cg == 1)
+
+
+def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
+               itemsize: int = 8, isa_level: int = 2) -> bool:
+    """Whether a conv2d runs in the direct kernels: direct_window, and below
+    AVX-512 (isa_level < 2) an ungrouped layer only in float32 NCHW with at
+    most DIRECT_AVX2_MAX_CHANNELS input channels (a register block of 4
+    doubles a vector, or NHWC's gather, loses to GEMM from 3 channels on)."""
+    if groups == 1 and avx2_direct_rule(isa_level) and (
+            nhwc or itemsize == 8 or cg > current().DIRECT_AVX2_MAX_CHANNELS):
+        return False
+    return direct_window(groups, cg, win, nhwc, itemsize)
+
+
+def avx2_direct_rule(isa_level: int) -> bool:
+    """Whether the limits of machines below AVX-512 on ungrouped direct
+    layers apply (AVX2_DIRECT_RULE forces them on or off)."""
+    forced = current().AVX2_DIRECT_RULE
+    return isa_level < 2 if forced is None else forced

@@ -213,12 +213,16 @@ def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
     return rows, block, per_set, copy_ld
 
 
-def use_direct_input(groups: int, og: int, cg: int, flipped, nhwc: bool, itemsize: int) -> bool:
+def use_direct_input(groups: int, og: int, cg: int, flipped, nhwc: bool, itemsize: int,
+                     isa_level: int = 2) -> bool:
     """Whether a stride-1 input gradient (a conv2d of grad_output, og
     channels a group, with the flipped weights) runs in the direct kernels:
-    as use_direct, and in NHWC with at most NHWC_DIRECT_INPUT_CHANNELS
-    channels of grad_output a group."""
+    conv2d.direct_window, in NHWC with at most NHWC_DIRECT_INPUT_CHANNELS
+    channels of grad_output a group, and below AVX-512 an ungrouped layer
+    with at most DIRECT_AVX2_MAX_CHANNELS of them (in either layout)."""
     t = current()
     if nhwc and og > t.NHWC_DIRECT_INPUT_CHANNELS:
         return False
-    return _conv2d.use_direct(groups, og, cg, flipped, nhwc, itemsize)
+    if groups == 1 and _conv2d.avx2_direct_rule(isa_level) and og > t.DIRECT_AVX2_MAX_CHANNELS:
+        return False
+    return _conv2d.direct_window(groups, og, flipped, nhwc, itemsize)

@@ -52,6 +52,11 @@ class Thresholds:
     # band packs its halo rows again and ends in a partial block, so thinner
     # bands cost more than the balance gains (docs/performance.md).
     DIRECT_MIN_POSITIONS: int = 400
+    # Below AVX-512 a register block holds 3 output channels (16 registers, not
+    # 32): each input vector loaded serves 3 sums, not 6, and past this many
+    # input channels OpenBLAS's GEMM (or the thin kernel) wins on ungrouped
+    # layers; grouped ones (few channels a group) keep the direct kernels.
+    DIRECT_AVX2_MAX_CHANNELS: int = 16
 
     # ------------------------------------------------ conv2d
     # NCHW conv2d GEMMs (1x1 layers, and others off the direct kernels) of
@@ -231,6 +236,9 @@ class Thresholds:
     THIN_POSITIONS: Optional[bool] = None
     # the tap-by-tap input gradient copies each tap's weights (grad_input_taps)
     TAPS_COPY_WEIGHTS: Optional[bool] = None
+    # the limits on ungrouped direct layers below AVX-512 (conv2d.use_direct,
+    # DIRECT_AVX2_MAX_CHANNELS); None: where the machine is below AVX-512
+    AVX2_DIRECT_RULE: Optional[bool] = None
 
 
 DEFAULTS = Thresholds()
