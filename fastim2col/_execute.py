@@ -96,7 +96,24 @@ def _elementwise_input_gradient(call: Call, plan: Plan, res: np.ndarray) -> None
                                  geom=tuple(call.win), n_threads=plan.threads, **plan.params)
 
 
+def flipped_weights(call: Call) -> np.ndarray:
+    """conv2d's weights (rows C_out, cg x taps) as those of the conv2d of
+    grad_output that a stride-1 input gradient is: rows C_in, og x taps,
+    each window flipped in space."""
+    # (a flip of both axes reverses the row-major taps: one strided copy)
+    w = call.w.reshape(call.groups, call.og, call.cg, -1)[:, :, :, ::-1]
+    return np.ascontiguousarray(w.transpose(0, 2, 1, 3)).reshape(call.channels, -1)
+
+
 def _gemm_input_gradient(call: Call, plan: Plan, res: np.ndarray) -> None:
+    if "flipped" in plan.params:
+        params = dict(plan.params)
+        flipped = params.pop("flipped")
+        with blas_single_threaded:
+            _conv.gemm_forward(call.grad, flipped_weights(call), call.bias, res,
+                               shape=(call.n, call.rows, call.channels, call.groups),
+                               geom=flipped, nhwc=False, n_threads=plan.threads, **params)
+        return
     with blas_single_threaded:
         _conv.gemm_grad_input(call.grad, call.w, call.bias, res, shape=_shape(call),
                               geom=tuple(call.win), nhwc=call.nhwc, n_threads=plan.threads,

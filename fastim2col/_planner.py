@@ -11,7 +11,10 @@ run the call, else refused with a ValueError that says why.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
+
+import numpy as np
 
 from . import _direct
 from ._plan import bands as PB, common as PC, conv2d as PF, \
@@ -254,7 +257,39 @@ def plan_input_gradient(call: Call) -> Plan:
         plan = _direct_input_gradient(call, forced, n_threads, vector)
         if plan is not None:
             return plan
+    if forced is None and not nhwc and not in_place and PI.use_flipped_forward(
+            groups, n * win.in_h * win.in_w, m.isa_level):
+        plan = _flipped_forward_input_gradient(call)
+        if plan is not None:
+            return plan
     return _gemm_input_gradient(call, forced, n_threads, in_place)
+
+
+def flipped_forward_call(call: Call, flipped: Window) -> Call:
+    """The conv2d of grad_output that a stride-1 input gradient is: og
+    channels a group in, cg out, the flipped window; its weights (made
+    when it runs: flipped_weights) planned by shape alone."""
+    w_shape = (call.channels, call.og * flipped.n_taps)
+    return dataclasses.replace(
+        call, op="conv2d", name="", x=call.grad,
+        w=np.broadcast_to(np.empty((), call.dtype), w_shape),
+        channels=call.rows, rows=call.channels, win=flipped)
+
+
+def _flipped_forward_input_gradient(call: Call) -> Plan | None:
+    """A stride-1 NCHW input gradient as conv2d's unroll + GEMM of grad_output
+    with the weights flipped and transposed (a copy the size of the weights):
+    the forward's tiles and GEMM orientation, no fold."""
+    flipped = _flipped_window(call.win)
+    if flipped is None:
+        return None
+    forward = plan_conv2d(flipped_forward_call(call, flipped))
+    if forward.kernel not in ("gemm", "thin_gemm"):
+        return None
+    return Plan(call.op, forward.kernel, forward.threads,
+                forward.scratch_bytes + call.w.nbytes,
+                "stride 1: unroll + GEMM of grad_output, flipped weights",
+                {"flipped": tuple(flipped), **forward.params})
 
 
 def _direct_input_gradient(call: Call, forced, n_threads: int, vector: int) -> Plan | None:

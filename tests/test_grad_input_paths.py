@@ -437,3 +437,52 @@ def test_nhwc_direct_input_gradient_channels(rng, avx512_rules, extra, direct):
                            layout="NHWC")
     assert_close(got, R.to_nhwc(R.conv2d_input_grad(x_shape, w, g, padding=1)), np.float64)
     assert (plans[0].kernel == "direct") == direct
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_flipped_forward_input_gradient(rng, restore_threads, dtype, threads):
+    """Stride-1 NCHW input gradients run as the forward's unroll + GEMM of
+    grad_output with flipped, transposed weights (forced on here: by default
+    below AVX-512 on ungrouped layers): groups, dilations, paddings up to
+    dilation * (kernel - 1), rectangular kernels, a strided grad_output view,
+    conv_transpose2d at stride 1 with its bias, and conv1d's input gradient;
+    each against the reference, and off again when the rule says no."""
+    from fastim2col import grad
+    F.set_num_threads(threads)
+    # (the direct kernels, which take stride-1 input gradients first, kept out)
+    on = dict(FLIPPED_FORWARD_INPUT=True, DIRECT_MAX_BAND_BYTES=0)
+    off = dict(on, FLIPPED_FORWARD_INPUT=False)
+    # (x shape, weight shape, padding, dilation, groups)
+    cases = [((2, 12, 11, 13), (20, 12, 3, 3), 1, 1, 1),
+             ((1, 6, 15, 9), (9, 2, 3, 5), (2, 0), (1, 2), 3),
+             ((3, 8, 10, 10), (16, 4, 2, 2), 0, 1, 2),
+             ((1, 5, 17, 12), (7, 5, 5, 3), (4, 2), 1, 1)]
+    for x_shape, w_shape, padding, dilation, groups in cases:
+        w = rand(rng, w_shape, dtype)
+        y_shape = R.conv2d(np.zeros(x_shape), np.zeros(w_shape), padding=padding,
+                           dilation=dilation, groups=groups).shape
+        g = rand(rng, y_shape[:3] + (2 * y_shape[3],), dtype)[..., ::2]   # strided view
+        kw = dict(padding=padding, dilation=dilation, groups=groups)
+        with _plan.tuned(**on), recording() as plans:
+            got = grad.conv2d_input(x_shape, w, g, **kw)
+        assert "flipped" in plans[0].params, plans[0]
+        assert_close(got, R.conv2d_input_grad(x_shape, as64(w), as64(g), **kw), dtype)
+        with _plan.tuned(**off), recording() as plans:
+            grad.conv2d_input(x_shape, w, g, **kw)
+        assert "flipped" not in plans[0].params
+    # conv_transpose2d at stride 1 is the same computation, its bias the seed
+    xt, wt, bias = rand(rng, (2, 6, 9, 8), dtype), rand(rng, (6, 4, 3, 3), dtype), \
+        rand(rng, (8,), dtype)
+    with _plan.tuned(**on), recording() as plans:
+        got = F.conv_transpose2d(xt, wt, bias, padding=1, groups=2)
+    assert "flipped" in plans[0].params
+    assert_close(got, R.conv_transpose2d(as64(xt), as64(wt), as64(bias), 1, 1, groups=2), dtype)
+    # conv1d: a 2-d call of unit height
+    w1, g1 = rand(rng, (5, 3, 4), dtype), rand(rng, (2, 5, 20), dtype)
+    with _plan.tuned(**on), recording() as plans:
+        got = grad.conv1d_input((2, 3, 21), w1, g1, padding=1)
+    assert "flipped" in plans[0].params
+    expected = R.conv2d_input_grad((2, 3, 1, 21), as64(w1)[:, :, None], as64(g1)[:, :, None],
+                                   padding=(0, 1))[:, :, 0]
+    assert_close(got, expected, dtype)

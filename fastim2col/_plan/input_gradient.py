@@ -213,6 +213,21 @@ def grad_input_taps(n_images, groups, cg, og, kg, win, itemsize, n_threads,
     return rows, block, per_set, copy_ld
 
 
+def use_flipped_forward(groups: int, positions: int, isa_level: int) -> bool:
+    """Whether a stride-1 NCHW input gradient off the direct kernels runs as
+    the forward's unroll + GEMM of grad_output with flipped weights instead
+    of GEMM + fold: below AVX-512, where the direct kernels leave ungrouped
+    layers (conv2d.use_direct) and the forward's tiles (the thin kernel
+    among them) beat the fold's, over at least FLIPPED_FORWARD_MIN_POSITIONS
+    result positions (all images): the flipped copy of the weights costs
+    about what multiplying them by that many positions does."""
+    t = current()
+    if t.FLIPPED_FORWARD_INPUT is not None:
+        return t.FLIPPED_FORWARD_INPUT
+    return (groups == 1 and positions >= t.FLIPPED_FORWARD_MIN_POSITIONS
+            and _conv2d.avx2_direct_rule(isa_level))
+
+
 def use_direct_input(groups: int, og: int, cg: int, flipped, nhwc: bool, itemsize: int,
                      isa_level: int = 2) -> bool:
     """Whether a stride-1 input gradient (a conv2d of grad_output, og

@@ -81,6 +81,11 @@ class Thresholds:
     # per group the TLB misses cost more than the direct kernels save: GEMM + fold
     # there (docs/performance.md).
     DIRECT_FLIPPED_WEIGHT_BYTES: int = 8 * 1024 * 1024
+    # Below AVX-512, stride-1 NCHW input gradients over at least this many
+    # positions (all images) run as the forward of grad_output with a flipped
+    # copy of the weights (use_flipped_forward); on fewer, the copy (a strided
+    # transpose, ~4 ns an element) costs more than the forward's tiles save.
+    FLIPPED_FORWARD_MIN_POSITIONS: int = 1536
     NHWC_MIN_BLOCK: int = 32   # input channels per NHWC input-gradient block (GEMMs of that width)
     # NHWC input gradients of few channels a group run element by element
     # (see input_gradient.FEW_MAX_CHANNELS): units are bands of input rows,
@@ -239,6 +244,9 @@ class Thresholds:
     # the limits on ungrouped direct layers below AVX-512 (conv2d.use_direct,
     # DIRECT_AVX2_MAX_CHANNELS); None: where the machine is below AVX-512
     AVX2_DIRECT_RULE: Optional[bool] = None
+    # stride-1 NCHW input gradients as the forward of grad_output with flipped
+    # weights (input_gradient.use_flipped_forward)
+    FLIPPED_FORWARD_INPUT: Optional[bool] = None
 
 
 DEFAULTS = Thresholds()
