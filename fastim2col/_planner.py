@@ -253,13 +253,14 @@ def plan_input_gradient(call: Call) -> Plan:
         return Plan(call.op, "elementwise", n_threads, call.w.nbytes + m.cache_line,
                     "forced" if forced else "few channels a group: dot products in registers",
                     {"band": band, "copy_rows": copy})
+    flipped = _flipped_window(win)
     if forced in (None, "direct"):
-        plan = _direct_input_gradient(call, forced, n_threads, vector)
+        plan = _direct_input_gradient(call, forced, n_threads, vector, flipped)
         if plan is not None:
             return plan
-    if forced is None and not nhwc and not in_place and PI.use_flipped_forward(
-            groups, n * win.in_h * win.in_w, m.isa_level):
-        plan = _flipped_forward_input_gradient(call)
+    if (forced is None and flipped is not None and not nhwc and not in_place
+            and PI.use_flipped_forward(groups, n * win.in_h * win.in_w, m.isa_level)):
+        plan = _flipped_forward_input_gradient(call, flipped)
         if plan is not None:
             return plan
     return _gemm_input_gradient(call, forced, n_threads, in_place)
@@ -276,13 +277,10 @@ def flipped_forward_call(call: Call, flipped: Window) -> Call:
         channels=call.rows, rows=call.channels, win=flipped)
 
 
-def _flipped_forward_input_gradient(call: Call) -> Plan | None:
+def _flipped_forward_input_gradient(call: Call, flipped: Window) -> Plan | None:
     """A stride-1 NCHW input gradient as conv2d's unroll + GEMM of grad_output
     with the weights flipped and transposed (a copy the size of the weights):
     the forward's tiles and GEMM orientation, no fold."""
-    flipped = _flipped_window(call.win)
-    if flipped is None:
-        return None
     forward = plan_conv2d(flipped_forward_call(call, flipped))
     if forward.kernel not in ("gemm", "thin_gemm"):
         return None
@@ -292,11 +290,12 @@ def _flipped_forward_input_gradient(call: Call) -> Plan | None:
                 {"flipped": tuple(flipped), **forward.params})
 
 
-def _direct_input_gradient(call: Call, forced, n_threads: int, vector: int) -> Plan | None:
-    """With stride 1, conv2d's input gradient is itself a conv2d: of grad with
-    the weights flipped in space and transposed per group (the kernels read
-    them so, no copy), padded by dilation * (kernel - 1) - padding."""
-    flipped = _flipped_window(call.win)
+def _direct_input_gradient(call: Call, forced, n_threads: int, vector: int,
+                           flipped: Window | None) -> Plan | None:
+    """With stride 1, conv2d's input gradient is itself a conv2d (`flipped`,
+    _flipped_window): of grad with the weights flipped in space and
+    transposed per group (the kernels read them so, no copy), padded by
+    dilation * (kernel - 1) - padding."""
     if flipped is None:
         if forced:
             raise _refuse(call, forced, "direct input gradients need stride 1 and padding "

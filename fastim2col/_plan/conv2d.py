@@ -97,14 +97,20 @@ def direct_window(groups: int, cg: int, win, nhwc: bool = False, itemsize: int =
 
 def use_direct(groups: int, cg: int, og: int, win, nhwc: bool = False,
                itemsize: int = 8, isa_level: int = 2) -> bool:
-    """Whether a conv2d runs in the direct kernels: direct_window, and below
-    AVX-512 (isa_level < 2) an ungrouped layer only in float32 NCHW with at
-    most DIRECT_AVX2_MAX_CHANNELS input channels (a register block of 4
-    doubles a vector, or NHWC's gather, loses to GEMM from 3 channels on)."""
-    if groups == 1 and avx2_direct_rule(isa_level) and (
-            nhwc or itemsize == 8 or cg > current().DIRECT_AVX2_MAX_CHANNELS):
-        return False
-    return direct_window(groups, cg, win, nhwc, itemsize)
+    """Whether a conv2d runs in the direct kernels: direct_window and
+    avx2_keeps_direct."""
+    return (avx2_keeps_direct(groups, cg, nhwc, itemsize, isa_level)
+            and direct_window(groups, cg, win, nhwc, itemsize))
+
+
+def avx2_keeps_direct(groups: int, cg: int, nhwc: bool, itemsize: int,
+                      isa_level: int) -> bool:
+    """Below AVX-512 (isa_level < 2) an ungrouped layer's forward and weight
+    gradient run direct only in float32 NCHW with at most
+    DIRECT_AVX2_MAX_CHANNELS input channels (a register block of 4 doubles a
+    vector, or NHWC's gather, loses to GEMM from 3 channels on)."""
+    return not (groups == 1 and avx2_direct_rule(isa_level) and (
+        nhwc or itemsize == 8 or cg > current().DIRECT_AVX2_MAX_CHANNELS))
 
 
 def avx2_direct_rule(isa_level: int) -> bool:

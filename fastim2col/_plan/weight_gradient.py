@@ -202,7 +202,7 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
     outputs; in NHWC ungrouped only, and with stride 1 at most
     NHWC_DIRECT_WEIGHT_OUTPUTS outputs (and in float32 at most
     NHWC_DIRECT_WEIGHT_F32_CHANNELS input channels); below AVX-512 ungrouped
-    layers as conv2d.use_direct decides for the forward.
+    layers as for the forward (conv2d.avx2_keeps_direct).
     Elsewhere the GEMM path wins: the direct weight gradient is a reduction
     over positions, short on small images (docs/performance.md)."""
     t = current()
@@ -211,18 +211,17 @@ def use_direct_weight(groups: int, cg: int, og: int, win, itemsize: int = 8,
             or (itemsize == 4 and cg > t.NHWC_DIRECT_WEIGHT_F32_CHANNELS)))):
         return False
     if groups == 1:
-        # (the forward's rule, its NHWC channel limit aside)
-        if not (_conv2d.use_direct(groups, cg, og, win, False, itemsize, isa_level)
-                and not (nhwc and _conv2d.avx2_direct_rule(isa_level))):
+        if not _conv2d.avx2_keeps_direct(groups, cg, nhwc, itemsize, isa_level):
             return False
         if (not nhwc and og <= t.DIRECT_WEIGHT_WIDE_OUTPUTS
                 and win.out_h * win.out_w >= t.DIRECT_WEIGHT_WIDE_POSITIONS):
-            return True
+            return _conv2d.direct_window(groups, cg, win)
         if cg < t.DIRECT_WEIGHT_MIN_CHANNELS:
             outputs = t.DIRECT_WEIGHT_FEW_CHANNEL_OUTPUTS
         else:
             outputs = t.DIRECT_WEIGHT_OUTPUTS_F64 if itemsize == 8 else t.DIRECT_WEIGHT_OUTPUTS
-        return og <= outputs and win.out_h * win.out_w >= t.DIRECT_WEIGHT_MIN_POSITIONS
+        return (og <= outputs and win.out_h * win.out_w >= t.DIRECT_WEIGHT_MIN_POSITIONS
+                and _conv2d.direct_window(groups, cg, win))
     return og <= t.DIRECT_WEIGHT_OUTPUTS and _conv2d.direct_window(groups, cg, win)
 
 
